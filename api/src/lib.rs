@@ -1,0 +1,215 @@
+//! The control API's wire contract: every request and response body exchanged between
+//! gvmd and gvmctl over `<runtime-dir>/gvmd.sock`, defined once and used by both sides.
+//!
+//! Versioning: every path lives under [`V1`]. A field may be added to a response
+//! (clients ignore unknown fields); removing or re-typing one needs `/v2/`.
+//! This crate owns no behaviour and performs no I/O.
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every path of this version of the API.
+pub const V1: &str = "/v1";
+
+/// Paths of the API, relative to the socket.
+pub mod paths {
+    pub const STATUS: &str = "/v1/status";
+    pub const AUDIT_EVENTS: &str = "/v1/audit/events";
+    pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
+    pub const RELOAD: &str = "/v1/reload";
+}
+
+/// Name of the control socket inside the runtime directory.
+pub const SOCKET_NAME: &str = "gvmd.sock";
+/// Default runtime directory of gvmd.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/gvm";
+/// Group whose members may use the control socket besides root.
+pub const ADMIN_GROUP: &str = "gvm-admin";
+
+/// Body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong, in one sentence.
+    pub error: String,
+    /// What to do about it, when there is something to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusResponse {
+    pub version: String,
+    pub pid: u32,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub uptime_secs: u64,
+    pub config_dir: String,
+    pub state_dir: String,
+    pub runtime_dir: String,
+    /// Profiles in force, sorted by name.
+    pub profiles: Vec<ProfileStatus>,
+    /// Profile files that were refused at the last (re)load, sorted by file.
+    pub refused: Vec<ProfileRefusal>,
+    pub audit: AuditStatus,
+}
+
+/// One profile in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProfileStatus {
+    pub name: String,
+    /// The file it was loaded from.
+    pub file: String,
+    /// `enforce` or `watch`.
+    pub mode: String,
+    /// Number of network rules.
+    pub rules: usize,
+    /// When this version was loaded, RFC 3339 UTC.
+    pub loaded_at: String,
+    /// True when the file on disk was refused at the last reload and this older
+    /// version stays in force.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// A profile file gvmd refused, with where and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProfileRefusal {
+    pub file: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    /// Dotted path of the offending field, e.g. `network.rule[2].action`.
+    pub field: Option<String>,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+impl std::fmt::Display for ProfileRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "`{field}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " — {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Summary of the audit store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditStatus {
+    pub db_path: String,
+    /// Sequence number of the newest event (0 when empty).
+    pub last_seq: u64,
+    pub checkpoints: u64,
+    /// Last event covered by a signed checkpoint (0 when none).
+    pub last_checkpoint_seq: u64,
+}
+
+/// Query of `GET /v1/audit/events`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Only events at or after this time, RFC 3339 (e.g. `2026-11-23T10:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Only events with a sequence number greater than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// At most this many events (the newest ones); gvmd caps it at 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One audit event as stored and hashed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub seq: u64,
+    /// RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    pub profile: Option<String>,
+    pub kind: String,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
+    pub details: serde_json::Value,
+    /// Hex SHA-256.
+    pub prev_hash: String,
+    /// Hex SHA-256.
+    pub hash: String,
+}
+
+/// `GET /v1/audit/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventsResponse {
+    /// Oldest first.
+    pub events: Vec<AuditEvent>,
+}
+
+/// Why a chain failed verification.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyProblemKind {
+    /// The stored hash is not SHA-256(prev_hash ‖ event): the event was altered.
+    HashMismatch,
+    /// `prev_hash` is not the previous event's hash: events were swapped or replaced.
+    BrokenLink,
+    /// A sequence number is missing: events were deleted.
+    Gap,
+    /// A checkpoint's signature or Merkle root does not verify.
+    BadSignature,
+    /// Events a signed checkpoint or head covered are gone from the end of the log.
+    Truncated,
+    /// The database cannot be read as an audit chain at all.
+    Unreadable,
+}
+
+impl std::fmt::Display for VerifyProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::HashMismatch => "hash mismatch",
+            Self::BrokenLink => "broken link",
+            Self::Gap => "gap",
+            Self::BadSignature => "bad signature",
+            Self::Truncated => "truncated",
+            Self::Unreadable => "unreadable",
+        })
+    }
+}
+
+/// The first problem verification found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyProblem {
+    /// The first bad sequence number.
+    pub seq: u64,
+    pub kind: VerifyProblemKind,
+    /// One sentence a human can act on.
+    pub detail: String,
+}
+
+/// `POST /v1/audit/verify`, and the result of offline verification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub ok: bool,
+    /// Events checked.
+    pub events: u64,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<VerifyProblem>,
+}
+
+/// `POST /v1/reload`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadResponse {
+    /// Names of the profiles in force after the reload.
+    pub loaded: Vec<String>,
+    /// Files refused by this reload (the last good version, if any, stays in force).
+    pub refused: Vec<ProfileRefusal>,
+}

@@ -1,0 +1,101 @@
+//! gvmctl: talk to gvmd. `main` parses the arguments and hands each subcommand to its
+//! own module; errors end as one line on stderr and a non-zero exit code.
+
+mod audit;
+mod client;
+mod output;
+mod reload;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// gvmctl — control gvm, the governance runtime for AI agents.
+///
+/// gvmctl talks to gvmd over its control socket. Root and members of the gvm-admin
+/// group may use it.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Examples:\n  gvmctl status\n  gvmctl audit log --profile invoices --since 1h\n  gvmctl audit verify\n  gvmctl reload"
+)]
+struct Cli {
+    /// gvmd's control socket.
+    #[arg(long, global = true, value_name = "PATH", env = "GVM_SOCKET", default_value = "/run/gvm/gvmd.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show whether gvmd runs, the profiles in force and the files it refused.
+    Status {
+        /// Print JSON for scripts instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the profiles now (as SIGHUP does). Exits 1 when a file was refused.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read and check the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// List audit events, oldest first.
+    Log {
+        /// Only events of this profile.
+        #[arg(long, value_name = "P")]
+        profile: Option<String>,
+        /// Only events since this time (2026-11-23T10:00:00Z) or within this age (30m, 2h, 7d).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// At most this many events (the newest).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-walk the whole hash chain and every signed checkpoint; exit 0 when intact,
+    /// 1 with the first bad sequence number when not.
+    Verify {
+        /// Verify this state directory's database directly, without gvmd.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = client::Client::new(cli.socket);
+    match cli.command {
+        Command::Status { json } => status::run(&client, json).map(|()| ExitCode::SUCCESS),
+        Command::Reload { json } => reload::run(&client, json),
+        Command::Audit(AuditCommand::Log { profile, since, limit, json }) => {
+            let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;
+            let query = gvm_api::EventsQuery { profile, since, after_seq: None, limit: Some(limit) };
+            audit::log(&client, query, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { state_dir, json }) => audit::verify(&client, state_dir.as_deref(), json),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gvmctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `gvmctl status`: is gvmd up, which profiles are in force, which were refused.
+
+use gvm_api::{paths, StatusResponse};
+
+use crate::client::Client;
+use crate::output;
+
+pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
+    let s: StatusResponse = client.get(paths::STATUS)?;
+    if json {
+        return output::json(&s);
+    }
+    println!(
+        "gvmd {} running (pid {}, up {}), socket {}",
+        s.version,
+        s.pid,
+        output::duration(s.uptime_secs),
+        client.socket().display()
+    );
+    println!("config {}  state {}  runtime {}", s.config_dir, s.state_dir, s.runtime_dir);
+    println!(
+        "audit: {} events, {} checkpoints (last covers seq {}) in {}",
+        s.audit.last_seq, s.audit.checkpoints, s.audit.last_checkpoint_seq, s.audit.db_path
+    );
+    println!();
+    if s.profiles.is_empty() {
+        println!("No profiles in force. Add one as {}/profiles/NAME.toml and run `gvmctl reload`.", s.config_dir);
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .profiles
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.mode.clone(),
+                    p.rules.to_string(),
+                    output::short_time(&p.loaded_at),
+                    if p.stale { "stale: file refused, last good version in force".into() } else { "in force".into() },
+                    p.file.clone(),
+                ]
+            })
+            .collect();
+        output::table(&["PROFILE", "MODE", "RULES", "LOADED", "STATE", "FILE"], &rows);
+    }
+    if !s.refused.is_empty() {
+        println!();
+        println!("Refused profile files (fix them, then `gvmctl reload`):");
+        for r in &s.refused {
+            println!("  {r}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The `/v1/` routes. Handlers are thin: they read the daemon's state or ask the audit
+//! store, and translate errors into [`ApiFailure`]s that say what to do.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gvm_api::{paths, EventsQuery, EventsResponse, ReloadResponse, StatusResponse, VerifyReport};
+
+use super::ApiFailure;
+use crate::state::Daemon;
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route(paths::STATUS, get(status))
+        .route(paths::AUDIT_EVENTS, get(audit_events))
+        .route(paths::AUDIT_VERIFY, post(audit_verify))
+        .route(paths::RELOAD, post(reload))
+        .fallback(not_found)
+        .with_state(daemon)
+}
+
+async fn status(State(d): State<Arc<Daemon>>) -> Result<Json<StatusResponse>, ApiFailure> {
+    d.status().map(Json).map_err(ApiFailure::internal)
+}
+
+async fn audit_events(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsResponse>, ApiFailure> {
+    if let Some(since) = &q.since {
+        if time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339).is_err() {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("`since` is not an RFC 3339 time: {since:?}"),
+                Some("write it like 2026-11-23T10:00:00Z"),
+            ));
+        }
+    }
+    let audit = d.audit.clone();
+    let events = tokio::task::spawn_blocking(move || audit.events(&q))
+        .await
+        .map_err(ApiFailure::internal)?
+        .map_err(ApiFailure::internal)?;
+    Ok(Json(EventsResponse { events }))
+}
+
+async fn audit_verify(State(d): State<Arc<Daemon>>) -> Result<Json<VerifyReport>, ApiFailure> {
+    let audit = d.audit.clone();
+    tokio::task::spawn_blocking(move || audit.verify()).await.map(Json).map_err(ApiFailure::internal)
+}
+
+async fn reload(State(d): State<Arc<Daemon>>) -> Json<ReloadResponse> {
+    Json(d.reload().await)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        format!("gvmd has no endpoint {}", uri.path()),
+        Some("this gvmd speaks /v1/; if gvmctl is newer than gvmd, restart gvmd after upgrading"),
+    )
+}

@@ -1,0 +1,60 @@
+//! gvmd's entry point: parse the arguments, run the daemon, map the outcome to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// gvmd — the gvm daemon: supervises sandboxed AI agents, checks every request they
+/// send out against their profile, and records every decision in a tamper-evident log.
+///
+/// Normally started by systemd (`systemctl start gvmd`). Run it by hand with
+/// `--foreground` on a machine without systemd or for development; it needs no
+/// configuration to start (built-in defaults, no profiles).
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Signals: SIGHUP reloads the profiles (a refused file keeps its last good version in force); SIGTERM or SIGINT stops cleanly.\nLogs: to journald when started by systemd, else to stderr; set GVM_LOG=debug for more.\nControl it with gvmctl (`gvmctl status`)."
+)]
+struct Args {
+    /// Run in the foreground (the only mode; accepted so unit files and scripts can say so).
+    #[arg(long)]
+    foreground: bool,
+    /// Configuration: gvmd.toml and profiles/*.toml.
+    #[arg(long, value_name = "DIR", env = "GVM_CONFIG_DIR", default_value = "/etc/gvm")]
+    config_dir: PathBuf,
+    /// Persistent state: the audit database, keys, agents' data.
+    #[arg(long, value_name = "DIR", env = "GVM_STATE_DIR", default_value = "/var/lib/gvm")]
+    state_dir: PathBuf,
+    /// Runtime files: the control socket gvmd.sock.
+    #[arg(long, value_name = "DIR", env = "GVM_RUNTIME_DIR", default_value = "/run/gvm")]
+    runtime_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    gvm_daemon::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gvmd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Absolute from here on: the paths appear in status, logs and audit events.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let paths = gvm_daemon::Paths {
+        config_dir: absolute(args.config_dir),
+        state_dir: absolute(args.state_dir),
+        runtime_dir: absolute(args.runtime_dir),
+    };
+    match runtime.block_on(gvm_daemon::run(paths)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gvmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

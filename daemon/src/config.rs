@@ -1,0 +1,180 @@
+//! gvmd's own settings: where it keeps things, and the optional `<config-dir>/gvmd.toml`.
+//!
+//! Everything has an embedded default, so gvmd runs with no configuration at all. A
+//! config file that exists but is wrong stops gvmd at start (with file:line:column, the
+//! field and the fix): running with settings the operator did not intend is worse than
+//! not running. Profiles are different: see [`crate::profiles`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The three directories gvmd works in.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Read-only configuration: `gvmd.toml`, `profiles/*.toml`. Default `/etc/gvm`.
+    pub config_dir: PathBuf,
+    /// Persistent state: the audit database, keys, the CA, agents' data. Default `/var/lib/gvm`.
+    pub state_dir: PathBuf,
+    /// Sockets and other things that vanish on reboot. Default `/run/gvm`.
+    pub runtime_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join(gvm_api::SOCKET_NAME)
+    }
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.config_dir.join("profiles")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.config_dir.join("gvmd.toml")
+    }
+}
+
+/// `gvmd.toml`. Every section and field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
+    pub gateway: GatewaySection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Sign a checkpoint after this many events.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ...or after this long, whichever comes first ("30s", "5m").
+    #[serde(default = "default_checkpoint_interval", with = "duration_text")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// PEM files whose certificates are trusted for upstream TLS, besides the system roots.
+    #[serde(default)]
+    pub extra_roots: Vec<PathBuf>,
+    /// Static name → addresses overrides, used instead of DNS (and trusted by the SSRF
+    /// check, since the operator wrote them).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// Why `gvmd.toml` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source} — check the file's permissions, or remove it to use the defaults")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(gvm_policy::Diagnostic),
+}
+
+impl DaemonConfig {
+    /// Loads `<config-dir>/gvmd.toml`; a missing file gives the defaults.
+    pub fn load(file: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DaemonConfig::default()),
+            Err(source) => return Err(ConfigError::Read { path: file.to_owned(), source }),
+        };
+        let config: DaemonConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid(toml_diagnostic(file, &text, &e)))?;
+        if config.audit.checkpoint_every == 0 {
+            let offset = text.find("checkpoint_every").unwrap_or(0);
+            let (line, column) = gvm_policy::line_col(&text, offset);
+            return Err(ConfigError::Invalid(gvm_policy::Diagnostic {
+                file: file.to_owned(),
+                line: Some(line),
+                column: Some(column),
+                field: Some("audit.checkpoint_every".into()),
+                message: "must be at least 1".into(),
+                fix: Some("use a number of events such as 1000, or remove the line for the default".into()),
+            }));
+        }
+        Ok(config)
+    }
+}
+
+// TEMP until gvm-policy exports its converter.
+fn toml_diagnostic(file: &Path, text: &str, e: &toml::de::Error) -> gvm_policy::Diagnostic {
+    let (line, column) = gvm_policy::line_col(text, e.span().map_or(0, |s| s.start));
+    gvm_policy::Diagnostic {
+        file: file.to_owned(),
+        line: Some(line),
+        column: Some(column),
+        field: None,
+        message: e.message().trim().to_string(),
+        fix: None,
+    }
+}
+
+mod duration_text {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        gvm_policy::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DaemonConfig::load(&dir.path().join("gvmd.toml")).unwrap();
+        assert_eq!(c.audit.checkpoint_every, 1000);
+        assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gvmd.toml");
+        std::fs::write(&file, "[audit]\ncheckpoint_every = 5\ncheckpoint_intervall = \"5s\"\n").unwrap();
+        let err = DaemonConfig::load(&file).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:3:1", file.display())), "{err}");
+        assert!(err.contains("checkpoint_interval"), "{err}");
+    }
+
+    #[test]
+    fn parses_gateway_hosts_and_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gvmd.toml");
+        std::fs::write(
+            &file,
+            "[audit]\ncheckpoint_interval = \"2m\"\n[gateway]\nextra_roots = [\"/etc/gvm/roots/test.pem\"]\n[gateway.hosts]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
+        )
+        .unwrap();
+        let c = DaemonConfig::load(&file).unwrap();
+        assert_eq!(c.audit.checkpoint_interval, Duration::from_secs(120));
+        assert_eq!(c.gateway.hosts["api.test.example"], vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+}

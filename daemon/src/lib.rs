@@ -1,0 +1,23 @@
+//! gvmd: the gvm daemon, as a library with a thin `main` (`src/bin/gvmd.rs`).
+//!
+//! One folder per part of the picture in DESIGN.md: [`api`] (the control socket),
+//! [`run`] (start, reload, stop), [`profiles`] (what is in force), [`sys`] (the one
+//! door to the kernel and systemd). The audit chain is the `gvm-audit` crate, the
+//! policy engine `gvm-policy`, the egress gateway `gvm-gateway`: separate crates so
+//! each can be tested and benchmarked alone, and so gvmctl can verify a chain offline.
+
+pub mod api;
+pub mod config;
+pub mod logging;
+pub mod profiles;
+pub mod run;
+pub mod state;
+pub mod sys;
+
+pub use config::Paths;
+pub use run::{run, StartError};
+
+/// RFC 3339 in UTC, the one time format of the API.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}

@@ -1,0 +1,113 @@
+//! The profiles in force, and how a (re)load changes them.
+//!
+//! A reload reads every `<config-dir>/profiles/*.toml` again. A good file replaces the
+//! version in force; a bad file is refused with its diagnostic and, if a version of that
+//! profile was in force, that last good version stays (marked stale); a file that is
+//! gone takes its profile with it. Each change is reported so the caller can audit it.
+//! This module does no auditing and no I/O besides reading the profile files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use gvm_policy::{Diagnostic, Profile};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+/// One profile in force.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    pub profile: Arc<Profile>,
+    pub loaded_at: OffsetDateTime,
+    /// SHA-256 of the file it was loaded from, to tell a changed file from a reread one.
+    pub digest: String,
+    /// The file on disk was refused at the last reload; this older version stays.
+    pub stale: bool,
+}
+
+/// Every profile in force plus the files refused by the last load.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSet {
+    pub profiles: BTreeMap<String, LoadedProfile>,
+    pub refused: Vec<Diagnostic>,
+}
+
+/// What a load changed, in order, for the audit log.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// New or changed profile now in force.
+    Loaded { name: String, file: String, digest: String, rules: usize },
+    /// A file was refused; `kept` says whether an older version stays in force.
+    Refused { name: Option<String>, diagnostic: Diagnostic, kept: bool },
+    /// The file is gone; the profile is no longer in force.
+    Removed { name: String },
+}
+
+fn digest_of(path: &Path) -> String {
+    std::fs::read(path).map(|bytes| hex::encode(Sha256::digest(bytes))).unwrap_or_default()
+}
+
+impl ProfileSet {
+    /// Loads `dir` afresh on top of `self` (the set in force) and returns the new set
+    /// with what changed.
+    pub fn reload(&self, dir: &Path) -> (ProfileSet, Vec<Change>) {
+        let outcome = gvm_policy::load_dir(dir);
+        let now = OffsetDateTime::now_utc();
+        let mut next = ProfileSet::default();
+        let mut changes = Vec::new();
+
+        for profile in outcome.profiles {
+            let name = profile.name.to_string();
+            let digest = digest_of(&profile.file);
+            let unchanged = self.profiles.get(&name).filter(|old| old.digest == digest && !old.stale);
+            let entry = match unchanged {
+                Some(old) => old.clone(),
+                None => {
+                    changes.push(Change::Loaded {
+                        name: name.clone(),
+                        file: profile.file.display().to_string(),
+                        digest: digest.clone(),
+                        rules: profile.network.rules.len(),
+                    });
+                    LoadedProfile { profile: Arc::new(profile), loaded_at: now, digest, stale: false }
+                }
+            };
+            next.profiles.insert(name, entry);
+        }
+
+        for diagnostic in outcome.refused {
+            let name = diagnostic.file.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let kept = match name.as_ref().and_then(|n| self.profiles.get(n).map(|p| (n, p))) {
+                Some((n, old)) if !next.profiles.contains_key(n) => {
+                    next.profiles.insert(n.clone(), LoadedProfile { stale: true, ..old.clone() });
+                    true
+                }
+                _ => false,
+            };
+            changes.push(Change::Refused { name, diagnostic: diagnostic.clone(), kept });
+            next.refused.push(diagnostic);
+        }
+
+        for name in self.profiles.keys() {
+            if !next.profiles.contains_key(name) {
+                changes.push(Change::Removed { name: name.clone() });
+            }
+        }
+        (next, changes)
+    }
+
+    /// The wire view of the profiles in force.
+    pub fn statuses(&self) -> Vec<gvm_api::ProfileStatus> {
+        self.profiles
+            .iter()
+            .map(|(name, p)| gvm_api::ProfileStatus {
+                name: name.clone(),
+                file: p.profile.file.display().to_string(),
+                mode: p.profile.agent.mode.to_string(),
+                rules: p.profile.network.rules.len(),
+                loaded_at: crate::rfc3339(p.loaded_at),
+                stale: p.stale,
+            })
+            .collect()
+    }
+}

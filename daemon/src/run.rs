@@ -1,0 +1,162 @@
+//! gvmd's life: start, serve, reload on SIGHUP, stop on SIGTERM.
+//!
+//! Order matters and is part of the contract: the audit store is open and the control
+//! socket listens before systemd hears READY=1; the start event is the first thing
+//! recorded and the stop event the last; the socket file is removed on the way out.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gvm_audit::{Audit, AuditConfig, NewEvent};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{ConfigError, DaemonConfig, Paths};
+use crate::state::Daemon;
+use crate::sys::creds::AdminGroup;
+use crate::sys::notify::Notifier;
+
+/// Why gvmd could not start. Each message names the path and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create {path}: {source} — gvmd needs to own this directory; run it as root or pass another one with the matching --*-dir option")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Audit(#[from] gvm_audit::AuditError),
+    #[error("another gvmd is already answering on {0} — stop it first (`systemctl stop gvmd`), or give this one another --runtime-dir")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot listen on {path}: {source} — remove the stale file or pick another --runtime-dir")]
+    Listen { path: PathBuf, source: std::io::Error },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), StartError> {
+    let fail = |source| StartError::Dir { path: path.to_owned(), source };
+    if !path.is_dir() {
+        std::fs::create_dir_all(path).map_err(fail)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Binds the control socket: refuses to steal it from a live gvmd, replaces a stale
+/// file, and leaves it 0660 root:gvm-admin (group only when that group exists).
+fn bind_control_socket(path: &Path, admin: &AdminGroup) -> Result<UnixListener, StartError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::AlreadyRunning(path.to_owned()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listen = |source| StartError::Listen { path: path.to_owned(), source };
+    let listener = UnixListener::bind(path).map_err(listen)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(listen)?;
+    if let Some(gid) = admin.gid {
+        if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))) {
+            tracing::warn!(
+                "cannot give {} to group {}: {e}; only root can use it",
+                path.display(),
+                gvm_api::ADMIN_GROUP
+            );
+        }
+    }
+    Ok(listener)
+}
+
+fn summary(d: &Daemon) -> String {
+    let p = d.profiles();
+    format!(
+        "{} profiles in force, {} refused; control socket {}",
+        p.profiles.len(),
+        p.refused.len(),
+        d.paths.socket().display()
+    )
+}
+
+/// Runs gvmd until SIGTERM or SIGINT. Returns once everything is flushed and closed.
+pub async fn run(paths: Paths) -> Result<(), StartError> {
+    let notifier = Notifier::from_env();
+    let config = DaemonConfig::load(&paths.config_file())?;
+    ensure_dir(&paths.state_dir, 0o755)?;
+    ensure_dir(&paths.runtime_dir, 0o755)?;
+
+    let audit = Audit::open(
+        &paths.state_dir,
+        AuditConfig {
+            checkpoint_every: config.audit.checkpoint_every,
+            checkpoint_interval: config.audit.checkpoint_interval,
+        },
+    )?;
+    let admin = AdminGroup::lookup(gvm_api::ADMIN_GROUP);
+    let listener = bind_control_socket(&paths.socket(), &admin)?;
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+
+    let daemon = Arc::new(Daemon::new(paths, config, audit, admin));
+    daemon
+        .record(NewEvent {
+            profile: None,
+            kind: "daemon_start".into(),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "config_dir": daemon.paths.config_dir.display().to_string(),
+                "state_dir": daemon.paths.state_dir.display().to_string(),
+                "runtime_dir": daemon.paths.runtime_dir.display().to_string(),
+                "under_systemd": notifier.active(),
+            }),
+        })
+        .await;
+    daemon.reload().await;
+
+    let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));
+    let status = summary(&daemon);
+    tracing::info!("gvmd {} ready: {status}", env!("CARGO_PKG_VERSION"));
+    notifier.ready(&status);
+
+    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                notifier.reloading();
+                tracing::info!("SIGHUP: reloading profiles");
+                daemon.reload().await;
+                notifier.ready(&summary(&daemon));
+            }
+            _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
+                // Only claim to be alive when the audit store still answers: without it
+                // gvmd can decide nothing, and systemd should restart it.
+                if daemon.audit.status().is_ok() {
+                    notifier.watchdog();
+                }
+            }
+        }
+    }
+
+    notifier.stopping();
+    api.abort();
+    let _ = std::fs::remove_file(daemon.paths.socket());
+    daemon
+        .record(NewEvent {
+            profile: None,
+            kind: "daemon_stop".into(),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({ "pid": std::process::id() }),
+        })
+        .await;
+    let audit = daemon.audit.clone();
+    tokio::task::spawn_blocking(move || audit.close()).await.ok().transpose()?;
+    tracing::info!("gvmd stopped");
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The daemon's shared state: what every part of gvmd reads, and the one place where
+//! the profiles in force change.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use gvm_api::{ReloadResponse, StatusResponse};
+use gvm_audit::{Audit, NewEvent};
+use time::OffsetDateTime;
+
+use crate::config::{DaemonConfig, Paths};
+use crate::profiles::{Change, ProfileSet};
+use crate::sys::creds::AdminGroup;
+
+/// Everything gvmd shares between its tasks.
+#[derive(Debug)]
+pub struct Daemon {
+    pub paths: Paths,
+    pub config: DaemonConfig,
+    pub audit: Audit,
+    pub admin: AdminGroup,
+    pub started_at: OffsetDateTime,
+    started: Instant,
+    profiles: RwLock<Arc<ProfileSet>>,
+    /// Serialises reloads so two at once cannot interleave their changes.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Daemon {
+    pub fn new(paths: Paths, config: DaemonConfig, audit: Audit, admin: AdminGroup) -> Daemon {
+        Daemon {
+            paths,
+            config,
+            audit,
+            admin,
+            started_at: OffsetDateTime::now_utc(),
+            started: Instant::now(),
+            profiles: RwLock::new(Arc::new(ProfileSet::default())),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The profiles in force (a snapshot; later reloads do not change it).
+    pub fn profiles(&self) -> Arc<ProfileSet> {
+        self.profiles.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Appends an event that describes something the daemon did, and logs it with the
+    /// structured fields journald indexes. A failure to record is logged loudly: these
+    /// events (start, stop, profile changes, refusals) describe the daemon rather than
+    /// gate an agent's request, so there is nothing to deny.
+    pub async fn record(&self, event: NewEvent) -> Option<u64> {
+        let (kind, profile, decision, rule) =
+            (event.kind.clone(), event.profile.clone(), event.decision.clone(), event.rule.clone());
+        match self.audit.append(event).await {
+            Ok(appended) => {
+                tracing::info!(
+                    gvm_event_seq = appended.seq,
+                    gvm_event_kind = %kind,
+                    gvm_profile = profile.as_deref().unwrap_or(""),
+                    gvm_decision = decision.as_deref().unwrap_or(""),
+                    gvm_rule = rule.as_deref().unwrap_or(""),
+                    "audit event {} {kind}", appended.seq
+                );
+                Some(appended.seq)
+            }
+            Err(e) => {
+                tracing::error!(gvm_event_kind = %kind, "could not record audit event {kind}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Re-reads the profiles directory, puts the result in force and audits each change.
+    pub async fn reload(&self) -> ReloadResponse {
+        let _serial = self.reload_lock.lock().await;
+        let current = self.profiles();
+        let dir = self.paths.profiles_dir();
+        let (next, changes) = tokio::task::spawn_blocking(move || current.reload(&dir))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let next = Arc::new(next);
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+
+        for change in changes {
+            let event = match change {
+                Change::Loaded { name, file, digest, rules } => {
+                    tracing::info!(gvm_profile = %name, "profile {name} loaded from {file} ({rules} rules)");
+                    NewEvent {
+                        profile: Some(name),
+                        kind: "profile_loaded".into(),
+                        decision: None,
+                        rule: None,
+                        details: serde_json::json!({ "file": file, "sha256": digest, "rules": rules }),
+                    }
+                }
+                Change::Refused { name, diagnostic, kept } => {
+                    let consequence =
+                        if kept { "the last good version stays in force" } else { "the profile is not in force" };
+                    tracing::error!(
+                        gvm_profile = name.as_deref().unwrap_or(""),
+                        "profile refused: {diagnostic}; {consequence}"
+                    );
+                    NewEvent {
+                        profile: name,
+                        kind: "profile_refused".into(),
+                        decision: None,
+                        rule: None,
+                        details: serde_json::json!({
+                            "file": diagnostic.file.display().to_string(),
+                            "line": diagnostic.line,
+                            "column": diagnostic.column,
+                            "field": diagnostic.field,
+                            "message": diagnostic.message,
+                            "fix": diagnostic.fix,
+                            "kept_previous": kept,
+                        }),
+                    }
+                }
+                Change::Removed { name } => {
+                    tracing::info!(gvm_profile = %name, "profile {name} removed: its file is gone");
+                    NewEvent {
+                        profile: Some(name),
+                        kind: "profile_removed".into(),
+                        decision: None,
+                        rule: None,
+                        details: serde_json::json!({}),
+                    }
+                }
+            };
+            self.record(event).await;
+        }
+
+        ReloadResponse {
+            loaded: next.profiles.keys().cloned().collect(),
+            refused: next.refused.iter().map(Into::into).collect(),
+        }
+    }
+
+    pub fn status(&self) -> Result<StatusResponse, gvm_audit::AuditError> {
+        let profiles = self.profiles();
+        Ok(StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: crate::rfc3339(self.started_at),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_dir: self.paths.config_dir.display().to_string(),
+            state_dir: self.paths.state_dir.display().to_string(),
+            runtime_dir: self.paths.runtime_dir.display().to_string(),
+            profiles: profiles.statuses(),
+            refused: profiles.refused.iter().map(Into::into).collect(),
+            audit: self.audit.status()?,
+        })
+    }
+}

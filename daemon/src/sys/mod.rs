@@ -1,0 +1,9 @@
+//! The one door to the kernel and to systemd.
+//!
+//! Everything gvmd asks of the operating system beyond plain files and sockets goes
+//! through here: the sd_notify protocol, peer credentials of control connections, the
+//! group database. Later the launcher's privileged calls (setns, mount, seccomp) join
+//! it. No `unsafe` so far: `nix` and `std` give safe wrappers for all of it.
+
+pub mod creds;
+pub mod notify;

@@ -1,0 +1,87 @@
+//! Bodies that stream through untouched while counting bytes, and the completion
+//! record written when an exchange ends.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+/// Called once when the exchange is over (both bodies dropped).
+pub(crate) struct Completion {
+    pub start: Instant,
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+    pub status: AtomicU16,
+    pub on_done: Option<Box<dyn FnOnce(u16, u64, u64, u64) + Send + Sync>>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_done.take() {
+            f(
+                self.status.load(Ordering::Relaxed),
+                self.up.load(Ordering::Relaxed),
+                self.down.load(Ordering::Relaxed),
+                self.start.elapsed().as_millis() as u64,
+            );
+        }
+    }
+}
+
+/// A body passed through frame by frame (no buffering), counting data bytes.
+pub(crate) struct Counting<B> {
+    inner: B,
+    done: Option<Arc<Completion>>,
+    upstream: bool,
+}
+
+impl<B> Counting<B> {
+    pub(crate) fn new(inner: B, done: Option<Arc<Completion>>, upstream: bool) -> Self {
+        Self {
+            inner,
+            done,
+            upstream,
+        }
+    }
+}
+
+impl<B> Body for Counting<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(done)) = (f.data_ref(), &self.done) {
+                    let c = if self.upstream { &done.up } else { &done.down };
+                    c.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => {
+                // Finished: let the completion record go as soon as both sides are done.
+                self.done = None;
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

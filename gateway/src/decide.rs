@@ -1,0 +1,152 @@
+//! The gateway's view of a profile: its compiled policy, its secrets, and the few
+//! questions the transport asks of them. The policy itself stays pure (gvm-policy);
+//! everything stateful (holds, rate buckets, secrets) is on this side.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gvm_policy::{CompiledPolicy, ConnectPlan, Decision, Host, Scheme};
+use http::{HeaderName, HeaderValue};
+
+pub(crate) use gvm_policy::Verdict;
+
+/// A decision, with what the transport needs already worked out.
+#[derive(Debug, Clone)]
+pub(crate) struct Ruling {
+    pub verdict: Verdict,
+    /// What enforce mode would have done (differs from `verdict` in watch mode).
+    pub policy_verdict: Verdict,
+    /// `network.rule[i] (file:line)`; `None` = the profile's default.
+    pub rule: Option<String>,
+    pub rule_index: Option<usize>,
+    /// `(count, per)`.
+    pub rate: Option<(u32, Duration)>,
+    pub inject: Vec<(HeaderName, HeaderValue)>,
+    pub hold_timeout: Duration,
+}
+
+impl Ruling {
+    /// The `decision` column of the audit event.
+    pub(crate) fn audit_decision(&self) -> &'static str {
+        match (self.verdict, self.policy_verdict) {
+            (Verdict::Allow, Verdict::Allow) => "allow",
+            (Verdict::Allow, _) => "watch", // watch mode let through what enforce would not
+            (Verdict::Hold, _) => "hold",
+            (Verdict::Deny, _) => "deny",
+        }
+    }
+
+    fn deny(rule: Option<String>, reason_rule: Option<usize>) -> Self {
+        Ruling {
+            verdict: Verdict::Deny,
+            policy_verdict: Verdict::Deny,
+            rule,
+            rule_index: reason_rule,
+            rate: None,
+            inject: Vec::new(),
+            hold_timeout: Duration::ZERO,
+        }
+    }
+}
+
+pub(crate) enum ConnectRuling {
+    Decided(Ruling),
+    Intercept,
+}
+
+/// One profile as the gateway holds it.
+pub(crate) struct ProfileState {
+    pub name: Arc<str>,
+    pub policy: Arc<CompiledPolicy>,
+    /// Secret name → value, loaded by `set_profile`; `Err` keeps why it is missing.
+    pub secrets: HashMap<String, Result<String, String>>,
+}
+
+impl ProfileState {
+    fn ruling(&self, d: Decision) -> Ruling {
+        let rule = d.rule.as_ref().map(ToString::to_string);
+        let rule_index = d.rule.as_ref().map(|r| r.index);
+        let mut inject = Vec::new();
+        if d.verdict != Verdict::Deny {
+            if let Some(inj) = &d.inject {
+                let rendered = inj.render(|name| {
+                    self.secrets.get(name).and_then(|r| r.as_ref().ok()).map(String::as_str)
+                });
+                let header = HeaderName::from_bytes(inj.header.as_bytes());
+                match (rendered, header) {
+                    (Ok(v), Ok(h)) => match HeaderValue::from_str(&v) {
+                        Ok(mut v) => {
+                            v.set_sensitive(true);
+                            inject.push((h, v));
+                        }
+                        // Fail closed: a rule that cannot do what it says denies.
+                        Err(_) => return Ruling::deny(rule, rule_index),
+                    },
+                    _ => return Ruling::deny(rule, rule_index),
+                }
+            }
+        }
+        Ruling {
+            verdict: d.verdict,
+            policy_verdict: d.policy_verdict,
+            rule,
+            rule_index,
+            rate: d.rate.map(|r| (r.count, r.per.as_duration())),
+            inject,
+            hold_timeout: d.hold_timeout,
+        }
+    }
+
+    pub(crate) fn decide(&self, scheme: &str, host: &Host, port: u16, method: &str, path: &str) -> Ruling {
+        let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+        let req = gvm_policy::Request { scheme, host, port, method, path };
+        self.ruling(self.policy.decide(&req, SystemTime::now()))
+    }
+
+    pub(crate) fn decide_connect(&self, host: &Host, port: u16) -> ConnectRuling {
+        match self.policy.decide_connect(host, port, SystemTime::now()) {
+            ConnectPlan::Intercept => ConnectRuling::Intercept,
+            ConnectPlan::Decided(d) => ConnectRuling::Decided(self.ruling(d)),
+        }
+    }
+
+    /// True when a non-deny rule names this address (exact IP or CIDR), which lets the
+    /// SSRF check pass an internal address.
+    pub(crate) fn names_ip(&self, ip: IpAddr, port: u16) -> bool {
+        let h = Host::from_ip(ip);
+        self.policy.rules().any(|r| {
+            r.action != gvm_policy::Action::Deny
+                && matches!(r.host, gvm_policy::HostPattern::Exact(_) | gvm_policy::HostPattern::Cidr(_))
+                && r.host.matches(&h)
+                && (r.ports.is_empty() || r.ports.contains(&port))
+        })
+    }
+
+    /// Whether DNS answers this name: some allow/hold rule could match it (or the
+    /// default holds, or watch mode), and it is not denied outright on 80 and 443.
+    pub(crate) fn dns_answer(&self, host: &Host) -> (bool, Option<String>) {
+        let denied_on = |port| match self.policy.decide_connect(host, port, SystemTime::now()) {
+            ConnectPlan::Decided(d) if d.verdict == Verdict::Deny => Some(d.rule.map(|r| r.to_string())),
+            _ => None,
+        };
+        let (d443, d80) = (denied_on(443), denied_on(80));
+        if let (Some(r), Some(_)) = (&d443, &d80) {
+            // Unless some non-deny rule on another port could match it.
+            let other = self.policy.rules().find(|r| {
+                r.action != gvm_policy::Action::Deny && r.host.matches(host) && !r.ports.is_empty()
+            });
+            return match other {
+                Some(rule) => (true, Some(format!("network.rule[{}]", rule.index))),
+                None => (false, r.clone()),
+            };
+        }
+        let rule = self
+            .policy
+            .rules()
+            .find(|r| r.action != gvm_policy::Action::Deny && r.host.matches(host))
+            .map(|r| format!("network.rule[{}]", r.index));
+        (true, rule)
+    }
+}

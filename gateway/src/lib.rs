@@ -1,0 +1,310 @@
+//! gvm's egress gateway: the only way out of an agent's network namespace.
+//!
+//! Each profile gets listeners that gvmd opens inside the agent's netns; the listener a
+//! connection arrived on *is* its identity (the `profile` given to `serve_*`), never
+//! anything the client says (ATTACKS.md class 7).
+//!
+//! * [`Gateway::serve_proxy`]: HTTP/1.1 forward proxy — absolute-form requests and
+//!   CONNECT. A CONNECT whose host only has host/port rules is decided once and spliced
+//!   (after checking that its TLS SNI names the same host, or that plain HTTP inside
+//!   names it); a host whose rules look at method, path or inject a header is
+//!   intercepted with a leaf certificate minted from gvmd's CA.
+//! * [`Gateway::serve_transparent`]: connections nft redirected; the port comes from
+//!   `SO_ORIGINAL_DST`, the name from TLS SNI or the Host header. No name → denied.
+//!   The upstream address is always the gateway's own resolution of that name, never
+//!   the address the agent dialled.
+//! * [`Gateway::serve_dns`]: answers from policy only; never forwards a query.
+//!
+//! Every request passes the same pipeline (`proxy.rs`): refuse ambiguity → decide →
+//! hold → rate → resolve + SSRF check → audit event committed → forward. Whatever fails
+//! before forwarding refuses the request (403/421/400, 503 when the audit store fails).
+//!
+//! **Audit records.** One *decision* event per request (kind `http`, `connect` or
+//! `dns`), appended and awaited before anything is forwarded or answered: the decision
+//! is never lost. For forwarded requests and tunnels a *completion* event
+//! (`http.done` / `connect.done`, `details.decision_seq` pointing at the decision)
+//! follows when the exchange ends, with status, bytes up/down and duration; it is not
+//! awaited by the agent (it would add a disk flush to every response), so a crash
+//! mid-exchange can lose the completion, never the decision.
+//!
+//! **HTTP/2 to the agent is not offered** (ALPN advertises only `http/1.1`): every
+//! agent HTTP client speaks HTTP/1.1 through a proxy, and one HTTP/1 parser keeps the
+//! ambiguity checks (Host vs :authority, CONNECT inside streams) in one place. Upstream
+//! connections are HTTP/1.1 too, pooled per (profile, host, port, checked address).
+//!
+//! DNS AAAA queries for allowed names get an empty NOERROR answer (when `answer_addr`
+//! is IPv4): clients fall back to the A record, and IPv6 beyond gvmd is dropped in the
+//! netns anyway.
+//!
+//! Trusts: gvm-policy for decisions, gvm-audit for durability, the files in `ca_dir`.
+//! Must never: forward anything it has not recorded, connect to an address it has not
+//! checked, or let an agent reach gvmd's own sockets through it.
+
+mod answer;
+mod audit_glue;
+mod body;
+mod ca;
+mod decide;
+mod dns;
+mod dnswire;
+mod holds;
+mod proxy;
+mod rate;
+mod resolve;
+mod stream;
+mod transparent;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+pub use holds::{HeldRequest, HoldError};
+pub use resolve::{is_internal, ResolveError};
+pub use transparent::OriginalDst;
+
+use crate::decide::ProfileState;
+use crate::proxy::{ConnCtx, ConnKind};
+
+/// A profile's name as the gateway keys it (the daemon validates names).
+pub type ProfileName = Arc<str>;
+
+/// How the gateway is set up.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    /// `<state>/ca`: `ca.key` (0600) and `ca.pem`, created on first use.
+    pub ca_dir: PathBuf,
+    /// PEM files trusted for upstream TLS besides the system roots
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    pub extra_roots: Vec<PathBuf>,
+    /// Name → addresses override. Trusted by the SSRF check: the admin wrote them.
+    pub static_hosts: HashMap<String, Vec<IpAddr>>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot {what} {path}")]
+    Ca {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Box<std::io::Error>,
+    },
+    #[error("{path} is readable by others (mode {mode:o}); run `chmod 600 {path}` — the interception CA key must stay private")]
+    CaKeyMode { path: PathBuf, mode: u32 },
+    #[error("{path}: not a usable CA key ({reason}); move it away to let gvmd create a new CA (agents must then trust the new ca.pem)")]
+    CaKey { path: PathBuf, reason: String },
+    #[error("cannot mint a certificate for `{host}`: {reason}")]
+    Mint { host: String, reason: String },
+    #[error("extra root {path}: {reason}; `extra_roots` must list PEM certificate files")]
+    Roots { path: PathBuf, reason: String },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+pub(crate) struct Inner {
+    profiles: RwLock<HashMap<String, Arc<ProfileState>>>,
+    audit: gvm_audit::Audit,
+    ca: ca::CertAuthority,
+    server_cfgs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    resolver: resolve::Resolver,
+    upstreams: Arc<upstream::Upstreams>,
+    holds: holds::Holds,
+    rate: rate::RateLimiter,
+}
+
+impl Inner {
+    pub(crate) fn profile(&self, name: &str) -> Option<Arc<ProfileState>> {
+        self.profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The TLS server config presenting a leaf for `host` (cached with the leaf).
+    pub(crate) fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
+        if let Some(c) = self.server_cfgs.lock().unwrap_or_else(|e| e.into_inner()).get(host) {
+            return Ok(c.clone());
+        }
+        let ck = self.ca.leaf(host)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GatewayError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(ck)));
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = Arc::new(cfg);
+        let mut map = self.server_cfgs.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 4096 {
+            map.clear();
+        }
+        map.insert(host.to_string(), cfg.clone());
+        Ok(cfg)
+    }
+}
+
+/// Reads one secret: a file (trailing newline dropped) or a systemd credential.
+fn load_secret(src: &gvm_policy::SecretSource) -> Result<String, String> {
+    let path = match src {
+        gvm_policy::SecretSource::File(p) => p.clone(),
+        gvm_policy::SecretSource::Credential(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join(name),
+            None => return Err(format!("credential `{name}`: gvmd has no CREDENTIALS_DIRECTORY (set LoadCredential= in gvmd.service)")),
+        },
+    };
+    let mut v = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    while v.ends_with('\n') || v.ends_with('\r') {
+        v.pop();
+    }
+    Ok(v)
+}
+
+/// Presents one certificate whatever the client asks (the SNI was checked before).
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Loads (or creates) the CA and the upstream trust store.
+    pub fn new(cfg: GatewayConfig, audit: gvm_audit::Audit) -> Result<Gateway, GatewayError> {
+        let ca = ca::CertAuthority::load_or_create(&cfg.ca_dir)?;
+        let client = upstream::client_config(&cfg.extra_roots)?;
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                profiles: RwLock::new(HashMap::new()),
+                audit,
+                ca,
+                server_cfgs: Mutex::new(HashMap::new()),
+                resolver: resolve::Resolver::new(&cfg.static_hosts),
+                upstreams: Arc::new(upstream::Upstreams::new(client)),
+                holds: holds::Holds::default(),
+                rate: rate::RateLimiter::default(),
+            }),
+        })
+    }
+
+    /// Puts a profile's policy in force; the next request uses it. Reads the secrets
+    /// its injections need (a secret that cannot be read makes those rules deny).
+    pub fn set_profile(&self, profile: &gvm_policy::Profile) {
+        let name: Arc<str> = Arc::from(profile.name.as_str());
+        let secrets = profile
+            .secrets
+            .iter()
+            .map(|(k, src)| (k.clone(), load_secret(src)))
+            .collect();
+        let state = ProfileState {
+            name: name.clone(),
+            policy: profile.compiled.clone(),
+            secrets,
+        };
+        self.inner
+            .profiles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Arc::new(state));
+        self.inner.rate.forget(&name);
+        self.inner.upstreams.forget(&name);
+    }
+
+    /// Takes a profile out: its listeners refuse everything from now on.
+    pub fn remove_profile(&self, name: &str) {
+        self.inner
+            .profiles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.inner.rate.forget(name);
+        self.inner.upstreams.forget(name);
+    }
+
+    /// The explicit proxy on `listener` for `profile`.
+    pub fn serve_proxy(&self, listener: TcpListener, profile: ProfileName) -> JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _peer)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let conn = Arc::new(ConnCtx {
+                    profile: profile.clone(),
+                    kind: ConnKind::Proxy,
+                });
+                tokio::spawn(inner.clone().serve_http(tcp, conn));
+            }
+        })
+    }
+
+    /// The transparent listener (connections redirected by nft) for `profile`.
+    pub fn serve_transparent(&self, listener: TcpListener, profile: ProfileName) -> JoinHandle<()> {
+        self.serve_transparent_with(listener, profile, OriginalDst::SoOriginalDst)
+    }
+
+    /// [`serve_transparent`](Self::serve_transparent) with another source for the
+    /// original destination (tests: a fixed address, since nft is not available).
+    pub fn serve_transparent_with(
+        &self,
+        listener: TcpListener,
+        profile: ProfileName,
+        dst: OriginalDst,
+    ) -> JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(transparent::serve(inner, listener, profile, dst))
+    }
+
+    /// The DNS resolver (UDP and TCP) for `profile`; allowed names resolve to
+    /// `answer_addr`, the gateway's address inside the agent's netns.
+    pub fn serve_dns(
+        &self,
+        udp: UdpSocket,
+        tcp: TcpListener,
+        profile: ProfileName,
+        answer_addr: IpAddr,
+    ) -> JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(dns::serve(inner, udp, tcp, profile, answer_addr))
+    }
+
+    /// Requests waiting for a human, oldest first.
+    pub fn holds(&self) -> Vec<HeldRequest> {
+        self.inner.holds.list()
+    }
+
+    /// Approves (forwards) or denies a held request.
+    pub fn resolve_hold(&self, id: u64, approve: bool) -> Result<(), HoldError> {
+        self.inner.holds.resolve(id, approve)
+    }
+
+    /// The CA certificate agents must trust, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.inner.ca.ca_pem().to_string()
+    }
+}

@@ -1,0 +1,860 @@
+//! The request pipeline: every way into the gateway (absolute-form HTTP, CONNECT with
+//! or without interception, transparent HTTP and TLS) ends in the same few functions,
+//! so a request is decided, recorded and forwarded the same way whichever door it
+//! used (ATTACKS.md class 1).
+//!
+//! Order for every request: refuse ambiguity → decide → (hold) → rate → resolve and
+//! SSRF-check → append the audit event and wait until it is durable → forward.
+//! Any error before forwarding is a refusal, never a pass (class 6).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use gvm_policy::Host;
+
+use crate::answer::{self, Described, RespBody};
+use crate::body::{Completion, Counting};
+use crate::decide::{ConnectRuling, ProfileState, Ruling, Verdict};
+use crate::holds::HoldOutcome;
+use crate::stream::{sniff, Prefixed, Sniffed};
+use crate::upstream::{PoolKey, Upstreams};
+use crate::Inner;
+
+/// Largest request head accepted from an agent.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// How long a tunnel waits for the client's first byte before assuming a
+/// server-speaks-first protocol.
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+
+/// How the connection reached the gateway (recorded as `details.via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Proxy,
+    Connect,
+    Intercept,
+    Transparent,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Proxy => "proxy",
+            Via::Connect => "connect",
+            Via::Intercept => "intercept",
+            Via::Transparent => "transparent",
+        }
+    }
+}
+
+/// What a connection is allowed to name.
+pub(crate) enum ConnKind {
+    /// The explicit proxy listener: absolute-form requests and CONNECT.
+    Proxy,
+    /// Inside a CONNECT tunnel or a transparent TLS connection: every request must
+    /// name exactly this host and port.
+    Inner {
+        host: Host,
+        port: u16,
+        tls: bool,
+        via: Via,
+    },
+    /// Transparent plain HTTP: the first Host header names the connection.
+    TransparentHttp { port: u16, pinned: Mutex<Option<Host>> },
+}
+
+pub(crate) struct ConnCtx {
+    pub profile: Arc<str>,
+    pub kind: ConnKind,
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub tls: bool,
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Target {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+    fn default_port(&self) -> bool {
+        self.port == if self.tls { 443 } else { 80 }
+    }
+    fn authority(&self) -> String {
+        if self.default_port() {
+            self.host.url_form().into_owned()
+        } else {
+            format!("{}:{}", self.host.url_form(), self.port)
+        }
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) and normalises the host.
+pub(crate) fn split_authority(s: &str) -> Result<(Host, Option<u16>), String> {
+    let (h, p) = if s.starts_with('[') {
+        match s.find(']') {
+            Some(i) => {
+                let rest = &s[i + 1..];
+                if rest.is_empty() {
+                    (s, None)
+                } else if let Some(p) = rest.strip_prefix(':') {
+                    (&s[..=i], Some(p))
+                } else {
+                    return Err(format!("`{s}` is not host[:port]"));
+                }
+            }
+            None => return Err(format!("`{s}` is not host[:port]")),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            Some(_) => return Err(format!("`{s}`: IPv6 addresses must be in brackets")),
+            None => (s, None),
+        }
+    };
+    let port = match p {
+        None => None,
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("`{s}` has an invalid port"));
+            }
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("`{s}` has an invalid port")),
+                Ok(n) => Some(n),
+            }
+        }
+    };
+    let host = Host::parse(h).map_err(|e| format!("`{h}`: {e}"))?;
+    Ok((host, port))
+}
+
+/// Refuses requests whose framing two parsers could read differently.
+fn check_framing(headers: &HeaderMap) -> Result<(), String> {
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host header".into());
+    }
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if cl > 1 {
+        return Err("more than one Content-Length header".into());
+    }
+    let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if !te.is_empty() {
+        if cl > 0 {
+            return Err("both Content-Length and Transfer-Encoding".into());
+        }
+        if te.len() > 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err("Transfer-Encoding other than one `chunked`".into());
+        }
+    }
+    for (name, v) in headers {
+        if v.as_bytes().iter().any(|b| *b == 0 || *b == b'\r' || *b == b'\n') {
+            return Err(format!("control byte in header {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// Headers that describe one hop and are never forwarded.
+const HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.to_str()
+                    .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                    .unwrap_or(false)
+            })
+}
+
+fn strip_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect();
+    for h in HOP {
+        headers.remove(h);
+    }
+    for h in listed {
+        headers.remove(h.as_str());
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+impl Inner {
+    /// Serves HTTP/1.1 on one agent connection. (Boxed: tunnels serve HTTP inside
+    /// connections that HTTP opened, and the recursion needs a named future type.)
+    pub(crate) fn serve_http<S>(
+        self: Arc<Self>,
+        io: S,
+        conn: Arc<ConnCtx>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(async move {
+            let this = self.clone();
+            let svc = service_fn(move |req| {
+                let this = this.clone();
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(this.handle(conn, req).await) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.max_buf_size(MAX_HEAD).keep_alive(true).title_case_headers(false);
+            if let Err(e) = b.serve_connection(TokioIo::new(io), svc).with_upgrades().await {
+                tracing::debug!("agent connection ended: {e}");
+            }
+        })
+    }
+
+    async fn handle(self: Arc<Self>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+        let described = Described {
+            method: req.method().to_string(),
+            url: req.uri().to_string(),
+        };
+        if let Err(reason) = check_framing(req.headers()) {
+            return self
+                .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None)
+                .await;
+        }
+        let host_hdr = match req.headers().get(header::HOST) {
+            None => None,
+            Some(v) => match v.to_str().map_err(|_| "Host header is not ASCII".to_string()).and_then(split_authority) {
+                Ok(h) => Some(h),
+                Err(reason) => {
+                    return self
+                        .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &format!("bad Host header: {reason}"), None)
+                        .await
+                }
+            },
+        };
+        let uri_target = match uri_target(req.uri()) {
+            Ok(t) => t,
+            Err(reason) => {
+                return self
+                    .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None)
+                    .await
+            }
+        };
+        if req.method() == Method::CONNECT {
+            return match &conn.kind {
+                ConnKind::Proxy => self.connect(conn.clone(), req, host_hdr).await,
+                _ => {
+                    self.refuse(&conn.profile, "connect", StatusCode::FORBIDDEN, &described,
+                        "CONNECT inside a tunnel or a transparent connection is never allowed (relay through an allowed host)", None)
+                        .await
+                }
+            };
+        }
+        // The target of the request, from what this connection may name.
+        let (target, via) = match &conn.kind {
+            ConnKind::Proxy => {
+                let Some(t) = uri_target.clone() else {
+                    return self
+                        .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described,
+                            "the proxy needs absolute-form requests (`GET http://host/path`) or CONNECT", None)
+                        .await;
+                };
+                (t, Via::Proxy)
+            }
+            ConnKind::Inner { host, port, tls, via } => (
+                Target { tls: *tls, host: host.clone(), port: *port },
+                *via,
+            ),
+            ConnKind::TransparentHttp { port, pinned } => {
+                let Some((h, p)) = host_hdr.clone() else {
+                    return self
+                        .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described,
+                            "no Host header: the transparent gateway cannot tell which host this is for", None)
+                        .await;
+                };
+                let second_host = {
+                    let mut pin = pinned.lock().unwrap_or_else(|e| e.into_inner());
+                    match &*pin {
+                        Some(prev) if *prev != h => true,
+                        _ => {
+                            *pin = Some(h.clone());
+                            false
+                        }
+                    }
+                };
+                if second_host {
+                    return self
+                        .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
+                            "a second host on the same transparent connection", None)
+                        .await;
+                }
+                if p.is_some_and(|p| p != *port) {
+                    return self
+                        .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
+                            "the Host header's port is not the port the connection went to", None)
+                        .await;
+                }
+                (Target { tls: false, host: h, port: *port }, Via::Transparent)
+            }
+        };
+        // Everything that names a host must name the same one.
+        if let Some((h, p)) = &host_hdr {
+            let port_ok = p.map_or(true, |p| p == target.port);
+            if *h != target.host || !port_ok {
+                return self
+                    .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
+                        &format!("the Host header names `{}` but the request goes to `{}`", h, target.authority()), None)
+                    .await;
+            }
+        } else if !matches!(conn.kind, ConnKind::Proxy) {
+            return self
+                .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, "HTTP/1.1 request without a Host header", None)
+                .await;
+        }
+        if !matches!(conn.kind, ConnKind::Proxy) {
+            if let Some(u) = &uri_target {
+                if u.host != target.host || u.port != target.port || u.tls != target.tls {
+                    return self
+                        .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
+                            &format!("the URL names `{}://{}` but this connection goes to `{}://{}`", u.scheme(), u.authority(), target.scheme(), target.authority()), None)
+                        .await;
+                }
+            }
+        }
+        self.forward(conn, target, via, req).await
+    }
+
+    /// Records a refusal and answers it (503 when even the refusal cannot be recorded).
+    async fn refuse(
+        &self,
+        profile: &str,
+        kind: &str,
+        status: StatusCode,
+        what: &Described,
+        reason: &str,
+        via: Option<Via>,
+    ) -> Response<RespBody> {
+        let details = json!({
+            "method": what.method, "url": what.url, "status": status.as_u16(),
+            "reason": reason, "via": via.map(Via::as_str),
+        });
+        if let Err(e) = self.record(kind, profile, "deny", Some("protocol"), details).await {
+            return answer::unavailable(profile, what, &e);
+        }
+        answer::refused(status, profile, what, reason)
+    }
+
+    /// Appends one event and waits until it is durable.
+    pub(crate) async fn record(
+        &self,
+        kind: &str,
+        profile: &str,
+        decision: &str,
+        rule: Option<&str>,
+        details: Value,
+    ) -> Result<u64, String> {
+        crate::audit_glue::append(&self.audit, kind, profile, decision, rule, details).await
+    }
+
+    /// Decides a request on a known target, then (if allowed) forwards it.
+    async fn forward(
+        self: Arc<Self>,
+        conn: Arc<ConnCtx>,
+        target: Target,
+        via: Via,
+        mut req: Request<Incoming>,
+    ) -> Response<RespBody> {
+        let start = Instant::now();
+        let profile = conn.profile.clone();
+        let method = req.method().clone();
+        let path_q = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let path = path_q.split('?').next().unwrap_or("/").to_string();
+        let what = Described {
+            method: method.to_string(),
+            url: format!("{}://{}{}", target.scheme(), target.authority(), path_q),
+        };
+        let mut details = json!({
+            "method": method.as_str(), "scheme": target.scheme(), "host": target.host.as_str(),
+            "port": target.port, "path": path, "via": via.as_str(),
+        });
+        let Some(state) = self.profile(&profile) else {
+            return self.deny_event("http", &profile, None, &what, details, "the profile is not loaded").await;
+        };
+        let ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
+        let addr = match self.admit("http", &state, &ruling, &target, &what, &mut details).await {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
+        // Durable before anything is forwarded.
+        let seq = match self
+            .record("http", &profile, ruling.audit_decision(), ruling.rule.as_deref(), details.clone())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return answer::unavailable(&profile, &what, &e),
+        };
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let done = Arc::new(self.completion("http", &profile, &ruling, details, seq, start));
+
+        let (mut parts, body) = req.into_parts();
+        strip_hop(&mut parts.headers, upgrade);
+        parts.headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&target.authority()).unwrap_or(HeaderValue::from_static("invalid")),
+        );
+        for (name, value) in &ruling.inject {
+            // A client-sent value never travels beside the injected one (class 9).
+            parts.headers.remove(name);
+            parts.headers.insert(name.clone(), value.clone());
+        }
+        parts.uri = match Uri::builder().path_and_query(path_q.as_str()).build() {
+            Ok(u) => u,
+            Err(_) => Uri::from_static("/"),
+        };
+        parts.version = http::Version::HTTP_11;
+        let up_req = Request::from_parts(parts, Counting::new(body, Some(done.clone()), true));
+
+        let key = PoolKey {
+            profile: profile.clone(),
+            tls: target.tls,
+            host: target.host.as_str().to_string(),
+            port: target.port,
+            addr,
+        };
+        let mut sender = match self.upstreams.checkout(&key) {
+            Some(s) => s,
+            None => match self.upstreams.connect(&key).await {
+                Ok(s) => s,
+                Err(e) => {
+                    done.status.store(502, Ordering::Relaxed);
+                    return answer::bad_gateway(&profile, &what, &e);
+                }
+            },
+        };
+        let resp = match sender.send_request(up_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                done.status.store(502, Ordering::Relaxed);
+                return answer::bad_gateway(&profile, &what, &e.to_string());
+            }
+        };
+        let mut resp = resp;
+        done.status.store(resp.status().as_u16(), Ordering::Relaxed);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let server_upgrade = hyper::upgrade::on(&mut resp);
+                let done2 = done.clone();
+                tokio::spawn(async move {
+                    let (Ok(c), Ok(s)) = (client_upgrade.await, server_upgrade.await) else {
+                        return;
+                    };
+                    let mut c = TokioIo::new(c);
+                    let mut s = TokioIo::new(s);
+                    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        done2.up.fetch_add(up, Ordering::Relaxed);
+                        done2.down.fetch_add(down, Ordering::Relaxed);
+                    }
+                });
+            }
+        } else {
+            Upstreams::checkin(&self.upstreams, key, sender);
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
+        use http_body_util::BodyExt;
+        Response::from_parts(parts, Counting::new(body, Some(done), false).boxed())
+    }
+
+    /// Hold, deny, rate and SSRF: everything between the decision and the durable
+    /// allow event. `Ok(addr)`: go ahead and connect to exactly `addr`.
+    async fn admit(
+        &self,
+        kind: &str,
+        state: &ProfileState,
+        ruling: &Ruling,
+        target: &Target,
+        what: &Described,
+        details: &mut Value,
+    ) -> Result<SocketAddr, Response<RespBody>> {
+        let profile = state.name.clone();
+        let rule = ruling.rule.as_deref();
+        match ruling.verdict {
+            Verdict::Deny => {
+                return Err(self
+                    .deny_event(kind, &profile, rule, what, details.clone(), "the profile's rules do not allow it")
+                    .await)
+            }
+            Verdict::Hold => {
+                let (id, wait) = self.holds.hold(
+                    &profile,
+                    &what.method,
+                    what.url.clone(),
+                    ruling.rule.clone(),
+                    ruling.hold_timeout,
+                );
+                details["hold_id"] = json!(id);
+                if let Err(e) = self.record(kind, &profile, "hold", rule, details.clone()).await {
+                    return Err(answer::unavailable(&profile, what, &e));
+                }
+                match wait.await {
+                    HoldOutcome::Approved => {
+                        details["hold"] = json!("approved");
+                    }
+                    HoldOutcome::Denied => {
+                        details["hold"] = json!("denied");
+                        return Err(self
+                            .deny_event(kind, &profile, rule, what, details.clone(),
+                                &format!("held request {id} was denied by the operator"))
+                            .await);
+                    }
+                    HoldOutcome::TimedOut => {
+                        details["hold"] = json!("timeout");
+                        return Err(self
+                            .deny_event(kind, &profile, rule, what, details.clone(),
+                                &format!("held request {id} was not approved within {} s", ruling.hold_timeout.as_secs()))
+                            .await);
+                    }
+                }
+            }
+            Verdict::Allow => {}
+        }
+        if let Some((burst, per)) = ruling.rate {
+            let rule_key = ruling.rule_index.map_or_else(|| "default".to_string(), |i| format!("network.rule[{i}]"));
+            if let Err(wait) = self.rate.take(&profile, &rule_key, burst, per, Instant::now()) {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                details["status"] = json!(429);
+                details["retry_after"] = json!(secs);
+                if let Err(e) = self.record(kind, &profile, "limit", rule, details.clone()).await {
+                    return Err(answer::unavailable(&profile, what, &e));
+                }
+                return Err(answer::rate_limited(&profile, &rule_key, what, secs));
+            }
+        }
+        let port = target.port;
+        match self
+            .resolver
+            .resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port))
+            .await
+        {
+            Ok(addr) => {
+                details["addr"] = json!(addr.to_string());
+                Ok(addr)
+            }
+            Err(e) => {
+                details["ssrf"] = json!(true);
+                Err(self
+                    .deny_event(kind, &profile, Some("upstream-safety"), what, details.clone(), &e.to_string())
+                    .await)
+            }
+        }
+    }
+
+    async fn deny_event(
+        &self,
+        kind: &str,
+        profile: &str,
+        rule: Option<&str>,
+        what: &Described,
+        mut details: Value,
+        reason: &str,
+    ) -> Response<RespBody> {
+        details["status"] = json!(403);
+        details["reason"] = json!(reason);
+        if let Err(e) = self.record(kind, profile, "deny", rule, details).await {
+            return answer::unavailable(profile, what, &e);
+        }
+        answer::denied(profile, rule, what, reason)
+    }
+
+    /// The completion record, appended (not awaited by the agent) when the exchange ends.
+    fn completion(&self, kind: &str, profile: &str, ruling: &Ruling, details: Value, seq: u64, start: Instant) -> Completion {
+        let audit = self.audit.clone();
+        let kind = format!("{kind}.done");
+        let profile = profile.to_string();
+        let decision = ruling.audit_decision().to_string();
+        let rule = ruling.rule.clone();
+        Completion {
+            start,
+            up: 0.into(),
+            down: 0.into(),
+            status: 0.into(),
+            on_done: Some(Box::new(move |status, up, down, ms| {
+                let mut details = details;
+                details["decision_seq"] = json!(seq);
+                details["status"] = json!(status);
+                details["bytes_up"] = json!(up);
+                details["bytes_down"] = json!(down);
+                details["duration_ms"] = json!(ms);
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move {
+                        let _ = crate::audit_glue::append(&audit, &kind, &profile, &decision, rule.as_deref(), details).await;
+                    });
+                }
+            })),
+        }
+    }
+
+    /// CONNECT on the explicit proxy.
+    async fn connect(
+        self: Arc<Self>,
+        conn: Arc<ConnCtx>,
+        mut req: Request<Incoming>,
+        host_hdr: Option<(Host, Option<u16>)>,
+    ) -> Response<RespBody> {
+        let profile = conn.profile.clone();
+        let raw = req.uri().authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+        let what = Described { method: "CONNECT".into(), url: raw.clone() };
+        let (host, port) = match split_authority(&raw) {
+            Ok((h, Some(p))) if req.uri().scheme().is_none() && req.uri().path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/") => (h, p),
+            Ok(_) => {
+                return self.refuse(&profile, "connect", StatusCode::BAD_REQUEST, &what, "CONNECT needs `host:port`", Some(Via::Connect)).await
+            }
+            Err(e) => {
+                return self.refuse(&profile, "connect", StatusCode::BAD_REQUEST, &what, &e, Some(Via::Connect)).await
+            }
+        };
+        if let Some((h, p)) = host_hdr {
+            if h != host || p.is_some_and(|p| p != port) {
+                return self
+                    .refuse(&profile, "connect", StatusCode::MISDIRECTED_REQUEST, &what, "the Host header does not name the CONNECT target", Some(Via::Connect))
+                    .await;
+            }
+        }
+        let what = Described { method: "CONNECT".into(), url: format!("{}:{port}", host.url_form()) };
+        let target = Target { tls: port != 80, host: host.clone(), port };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        match self.admit_tunnel(&profile, &target, Via::Connect, &what).await {
+            Err(resp) => resp,
+            Ok(plan) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = on_upgrade.await else { return };
+                    this.tunnel(profile, TokioIo::new(up), target, plan, Via::Connect).await;
+                });
+                Response::new(answer::empty())
+            }
+        }
+    }
+
+    /// The host-level decision for a tunnel (CONNECT, transparent TLS).
+    pub(crate) async fn admit_tunnel(
+        &self,
+        profile: &Arc<str>,
+        target: &Target,
+        via: Via,
+        what: &Described,
+    ) -> Result<TunnelPlan, Response<RespBody>> {
+        let mut details = json!({
+            "method": "CONNECT", "host": target.host.as_str(), "port": target.port, "via": via.as_str(),
+        });
+        let Some(state) = self.profile(profile) else {
+            return Err(self.deny_event("connect", profile, None, what, details, "the profile is not loaded").await);
+        };
+        match state.decide_connect(&target.host, target.port) {
+            ConnectRuling::Intercept => {
+                if let Err(e) = self.record("connect", profile, "intercept", None, details).await {
+                    return Err(answer::unavailable(profile, what, &e));
+                }
+                Ok(TunnelPlan::Intercept)
+            }
+            ConnectRuling::Decided(ruling) => {
+                let addr = self.admit("connect", &state, &ruling, target, what, &mut details).await?;
+                let seq = match self
+                    .record("connect", profile, ruling.audit_decision(), ruling.rule.as_deref(), details.clone())
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => return Err(answer::unavailable(profile, what, &e)),
+                };
+                let done = self.completion("connect", profile, &ruling, details, seq, Instant::now());
+                Ok(TunnelPlan::Splice { addr, done: Arc::new(done) })
+            }
+        }
+    }
+
+    /// After the tunnel is granted: look at the first bytes and apply the same policy
+    /// to what is inside.
+    pub(crate) async fn tunnel<S>(self: Arc<Self>, profile: Arc<str>, mut io: S, target: Target, plan: TunnelPlan, via: Via)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let wait = match plan {
+            TunnelPlan::Intercept => None,
+            TunnelPlan::Splice { .. } => Some(FIRST_BYTE_WAIT),
+        };
+        let Ok((sniffed, prefix)) = sniff(&mut io, wait).await else { return };
+        let io = Prefixed::new(prefix, io);
+        match sniffed {
+            Sniffed::Tls { sni } => {
+                if let Some(sni) = sni {
+                    if Host::parse(&sni).ok().as_ref() != Some(&target.host) {
+                        let what = Described { method: "CONNECT".into(), url: format!("{}:{}", target.host.url_form(), target.port) };
+                        let details = json!({
+                            "method": "CONNECT", "host": target.host.as_str(), "port": target.port,
+                            "sni": sni, "via": via.as_str(), "status": 421,
+                            "reason": "TLS SNI does not name the tunnel's host (domain fronting)",
+                        });
+                        let _ = self.record("connect", &profile, "deny", Some("protocol"), details).await;
+                        drop(what);
+                        return;
+                    }
+                }
+                match plan {
+                    TunnelPlan::Intercept => self.intercept_tls(profile, io, target, via).await,
+                    TunnelPlan::Splice { addr, done } => splice(io, addr, done).await,
+                }
+            }
+            Sniffed::Http => {
+                let kind = ConnKind::Inner {
+                    host: target.host.clone(),
+                    port: target.port,
+                    tls: false,
+                    via: if via == Via::Transparent { via } else { Via::Connect },
+                };
+                // Plain HTTP inside a tunnel: every request is decided on its own.
+                self.serve_http(io, Arc::new(ConnCtx { profile, kind })).await;
+            }
+            Sniffed::Other => match plan {
+                TunnelPlan::Splice { addr, done } => splice(io, addr, done).await,
+                TunnelPlan::Intercept => {
+                    let details = json!({
+                        "method": "CONNECT", "host": target.host.as_str(), "port": target.port,
+                        "via": via.as_str(), "status": 403,
+                        "reason": "rules for this host look at requests, but the tunnel carries neither TLS nor HTTP",
+                    });
+                    let _ = self.record("connect", &profile, "deny", Some("protocol"), details).await;
+                }
+            },
+        }
+    }
+
+    /// Terminates TLS with a leaf for the target and serves the requests inside.
+    pub(crate) async fn intercept_tls<S>(self: Arc<Self>, profile: Arc<str>, io: S, target: Target, via: Via)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let cfg = match self.server_config(target.host.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot mint a certificate for {}: {e}", target.host);
+                return;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        let Ok(tls) = acceptor.accept(io).await else { return };
+        let kind = ConnKind::Inner {
+            host: target.host,
+            port: target.port,
+            tls: true,
+            via: if via == Via::Transparent { via } else { Via::Intercept },
+        };
+        self.serve_http(tls, Arc::new(ConnCtx { profile, kind })).await;
+    }
+}
+
+pub(crate) enum TunnelPlan {
+    Intercept,
+    Splice { addr: SocketAddr, done: Arc<Completion> },
+}
+
+async fn splice<S>(mut io: S, addr: SocketAddr, done: Arc<Completion>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut up = match Upstreams::connect_raw(addr).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!("tunnel upstream: {e}");
+            done.status.store(502, Ordering::Relaxed);
+            let _ = io.shutdown().await;
+            return;
+        }
+    };
+    done.status.store(200, Ordering::Relaxed);
+    if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut io, &mut up).await {
+        done.up.fetch_add(a, Ordering::Relaxed);
+        done.down.fetch_add(b, Ordering::Relaxed);
+    }
+}
+
+/// The target named by an absolute-form request URI (`None` for origin-form).
+fn uri_target(uri: &Uri) -> Result<Option<Target>, String> {
+    let Some(auth) = uri.authority() else {
+        return Ok(None);
+    };
+    if auth.as_str().contains('@') {
+        return Err("userinfo (`user@host`) in the URL".into());
+    }
+    let tls = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => false,
+        Some(s) if s.eq_ignore_ascii_case("https") => true,
+        None => return Ok(None), // authority-form: CONNECT, handled elsewhere
+        Some(s) => return Err(format!("scheme `{s}` is not proxied")),
+    };
+    let (host, port) = split_authority(auth.as_str())?;
+    Ok(Some(Target { tls, host, port: port.unwrap_or(if tls { 443 } else { 80 }) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        let (h, p) = split_authority("API.Example.com.:8443").unwrap();
+        assert_eq!((h.as_str(), p), ("api.example.com", Some(8443)));
+        let (h, p) = split_authority("[::1]:443").unwrap();
+        assert_eq!((h.as_str(), p), ("::1", Some(443)));
+        for bad in ["a@b.com:443", "evil.com\0.allowed.com", "0x7f000001:80", "h:0", "h:+1", "h:99999", "::1:443", "2130706433"] {
+            assert!(split_authority(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn framing() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert!(check_framing(&h).is_ok());
+        h.append(header::HOST, HeaderValue::from_static("b"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("1"));
+        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(check_framing(&h).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Upstream connections: TCP (TCP_NODELAY) to the one address the SSRF check passed,
+//! TLS verified against the system roots plus the configured extra roots, HTTP/1.1,
+//! and a small keep-alive pool keyed by profile, scheme, host, port and address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::body::Counting;
+use crate::GatewayError;
+
+pub(crate) type UpBody = Counting<Incoming>;
+pub(crate) type Sender = SendRequest<UpBody>;
+
+/// System CA bundle read for upstream verification.
+pub(crate) const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+const IDLE_PER_KEY: usize = 32;
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct PoolKey {
+    pub profile: Arc<str>,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+pub(crate) struct Upstreams {
+    tls: tokio_rustls::TlsConnector,
+    idle: Mutex<HashMap<PoolKey, Vec<Sender>>>,
+}
+
+pub(crate) fn client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::ClientConfig, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if Path::new(SYSTEM_ROOTS).exists() {
+        if let Ok(it) = CertificateDer::pem_file_iter(SYSTEM_ROOTS) {
+            for c in it.flatten() {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    for p in extra_roots {
+        let p = p.as_ref();
+        let certs: Vec<_> = CertificateDer::pem_file_iter(p)
+            .map_err(|e| GatewayError::Roots {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| GatewayError::Roots {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(GatewayError::Roots {
+                path: p.to_path_buf(),
+                reason: "no PEM certificate in it".into(),
+            });
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| GatewayError::Roots {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+impl Upstreams {
+    pub(crate) fn new(cfg: rustls::ClientConfig) -> Self {
+        Self {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An idle pooled connection ready for a request, if any.
+    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns `s` to the pool once its current exchange is finished.
+    pub(crate) fn checkin(self: &Arc<Self>, key: PoolKey, mut s: Sender) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if s.ready().await.is_ok() {
+                let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let list = idle.entry(key).or_default();
+                if list.len() < IDLE_PER_KEY {
+                    list.push(s);
+                }
+            }
+        });
+    }
+
+    /// Forgets the idle connections of a profile.
+    pub(crate) fn forget(&self, profile: &str) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| &*k.profile != profile);
+    }
+
+    /// A new connection to `key.addr`, TLS-verified for `key.host` when `key.tls`.
+    pub(crate) async fn connect(&self, key: &PoolKey) -> Result<Sender, String> {
+        let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(key.addr))
+            .await
+            .map_err(|_| format!("connecting to {} timed out", key.addr))?
+            .map_err(|e| format!("connecting to {}: {e}", key.addr))?;
+        let _ = tcp.set_nodelay(true);
+        let builder = {
+            let mut b = http1::Builder::new();
+            b.max_buf_size(256 * 1024);
+            b
+        };
+        if key.tls {
+            let name = ServerName::try_from(key.host.clone())
+                .map_err(|e| format!("`{}` is not a TLS server name: {e}", key.host))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS to {} ({}): {e}", key.host, key.addr))?;
+            let (s, conn) = builder
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP/1.1 to {}: {e}", key.host))?;
+            tokio::spawn(conn.with_upgrades());
+            Ok(s)
+        } else {
+            let (s, conn) = builder
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("HTTP/1.1 to {}: {e}", key.host))?;
+            tokio::spawn(conn.with_upgrades());
+            Ok(s)
+        }
+    }
+
+    /// A TCP connection for a tunnel (no HTTP).
+    pub(crate) async fn connect_raw(addr: SocketAddr) -> Result<TcpStream, String> {
+        let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+}

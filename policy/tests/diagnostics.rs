@@ -1,0 +1,159 @@
+//! What a user sees when a profile is refused: exact file:line:column texts.
+
+use std::path::Path;
+
+use gvm_policy::{parse_profile, Diagnostic};
+
+fn refuse(text: &str) -> Diagnostic {
+    match parse_profile(Path::new("profiles/inv.toml"), text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(d) => d,
+    }
+}
+
+fn says(text: &str) -> String {
+    refuse(text).to_string()
+}
+
+#[test]
+fn toml_syntax_error_has_position() {
+    let d = refuse("[network]\ndefault = \"deny\n");
+    assert_eq!((d.line, d.column), (Some(2), Some(16)));
+    assert_eq!(d.to_string(), "profiles/inv.toml:2:16: invalid basic string, expected `\"`");
+    // The message is the TOML parser's, on one line, not repeated.
+    assert!(!d.message.contains('\n'));
+    assert_eq!(d.message.matches("invalid").count(), 1);
+}
+
+#[test]
+fn unknown_field_lists_the_accepted_fields() {
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\n[[network.rule]]\nhost = \"b.com\"\nacton = \"allow\"\n"),
+        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, inject, intercept, comment"
+    );
+    assert_eq!(
+        says("bogus = 1\n"),
+        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files"
+    );
+    assert_eq!(
+        says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),
+        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential"
+    );
+}
+
+#[test]
+fn bad_enum_value_lists_allowed_values() {
+    assert_eq!(
+        says("[network]\ndefault = \"allow\"\n"),
+        "profiles/inv.toml:2:11: `network.default`: unknown value `allow` — allowed values: deny, hold"
+    );
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"alow\"\n"),
+        "profiles/inv.toml:3:10: `network.rule[0].action`: unknown value `alow` — allowed values: allow, deny, hold"
+    );
+    assert_eq!(
+        says("[agent]\nmode = \"audit\"\n"),
+        "profiles/inv.toml:2:8: `agent.mode`: unknown value `audit` — allowed values: enforce, watch"
+    );
+    assert_eq!(
+        says("[agent]\nworkspaces = [{ path = \"/a\", mode = \"rx\" }]\n"),
+        "profiles/inv.toml:2:37: `agent.workspaces[0].mode`: unknown value `rx` — allowed values: overlay, ro, rw"
+    );
+}
+
+#[test]
+fn missing_and_mistyped_fields() {
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\n"),
+        "profiles/inv.toml:1:1: `network.rule[0]`: missing field `action` — add `action = ...` to this table"
+    );
+    assert_eq!(
+        says("[agent]\ntasks_max = \"x\"\n"),
+        "profiles/inv.toml:2:13: `agent.tasks_max`: invalid type: string \"x\", expected an integer"
+    );
+}
+
+#[test]
+fn bad_host_points_at_the_host() {
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com:443\"\naction = \"allow\"\n"),
+        "profiles/inv.toml:2:8: `network.rule[0].host`: host contains a port; write the port in the rule's `port` field — remove `:PORT` and write `port = PORT` in the rule"
+    );
+    let d = refuse("[[network.rule]]\naction = \"allow\"\nhost = \"0x7f.1\"\n");
+    assert_eq!((d.line, d.column, d.field.as_deref()), (Some(3), Some(8), Some("network.rule[0].host")));
+    assert!(d.message.contains("not a canonical IPv4"), "{d}");
+    let d = refuse("[[network.rule]]\naction = \"allow\"\nhost = \"allowed.com@evil.com\"\n");
+    assert_eq!((d.line, d.column), (Some(3), Some(8)));
+    let d = refuse("[[network.rule]]\naction = \"allow\"\nhost = \"10.0.0.1/8\"\n");
+    assert_eq!(d.message, "host bits are set; the network is `10.0.0.0/8`");
+}
+
+#[test]
+fn undefined_secret_points_at_the_placeholder() {
+    let text = "[secrets]\nopenai = { file = \"/etc/gvm/secrets/openai\" }\n\n[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ninject = { header = \"Authorization\", value = \"Bearer {secret:openia}\" }\n";
+    assert_eq!(
+        says(text),
+        "profiles/inv.toml:7:54: `network.rule[0].inject.value`: secret `openia` is not defined in [secrets] — defined secrets: openai"
+    );
+}
+
+#[test]
+fn bad_rate_and_duration_point_at_the_value() {
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nrate = \"5/minute\"\n"),
+        "profiles/inv.toml:4:8: `network.rule[0].rate`: `5/minute` is not a rate; write N/sec, N/min, N/hour or N/day, e.g. \"60/min\""
+    );
+    assert_eq!(
+        says("[network]\nhold_timeout = \"2 min\"\n"),
+        "profiles/inv.toml:2:16: `network.hold_timeout`: `2 min` is not a duration; write a whole number and s, m, h or d, e.g. \"30s\" or \"2m\""
+    );
+}
+
+#[test]
+fn semantic_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[agent]\nenv = { PATH = \"/x\" }\n", "agent.env.PATH", "cannot be overridden"),
+        ("[agent]\nenv = { https_proxy = \"http://evil\" }\n", "agent.env.https_proxy", "cannot be overridden"),
+        ("[agent]\nenv = { \"A=B\" = \"x\" }\n", "agent.env.A=B", "no `=`"),
+        ("[agent]\nworkspaces = [{ path = \"rel\" }]\n", "agent.workspaces[0].path", "absolute"),
+        ("[agent]\nworkspaces = [{ path = \"/a/../b\" }]\n", "agent.workspaces[0].path", "`..`"),
+        ("[agent]\nmemory_max = \"2GB\"\n", "agent.memory_max", "not a size"),
+        ("[agent]\ncpu_quota = \"50\"\n", "agent.cpu_quota", "not a CPU quota"),
+        ("[agent]\ntasks_max = 0\n", "agent.tasks_max", "positive"),
+        ("[agent]\ncommand = []\n", "agent.command", "empty"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nmethods = [\"post\"]\n", "network.rule[0].methods[0]", "not an HTTP method"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\npath = \"/v1/../x\"\n", "network.rule[0].path", "`..`"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nport = 0\n", "network.rule[0].port", "between 1 and 65535"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nport = 1\nports = [2]\n", "network.rule[0].ports", "both set"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"deny\"\nrate = \"1/sec\"\n", "network.rule[0].rate", "deny rule"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nintercept = false\npath = \"/x\"\n", "network.rule[0].intercept", "`path`"),
+        ("[secrets]\nk = { file = \"/a\" }\n[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ninject = { header = \"Host\", value = \"{secret:k}\" }\n", "network.rule[0].inject.header", "cannot be injected"),
+        ("[secrets]\nk = { file = \"/a\" }\n[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ninject = { header = \"X\", value = \"a\\r\\nB: {secret:k}\" }\n", "network.rule[0].inject.value", "control characters"),
+        ("[secrets]\nk = { file = \"rel\" }\n", "secrets.k.file", "absolute"),
+        ("[secrets]\nk = { file = \"/a\", credential = \"b\" }\n", "secrets.k", "exactly one"),
+        ("[files]\nreview = [\"src/**x\"]\n", "files.review[0]", "`**`"),
+        ("[files]\ndeny_read = [\"[abc\"]\n", "files.deny_read[0]", "never closed"),
+    ];
+    for (text, field, needle) in cases {
+        let d = refuse(text);
+        assert_eq!(d.field.as_deref(), Some(*field), "{d}");
+        assert!(d.line.is_some() && d.column.is_some(), "{d}");
+        assert!(d.message.contains(needle), "{d} does not say {needle:?}");
+    }
+}
+
+#[test]
+fn profile_name_comes_from_the_file_name() {
+    let d = parse_profile(Path::new("profiles/Bad.Name.toml"), "").unwrap_err();
+    assert_eq!(d.line, None);
+    assert!(d.to_string().starts_with("profiles/Bad.Name.toml: `Bad.Name` is not a valid profile name"), "{d}");
+    assert!(d.to_string().contains("gvm-<name>"));
+    let p = parse_profile(Path::new("/etc/gvm/profiles/ok-1.toml"), "").unwrap();
+    assert_eq!(p.name.as_str(), "ok-1");
+}
+
+#[test]
+fn wire_refusal_prints_the_same() {
+    let d = refuse("[network]\ndefault = \"allow\"\n");
+    assert_eq!(gvm_api::ProfileRefusal::from(&d).to_string(), d.to_string());
+}
