@@ -3,6 +3,8 @@
 //! starts is stopped in `Drop`, also when the test fails.
 #![allow(dead_code)]
 
+pub mod systemd;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
