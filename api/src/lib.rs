@@ -16,6 +16,15 @@ pub mod paths {
     pub const AUDIT_EVENTS: &str = "/v1/audit/events";
     pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
     pub const RELOAD: &str = "/v1/reload";
+    pub const HOLDS: &str = "/v1/holds";
+    /// `POST /v1/holds/{id}/approve`
+    pub fn approve(id: u64) -> String {
+        format!("/v1/holds/{id}/approve")
+    }
+    /// `POST /v1/holds/{id}/deny`
+    pub fn deny(id: u64) -> String {
+        format!("/v1/holds/{id}/deny")
+    }
 }
 
 /// Name of the control socket inside the runtime directory.
@@ -212,4 +221,35 @@ pub struct ReloadResponse {
     pub loaded: Vec<String>,
     /// Files refused by this reload (the last good version, if any, stays in force).
     pub refused: Vec<ProfileRefusal>,
+}
+
+/// A request the gateway holds until a human answers (`GET /v1/holds`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldRequest {
+    pub id: u64,
+    pub profile: String,
+    pub method: String,
+    /// `scheme://host[:port]/path` as the gateway understood it.
+    pub url: String,
+    /// The rule that held it (`None`: the profile's default is `hold`).
+    pub rule: Option<String>,
+    /// RFC 3339 UTC.
+    pub since: String,
+    /// RFC 3339 UTC; nobody answering by then denies it.
+    pub expires_at: String,
+}
+
+/// `GET /v1/holds`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HoldsResponse {
+    /// Oldest first.
+    pub holds: Vec<HeldRequest>,
+}
+
+/// `POST /v1/holds/{id}/approve` and `/deny`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HoldAnswer {
+    pub id: u64,
+    /// `approved` or `denied`.
+    pub outcome: String,
 }

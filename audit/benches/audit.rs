@@ -75,7 +75,14 @@ fn main() {
     let total = env_u64("GVM_BENCH_APPENDS", 200_000);
     let verify_events = env_u64("GVM_BENCH_VERIFY_EVENTS", 1_000_000);
 
+    // GVM_BENCH_ONLY=append|latency|verify runs one part.
+    let only = std::env::var("GVM_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only == part;
+
     for (name, durability) in [("FULL", Durability::Full), ("NORMAL", Durability::Normal)] {
+        if !run("append") {
+            break;
+        }
         let dir = tmpdir();
         let rate = append_throughput(dir.path(), durability, 64, total);
         println!(
@@ -83,7 +90,7 @@ fn main() {
         );
     }
 
-    {
+    if run("latency") {
         let dir = tmpdir();
         let audit = Audit::open(dir.path(), AuditConfig::default()).unwrap();
         let n = 2000;
@@ -102,19 +109,24 @@ fn main() {
         );
     }
 
-    {
-        let dir = tmpdir();
-        let build = Instant::now();
-        let rate = append_throughput(dir.path(), Durability::Normal, 64, verify_events);
-        eprintln!(
-            "(built a {verify_events}-event database in {:.1} s, {rate:.0} events/s)",
-            build.elapsed().as_secs_f64()
-        );
-        let size = std::fs::metadata(db_path(dir.path())).map(|m| m.len()).unwrap_or(0);
+    if run("verify") {
+        // GVM_BENCH_VERIFY_DIR keeps (and reuses) the big database between runs.
+        let kept = std::env::var_os("GVM_BENCH_VERIFY_DIR").map(std::path::PathBuf::from);
+        let tmp = tmpdir();
+        let dir = kept.as_deref().unwrap_or(tmp.path());
+        if !db_path(dir).exists() {
+            let build = Instant::now();
+            let rate = append_throughput(dir, Durability::Normal, 64, verify_events);
+            eprintln!(
+                "(built a {verify_events}-event database in {:.1} s, {rate:.0} events/s)",
+                build.elapsed().as_secs_f64()
+            );
+        }
+        let size = std::fs::metadata(db_path(dir)).map(|m| m.len()).unwrap_or(0);
         // Warm the page cache once, then measure.
-        let _ = verify_db(&db_path(dir.path()), &public_key_path(dir.path()));
+        let _ = verify_db(&db_path(dir), &public_key_path(dir));
         let start = Instant::now();
-        let r = verify_db(&db_path(dir.path()), &public_key_path(dir.path()));
+        let r = verify_db(&db_path(dir), &public_key_path(dir));
         let elapsed = start.elapsed();
         assert!(r.ok, "{r:?}");
         println!(

@@ -65,19 +65,29 @@ fn put_opt(buf: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// Appends the hashed message `prev_hash ‖ canonical(ev)` to `out`.
+pub(crate) fn encode_message(out: &mut Vec<u8>, prev_hash: &[u8; 32], ev: &EventFields<'_>) {
+    out.extend_from_slice(prev_hash);
+    out.extend_from_slice(&ev.seq.to_be_bytes());
+    put_str(out, ev.time);
+    put_opt(out, ev.profile);
+    put_str(out, ev.kind);
+    put_opt(out, ev.decision);
+    put_opt(out, ev.rule);
+    put_str(out, ev.details);
+}
+
 /// `SHA-256(prev_hash ‖ canonical(ev))`, using `buf` as scratch space (no allocation once
 /// it has grown to the size of the largest event).
 pub(crate) fn event_hash(buf: &mut Vec<u8>, prev_hash: &[u8; 32], ev: &EventFields<'_>) -> [u8; 32] {
     buf.clear();
-    buf.extend_from_slice(prev_hash);
-    buf.extend_from_slice(&ev.seq.to_be_bytes());
-    put_str(buf, ev.time);
-    put_opt(buf, ev.profile);
-    put_str(buf, ev.kind);
-    put_opt(buf, ev.decision);
-    put_opt(buf, ev.rule);
-    put_str(buf, ev.details);
+    encode_message(buf, prev_hash, ev);
     Sha256::digest(buf.as_slice()).into()
+}
+
+/// SHA-256 of an encoded message.
+pub(crate) fn sha256(msg: &[u8]) -> [u8; 32] {
+    Sha256::digest(msg).into()
 }
 
 /// The canonical JSON text of `v` (see the module docs). Independent of whether

@@ -1,6 +1,7 @@
 //! gvmctl: talk to gvmd. `main` parses the arguments and hands each subcommand to its
 //! own module; errors end as one line on stderr and a non-zero exit code.
 
+mod approvals;
 mod audit;
 mod client;
 mod output;
@@ -44,6 +45,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the requests held for a human decision.
+    Approvals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held request through.
+    Approve {
+        /// The request's ID, from `gvmctl approvals`.
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse a held request (the agent gets a 403 saying so).
+    Deny {
+        /// The request's ID, from `gvmctl approvals`.
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -81,6 +101,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Status { json } => status::run(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Reload { json } => reload::run(&client, json),
+        Command::Approvals { json } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),
+        Command::Approve { id, json } => approvals::answer(&client, id, true, json).map(|()| ExitCode::SUCCESS),
+        Command::Deny { id, json } => approvals::answer(&client, id, false, json).map(|()| ExitCode::SUCCESS),
         Command::Audit(AuditCommand::Log { profile, since, limit, json }) => {
             let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;
             let query = gvm_api::EventsQuery { profile, since, after_seq: None, limit: Some(limit) };

@@ -82,6 +82,11 @@ pub struct GatewaySection {
     /// check, since the operator wrote them).
     #[serde(default)]
     pub hosts: BTreeMap<String, Vec<IpAddr>>,
+    /// Explicit-proxy listeners on the host, profile → address (e.g. `"127.0.0.1:3128"`).
+    /// For development and tests without the sandbox: every local process that can
+    /// reach the address speaks as that profile, so bind loopback only.
+    #[serde(default)]
+    pub listen: BTreeMap<String, std::net::SocketAddr>,
 }
 
 /// Why `gvmd.toml` was refused.

@@ -30,6 +30,12 @@ pub enum StartError {
     AlreadyRunning(PathBuf),
     #[error("cannot listen on {path}: {source} — remove the stale file or pick another --runtime-dir")]
     Listen { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Gateway(#[from] gvm_gateway::GatewayError),
+    #[error(
+        "cannot listen on {addr} for profile {profile} ([gateway.listen] in gvmd.toml): {source} — pick a free address"
+    )]
+    HostListener { profile: String, addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -91,6 +97,23 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
             checkpoint_interval: config.audit.checkpoint_interval,
         },
     )?;
+    let gateway = gvm_gateway::Gateway::new(
+        gvm_gateway::GatewayConfig {
+            ca_dir: paths.state_dir.join("ca"),
+            extra_roots: config.gateway.extra_roots.clone(),
+            static_hosts: config.gateway.hosts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        },
+        audit.clone(),
+    )?;
+    let mut host_listeners = Vec::new();
+    for (profile, addr) in &config.gateway.listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::HostListener {
+            profile: profile.clone(),
+            addr: *addr,
+            source,
+        })?;
+        host_listeners.push((profile.clone(), listener));
+    }
     let admin = AdminGroup::lookup(gvm_api::ADMIN_GROUP);
     let listener = bind_control_socket(&paths.socket(), &admin)?;
 
@@ -98,7 +121,7 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
-    let daemon = Arc::new(Daemon::new(paths, config, audit, admin));
+    let daemon = Arc::new(Daemon::new(paths, config, audit, gateway, admin));
     daemon
         .record(NewEvent {
             profile: None,
@@ -118,6 +141,11 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
     daemon.reload().await;
 
     let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));
+    for (profile, listener) in host_listeners {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!(gvm_profile = %profile, "host listener {addr} speaks as profile {profile}: any local process that reaches it does");
+        daemon.gateway.serve_proxy(listener, profile.as_str().into());
+    }
     let status = summary(&daemon);
     tracing::info!("gvmd {} ready: {status}", env!("CARGO_PKG_VERSION"));
     notifier.ready(&status);

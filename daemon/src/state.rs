@@ -18,6 +18,7 @@ pub struct Daemon {
     pub paths: Paths,
     pub config: DaemonConfig,
     pub audit: Audit,
+    pub gateway: gvm_gateway::Gateway,
     pub admin: AdminGroup,
     pub started_at: OffsetDateTime,
     started: Instant,
@@ -27,11 +28,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(paths: Paths, config: DaemonConfig, audit: Audit, admin: AdminGroup) -> Daemon {
+    pub fn new(
+        paths: Paths,
+        config: DaemonConfig,
+        audit: Audit,
+        gateway: gvm_gateway::Gateway,
+        admin: AdminGroup,
+    ) -> Daemon {
         Daemon {
             paths,
             config,
             audit,
+            gateway,
             admin,
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
@@ -81,6 +89,18 @@ impl Daemon {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let next = Arc::new(next);
         *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        // The gateway decides the next request with the new version.
+        for change in &changes {
+            match change {
+                Change::Loaded { name, .. } => {
+                    if let Some(loaded) = next.profiles.get(name) {
+                        self.gateway.set_profile(&loaded.profile);
+                    }
+                }
+                Change::Removed { name } => self.gateway.remove_profile(name),
+                Change::Refused { .. } => {}
+            }
+        }
 
         for change in changes {
             let event = match change {

@@ -46,12 +46,7 @@ fn how_to(profile: &str, what: &Described) -> String {
 }
 
 /// 403: the policy (or a held request's answer) refused it.
-pub(crate) fn denied(
-    profile: &str,
-    rule: Option<&str>,
-    what: &Described,
-    reason: &str,
-) -> Response<RespBody> {
+pub(crate) fn denied(profile: &str, rule: Option<&str>, what: &Described, reason: &str) -> Response<RespBody> {
     json_response(
         StatusCode::FORBIDDEN,
         json!({
@@ -66,12 +61,7 @@ pub(crate) fn denied(
 }
 
 /// 429 with Retry-After.
-pub(crate) fn rate_limited(
-    profile: &str,
-    rule: &str,
-    what: &Described,
-    retry_after_secs: u64,
-) -> Response<RespBody> {
+pub(crate) fn rate_limited(profile: &str, rule: &str, what: &Described, retry_after_secs: u64) -> Response<RespBody> {
     let mut r = json_response(
         StatusCode::TOO_MANY_REQUESTS,
         json!({
@@ -88,19 +78,13 @@ pub(crate) fn rate_limited(
     );
     r.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from_str(&retry_after_secs.to_string())
-            .unwrap_or(HeaderValue::from_static("1")),
+        HeaderValue::from_str(&retry_after_secs.to_string()).unwrap_or(HeaderValue::from_static("1")),
     );
     r
 }
 
 /// 400 / 421: the request is ambiguous (a parser differential in waiting) and refused.
-pub(crate) fn refused(
-    status: StatusCode,
-    profile: &str,
-    what: &Described,
-    reason: &str,
-) -> Response<RespBody> {
+pub(crate) fn refused(status: StatusCode, profile: &str, what: &Described, reason: &str) -> Response<RespBody> {
     let mut r = json_response(
         status,
         json!({
@@ -114,8 +98,7 @@ pub(crate) fn refused(
                 userinfo, no Content-Length together with Transfer-Encoding",
         }),
     );
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 

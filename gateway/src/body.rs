@@ -10,13 +10,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+/// `(status, bytes_up, bytes_down, duration_ms)`.
+pub(crate) type OnDone = Box<dyn FnOnce(u16, u64, u64, u64) + Send + Sync>;
+
 /// Called once when the exchange is over (both bodies dropped).
 pub(crate) struct Completion {
     pub start: Instant,
     pub up: AtomicU64,
     pub down: AtomicU64,
     pub status: AtomicU16,
-    pub on_done: Option<Box<dyn FnOnce(u16, u64, u64, u64) + Send + Sync>>,
+    pub on_done: Option<OnDone>,
 }
 
 impl Drop for Completion {
@@ -41,11 +44,7 @@ pub(crate) struct Counting<B> {
 
 impl<B> Counting<B> {
     pub(crate) fn new(inner: B, done: Option<Arc<Completion>>, upstream: bool) -> Self {
-        Self {
-            inner,
-            done,
-            upstream,
-        }
+        Self { inner, done, upstream }
     }
 }
 
@@ -56,10 +55,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {

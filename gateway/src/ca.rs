@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -37,11 +37,7 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, "gvm");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2044, 1, 1);
     p
@@ -65,11 +61,7 @@ impl std::fmt::Debug for CertAuthority {
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> GatewayError + 'a {
-    move |source| GatewayError::Ca {
-        path: path.to_path_buf(),
-        what,
-        source: Box::new(source),
-    }
+    move |source| GatewayError::Ca { path: path.to_path_buf(), what, source: Box::new(source) }
 }
 
 impl CertAuthority {
@@ -81,24 +73,16 @@ impl CertAuthority {
         let key = if key_path.exists() {
             let meta = fs::metadata(&key_path).map_err(io_err(&key_path, "read"))?;
             if meta.permissions().mode() & 0o077 != 0 {
-                return Err(GatewayError::CaKeyMode {
-                    path: key_path,
-                    mode: meta.permissions().mode() & 0o777,
-                });
+                return Err(GatewayError::CaKeyMode { path: key_path, mode: meta.permissions().mode() & 0o777 });
             }
             let text = fs::read_to_string(&key_path).map_err(io_err(&key_path, "read"))?;
-            KeyPair::from_pem(&text).map_err(|e| GatewayError::CaKey {
-                path: key_path.clone(),
-                reason: e.to_string(),
-            })?
+            KeyPair::from_pem(&text)
+                .map_err(|e| GatewayError::CaKey { path: key_path.clone(), reason: e.to_string() })?
         } else {
             fs::create_dir_all(ca_dir).map_err(io_err(ca_dir, "create"))?;
-            fs::set_permissions(ca_dir, fs::Permissions::from_mode(0o700))
-                .map_err(io_err(ca_dir, "chmod"))?;
-            let key = KeyPair::generate().map_err(|e| GatewayError::CaKey {
-                path: key_path.clone(),
-                reason: e.to_string(),
-            })?;
+            fs::set_permissions(ca_dir, fs::Permissions::from_mode(0o700)).map_err(io_err(ca_dir, "chmod"))?;
+            let key = KeyPair::generate()
+                .map_err(|e| GatewayError::CaKey { path: key_path.clone(), reason: e.to_string() })?;
             write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
             key
         };
@@ -108,10 +92,9 @@ impl CertAuthority {
         let ca_pem = match fs::read_to_string(&pem_path) {
             Ok(text) if text.contains("BEGIN CERTIFICATE") => text,
             _ => {
-                let cert = params.self_signed(&key).map_err(|e| GatewayError::CaKey {
-                    path: key_path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(|e| GatewayError::CaKey { path: key_path.clone(), reason: e.to_string() })?;
                 let tmp = PathBuf::from(format!("{}.tmp", pem_path.display()));
                 let _ = fs::remove_file(&tmp);
                 write_new(&tmp, cert.pem().as_bytes(), 0o644)?;
@@ -119,20 +102,13 @@ impl CertAuthority {
                 cert.pem()
             }
         };
-        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| GatewayError::CaKey {
-            path: pem_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let leaf_key = KeyPair::generate().map_err(|e| GatewayError::CaKey {
-            path: key_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| GatewayError::CaKey { path: pem_path.clone(), reason: e.to_string() })?;
+        let leaf_key =
+            KeyPair::generate().map_err(|e| GatewayError::CaKey { path: key_path.clone(), reason: e.to_string() })?;
         let leaf_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let leaf_signing = rustls::crypto::ring::sign::any_supported_type(&leaf_der)
-            .map_err(|e| GatewayError::CaKey {
-                path: key_path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| GatewayError::CaKey { path: key_path.clone(), reason: e.to_string() })?;
         Ok(Self {
             issuer: Issuer::new(params, key),
             ca_pem,
@@ -153,10 +129,7 @@ impl CertAuthority {
         if let Some(ck) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(host) {
             return Ok(ck.clone());
         }
-        let mint_err = |e: rcgen::Error| GatewayError::Mint {
-            host: host.to_string(),
-            reason: e.to_string(),
-        };
+        let mint_err = |e: rcgen::Error| GatewayError::Mint { host: host.to_string(), reason: e.to_string() };
         let mut params = CertificateParams::new(vec![host.to_string()]).map_err(mint_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, host);
@@ -168,13 +141,8 @@ impl CertAuthority {
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(30);
-        let cert = params
-            .signed_by(&self.leaf_key, &self.issuer)
-            .map_err(mint_err)?;
-        let ck = Arc::new(CertifiedKey::new(
-            vec![cert.der().clone(), self.ca_der.clone()],
-            self.leaf_signing.clone(),
-        ));
+        let cert = params.signed_by(&self.leaf_key, &self.issuer).map_err(mint_err)?;
+        let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone(), self.ca_der.clone()], self.leaf_signing.clone()));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= LEAF_CACHE_MAX {
             let drop: Vec<String> = cache.keys().take(LEAF_CACHE_MAX / 2).cloned().collect();
@@ -188,12 +156,8 @@ impl CertAuthority {
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), GatewayError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err(path, "create"))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io_err(path, "create"))?;
     f.write_all(bytes).map_err(io_err(path, "write"))?;
     f.sync_all().map_err(io_err(path, "write"))?;
     Ok(())

@@ -71,9 +71,8 @@ impl ProfileState {
         let mut inject = Vec::new();
         if d.verdict != Verdict::Deny {
             if let Some(inj) = &d.inject {
-                let rendered = inj.render(|name| {
-                    self.secrets.get(name).and_then(|r| r.as_ref().ok()).map(String::as_str)
-                });
+                let rendered =
+                    inj.render(|name| self.secrets.get(name).and_then(|r| r.as_ref().ok()).map(String::as_str));
                 let header = HeaderName::from_bytes(inj.header.as_bytes());
                 match (rendered, header) {
                     (Ok(v), Ok(h)) => match HeaderValue::from_str(&v) {
@@ -134,9 +133,10 @@ impl ProfileState {
         let (d443, d80) = (denied_on(443), denied_on(80));
         if let (Some(r), Some(_)) = (&d443, &d80) {
             // Unless some non-deny rule on another port could match it.
-            let other = self.policy.rules().find(|r| {
-                r.action != gvm_policy::Action::Deny && r.host.matches(host) && !r.ports.is_empty()
-            });
+            let other = self
+                .policy
+                .rules()
+                .find(|r| r.action != gvm_policy::Action::Deny && r.host.matches(host) && !r.ports.is_empty());
             return match other {
                 Some(rule) => (true, Some(format!("network.rule[{}]", rule.index))),
                 None => (false, r.clone()),

@@ -68,14 +68,25 @@ async fn serve_tcp(inner: Arc<Inner>, mut s: TcpStream, profile: Arc<str>, answe
 }
 
 /// The answer to one query (`None`: drop it silently — not a query at all).
-pub(crate) async fn respond(inner: &Inner, profile: &str, answer: IpAddr, raw: &[u8], transport: &str) -> Option<Vec<u8>> {
+pub(crate) async fn respond(
+    inner: &Inner,
+    profile: &str,
+    answer: IpAddr,
+    raw: &[u8],
+    transport: &str,
+) -> Option<Vec<u8>> {
     let q: Query = match dnswire::parse_query(raw) {
         Ok(q) => q,
         Err(None) => return None,
         Err(Some(id)) => {
             let _ = inner
-                .record("dns", profile, "deny", Some("protocol"),
-                    json!({"transport": transport, "reason": "malformed query", "rcode": "FORMERR"}))
+                .record(
+                    "dns",
+                    profile,
+                    "deny",
+                    Some("protocol"),
+                    json!({"transport": transport, "reason": "malformed query", "rcode": "FORMERR"}),
+                )
                 .await;
             return Some(dnswire::error_answer(id, dnswire::RCODE_FORMERR));
         }

@@ -64,14 +64,7 @@ pub(crate) fn parse_query(b: &[u8]) -> Result<Query, Option<u16>> {
     let qtype = u16::from_be_bytes([q[0], q[1]]);
     let qclass = u16::from_be_bytes([q[2], q[3]]);
     let name = String::from_utf8(name).map_err(|_| Some(id))?;
-    Ok(Query {
-        id,
-        flags,
-        name,
-        qtype,
-        qclass,
-        question_end: i + 4,
-    })
+    Ok(Query { id, flags, name, qtype, qclass, question_end: i + 4 })
 }
 
 /// Builds the answer to `q` from the raw query bytes `raw`: `rcode` and optionally one

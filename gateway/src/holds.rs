@@ -7,24 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-/// A request waiting for a human (wire type; the lead may move it into gvm-api).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HeldRequest {
-    pub id: u64,
-    pub profile: String,
-    pub method: String,
-    /// `scheme://host[:port]/path` as the gateway understood it.
-    pub url: String,
-    /// The rule that held it (`None`: the profile's default is `hold`).
-    pub rule: Option<String>,
-    /// RFC 3339 UTC.
-    pub since: String,
-    /// RFC 3339 UTC; nobody answering by then denies it.
-    pub expires_at: String,
-}
+/// A request waiting for a human: the wire type of `GET /v1/holds`.
+pub use gvm_api::HeldRequest;
 
 /// Why a hold could not be resolved.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -53,8 +39,7 @@ pub(crate) struct Holds {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Removes the entry when the waiting request goes away (client hung up, timeout).
@@ -64,10 +49,7 @@ struct Guard {
 }
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
 }
 
@@ -93,14 +75,8 @@ impl Holds {
             expires_at: rfc3339(now + timeout),
         };
         let (tx, rx) = oneshot::channel();
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Entry { info, tx });
-        let guard = Guard {
-            id,
-            map: self.map.clone(),
-        };
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Entry { info, tx });
+        let guard = Guard { id, map: self.map.clone() };
         let fut = async move {
             let _guard = guard;
             match tokio::time::timeout(timeout, rx).await {
@@ -113,27 +89,14 @@ impl Holds {
     }
 
     pub(crate) fn list(&self) -> Vec<HeldRequest> {
-        let mut v: Vec<HeldRequest> = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|e| e.info.clone())
-            .collect();
+        let mut v: Vec<HeldRequest> =
+            self.map.lock().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.info.clone()).collect();
         v.sort_by_key(|h| h.id);
         v
     }
 
     pub(crate) fn resolve(&self, id: u64, approve: bool) -> Result<(), HoldError> {
-        let entry = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-            .ok_or(HoldError::NotFound { id })?;
-        entry
-            .tx
-            .send(approve)
-            .map_err(|_| HoldError::NotFound { id })
+        let entry = self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&id).ok_or(HoldError::NotFound { id })?;
+        entry.tx.send(approve).map_err(|_| HoldError::NotFound { id })
     }
 }

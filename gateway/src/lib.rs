@@ -120,11 +120,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn profile(&self, name: &str) -> Option<Arc<ProfileState>> {
-        self.profiles
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.profiles.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
     /// The TLS server config presenting a leaf for `host` (cached with the leaf).
@@ -156,7 +152,11 @@ fn load_secret(src: &gvm_policy::SecretSource) -> Result<String, String> {
         gvm_policy::SecretSource::File(p) => p.clone(),
         gvm_policy::SecretSource::Credential(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
             Some(dir) => PathBuf::from(dir).join(name),
-            None => return Err(format!("credential `{name}`: gvmd has no CREDENTIALS_DIRECTORY (set LoadCredential= in gvmd.service)")),
+            None => {
+                return Err(format!(
+                    "credential `{name}`: gvmd has no CREDENTIALS_DIRECTORY (set LoadCredential= in gvmd.service)"
+                ))
+            }
         },
     };
     let mut v = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -171,10 +171,7 @@ fn load_secret(src: &gvm_policy::SecretSource) -> Result<String, String> {
 struct FixedCert(Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::server::ResolvesServerCert for FixedCert {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
 }
@@ -214,32 +211,16 @@ impl Gateway {
     /// its injections need (a secret that cannot be read makes those rules deny).
     pub fn set_profile(&self, profile: &gvm_policy::Profile) {
         let name: Arc<str> = Arc::from(profile.name.as_str());
-        let secrets = profile
-            .secrets
-            .iter()
-            .map(|(k, src)| (k.clone(), load_secret(src)))
-            .collect();
-        let state = ProfileState {
-            name: name.clone(),
-            policy: profile.compiled.clone(),
-            secrets,
-        };
-        self.inner
-            .profiles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), Arc::new(state));
+        let secrets = profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
+        let state = ProfileState { name: name.clone(), policy: profile.compiled.clone(), secrets };
+        self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(state));
         self.inner.rate.forget(&name);
         self.inner.upstreams.forget(&name);
     }
 
     /// Takes a profile out: its listeners refuse everything from now on.
     pub fn remove_profile(&self, name: &str) {
-        self.inner
-            .profiles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.inner.rate.forget(name);
         self.inner.upstreams.forget(name);
     }
@@ -254,10 +235,7 @@ impl Gateway {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let conn = Arc::new(ConnCtx {
-                    profile: profile.clone(),
-                    kind: ConnKind::Proxy,
-                });
+                let conn = Arc::new(ConnCtx { profile: profile.clone(), kind: ConnKind::Proxy });
                 tokio::spawn(inner.clone().serve_http(tcp, conn));
             }
         })

@@ -62,12 +62,7 @@ pub(crate) enum ConnKind {
     Proxy,
     /// Inside a CONNECT tunnel or a transparent TLS connection: every request must
     /// name exactly this host and port.
-    Inner {
-        host: Host,
-        port: u16,
-        tls: bool,
-        via: Via,
-    },
+    Inner { host: Host, port: u16, tls: bool, via: Via },
     /// Transparent plain HTTP: the first Host header names the connection.
     TransparentHttp { port: u16, pinned: Mutex<Option<Host>> },
 }
@@ -184,14 +179,9 @@ const HOP: [&str; 8] = [
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-                    .unwrap_or(false)
-            })
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false)
+        })
 }
 
 fn strip_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -242,14 +232,17 @@ impl Inner {
     }
 
     async fn handle(self: Arc<Self>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
-        let described = Described {
-            method: req.method().to_string(),
-            url: req.uri().to_string(),
-        };
-        if let Err(reason) = check_framing(req.headers()) {
+        let described = Described { method: req.method().to_string(), url: req.uri().to_string() };
+        let head_len: usize = req.uri().to_string().len()
+            + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+        if head_len > MAX_HEAD {
+            let reason = format!("request head larger than {} KiB", MAX_HEAD / 1024);
             return self
-                .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None)
+                .refuse(&conn.profile, "http", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &described, &reason, None)
                 .await;
+        }
+        if let Err(reason) = check_framing(req.headers()) {
+            return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None).await;
         }
         let host_hdr = match req.headers().get(header::HOST) {
             None => None,
@@ -257,7 +250,14 @@ impl Inner {
                 Ok(h) => Some(h),
                 Err(reason) => {
                     return self
-                        .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &format!("bad Host header: {reason}"), None)
+                        .refuse(
+                            &conn.profile,
+                            "http",
+                            StatusCode::BAD_REQUEST,
+                            &described,
+                            &format!("bad Host header: {reason}"),
+                            None,
+                        )
                         .await
                 }
             },
@@ -265,9 +265,7 @@ impl Inner {
         let uri_target = match uri_target(req.uri()) {
             Ok(t) => t,
             Err(reason) => {
-                return self
-                    .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None)
-                    .await
+                return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None).await
             }
         };
         if req.method() == Method::CONNECT {
@@ -285,21 +283,30 @@ impl Inner {
             ConnKind::Proxy => {
                 let Some(t) = uri_target.clone() else {
                     return self
-                        .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described,
-                            "the proxy needs absolute-form requests (`GET http://host/path`) or CONNECT", None)
+                        .refuse(
+                            &conn.profile,
+                            "http",
+                            StatusCode::BAD_REQUEST,
+                            &described,
+                            "the proxy needs absolute-form requests (`GET http://host/path`) or CONNECT",
+                            None,
+                        )
                         .await;
                 };
                 (t, Via::Proxy)
             }
-            ConnKind::Inner { host, port, tls, via } => (
-                Target { tls: *tls, host: host.clone(), port: *port },
-                *via,
-            ),
+            ConnKind::Inner { host, port, tls, via } => (Target { tls: *tls, host: host.clone(), port: *port }, *via),
             ConnKind::TransparentHttp { port, pinned } => {
                 let Some((h, p)) = host_hdr.clone() else {
                     return self
-                        .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described,
-                            "no Host header: the transparent gateway cannot tell which host this is for", None)
+                        .refuse(
+                            &conn.profile,
+                            "http",
+                            StatusCode::BAD_REQUEST,
+                            &described,
+                            "no Host header: the transparent gateway cannot tell which host this is for",
+                            None,
+                        )
                         .await;
                 };
                 let second_host = {
@@ -314,14 +321,26 @@ impl Inner {
                 };
                 if second_host {
                     return self
-                        .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
-                            "a second host on the same transparent connection", None)
+                        .refuse(
+                            &conn.profile,
+                            "http",
+                            StatusCode::MISDIRECTED_REQUEST,
+                            &described,
+                            "a second host on the same transparent connection",
+                            None,
+                        )
                         .await;
                 }
                 if p.is_some_and(|p| p != *port) {
                     return self
-                        .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
-                            "the Host header's port is not the port the connection went to", None)
+                        .refuse(
+                            &conn.profile,
+                            "http",
+                            StatusCode::MISDIRECTED_REQUEST,
+                            &described,
+                            "the Host header's port is not the port the connection went to",
+                            None,
+                        )
                         .await;
                 }
                 (Target { tls: false, host: h, port: *port }, Via::Transparent)
@@ -329,24 +348,49 @@ impl Inner {
         };
         // Everything that names a host must name the same one.
         if let Some((h, p)) = &host_hdr {
-            let port_ok = p.map_or(true, |p| p == target.port);
+            let port_ok = p.is_none_or(|p| p == target.port);
             if *h != target.host || !port_ok {
                 return self
-                    .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
-                        &format!("the Host header names `{}` but the request goes to `{}`", h, target.authority()), None)
+                    .refuse(
+                        &conn.profile,
+                        "http",
+                        StatusCode::MISDIRECTED_REQUEST,
+                        &described,
+                        &format!("the Host header names `{}` but the request goes to `{}`", h, target.authority()),
+                        None,
+                    )
                     .await;
             }
         } else if !matches!(conn.kind, ConnKind::Proxy) {
             return self
-                .refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, "HTTP/1.1 request without a Host header", None)
+                .refuse(
+                    &conn.profile,
+                    "http",
+                    StatusCode::BAD_REQUEST,
+                    &described,
+                    "HTTP/1.1 request without a Host header",
+                    None,
+                )
                 .await;
         }
         if !matches!(conn.kind, ConnKind::Proxy) {
             if let Some(u) = &uri_target {
                 if u.host != target.host || u.port != target.port || u.tls != target.tls {
                     return self
-                        .refuse(&conn.profile, "http", StatusCode::MISDIRECTED_REQUEST, &described,
-                            &format!("the URL names `{}://{}` but this connection goes to `{}://{}`", u.scheme(), u.authority(), target.scheme(), target.authority()), None)
+                        .refuse(
+                            &conn.profile,
+                            "http",
+                            StatusCode::MISDIRECTED_REQUEST,
+                            &described,
+                            &format!(
+                                "the URL names `{}://{}` but this connection goes to `{}://{}`",
+                                u.scheme(),
+                                u.authority(),
+                                target.scheme(),
+                                target.authority()
+                            ),
+                            None,
+                        )
                         .await;
                 }
             }
@@ -397,11 +441,7 @@ impl Inner {
         let start = Instant::now();
         let profile = conn.profile.clone();
         let method = req.method().clone();
-        let path_q = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+        let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let path = path_q.split('?').next().unwrap_or("/").to_string();
         let what = Described {
             method: method.to_string(),
@@ -420,13 +460,12 @@ impl Inner {
             Err(resp) => return resp,
         };
         // Durable before anything is forwarded.
-        let seq = match self
-            .record("http", &profile, ruling.audit_decision(), ruling.rule.as_deref(), details.clone())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return answer::unavailable(&profile, &what, &e),
-        };
+        let seq =
+            match self.record("http", &profile, ruling.audit_decision(), ruling.rule.as_deref(), details.clone()).await
+            {
+                Ok(s) => s,
+                Err(e) => return answer::unavailable(&profile, &what, &e),
+            };
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let done = Arc::new(self.completion("http", &profile, &ruling, details, seq, start));
@@ -520,13 +559,8 @@ impl Inner {
                     .await)
             }
             Verdict::Hold => {
-                let (id, wait) = self.holds.hold(
-                    &profile,
-                    &what.method,
-                    what.url.clone(),
-                    ruling.rule.clone(),
-                    ruling.hold_timeout,
-                );
+                let (id, wait) =
+                    self.holds.hold(&profile, &what.method, what.url.clone(), ruling.rule.clone(), ruling.hold_timeout);
                 details["hold_id"] = json!(id);
                 if let Err(e) = self.record(kind, &profile, "hold", rule, details.clone()).await {
                     return Err(answer::unavailable(&profile, what, &e));
@@ -538,15 +572,30 @@ impl Inner {
                     HoldOutcome::Denied => {
                         details["hold"] = json!("denied");
                         return Err(self
-                            .deny_event(kind, &profile, rule, what, details.clone(),
-                                &format!("held request {id} was denied by the operator"))
+                            .deny_event(
+                                kind,
+                                &profile,
+                                rule,
+                                what,
+                                details.clone(),
+                                &format!("held request {id} was denied by the operator"),
+                            )
                             .await);
                     }
                     HoldOutcome::TimedOut => {
                         details["hold"] = json!("timeout");
                         return Err(self
-                            .deny_event(kind, &profile, rule, what, details.clone(),
-                                &format!("held request {id} was not approved within {} s", ruling.hold_timeout.as_secs()))
+                            .deny_event(
+                                kind,
+                                &profile,
+                                rule,
+                                what,
+                                details.clone(),
+                                &format!(
+                                    "held request {id} was not approved within {} s",
+                                    ruling.hold_timeout.as_secs()
+                                ),
+                            )
                             .await);
                     }
                 }
@@ -566,11 +615,7 @@ impl Inner {
             }
         }
         let port = target.port;
-        match self
-            .resolver
-            .resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port))
-            .await
-        {
+        match self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await {
             Ok(addr) => {
                 details["addr"] = json!(addr.to_string());
                 Ok(addr)
@@ -602,7 +647,15 @@ impl Inner {
     }
 
     /// The completion record, appended (not awaited by the agent) when the exchange ends.
-    fn completion(&self, kind: &str, profile: &str, ruling: &Ruling, details: Value, seq: u64, start: Instant) -> Completion {
+    fn completion(
+        &self,
+        kind: &str,
+        profile: &str,
+        ruling: &Ruling,
+        details: Value,
+        seq: u64,
+        start: Instant,
+    ) -> Completion {
         let audit = self.audit.clone();
         let kind = format!("{kind}.done");
         let profile = profile.to_string();
@@ -622,7 +675,8 @@ impl Inner {
                 details["duration_ms"] = json!(ms);
                 if let Ok(h) = tokio::runtime::Handle::try_current() {
                     h.spawn(async move {
-                        let _ = crate::audit_glue::append(&audit, &kind, &profile, &decision, rule.as_deref(), details).await;
+                        let _ = crate::audit_glue::append(&audit, &kind, &profile, &decision, rule.as_deref(), details)
+                            .await;
                     });
                 }
             })),
@@ -640,9 +694,23 @@ impl Inner {
         let raw = req.uri().authority().map(|a| a.as_str().to_string()).unwrap_or_default();
         let what = Described { method: "CONNECT".into(), url: raw.clone() };
         let (host, port) = match split_authority(&raw) {
-            Ok((h, Some(p))) if req.uri().scheme().is_none() && req.uri().path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/") => (h, p),
+            Ok((h, Some(p)))
+                if req.uri().scheme().is_none()
+                    && req.uri().path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/") =>
+            {
+                (h, p)
+            }
             Ok(_) => {
-                return self.refuse(&profile, "connect", StatusCode::BAD_REQUEST, &what, "CONNECT needs `host:port`", Some(Via::Connect)).await
+                return self
+                    .refuse(
+                        &profile,
+                        "connect",
+                        StatusCode::BAD_REQUEST,
+                        &what,
+                        "CONNECT needs `host:port`",
+                        Some(Via::Connect),
+                    )
+                    .await
             }
             Err(e) => {
                 return self.refuse(&profile, "connect", StatusCode::BAD_REQUEST, &what, &e, Some(Via::Connect)).await
@@ -651,7 +719,14 @@ impl Inner {
         if let Some((h, p)) = host_hdr {
             if h != host || p.is_some_and(|p| p != port) {
                 return self
-                    .refuse(&profile, "connect", StatusCode::MISDIRECTED_REQUEST, &what, "the Host header does not name the CONNECT target", Some(Via::Connect))
+                    .refuse(
+                        &profile,
+                        "connect",
+                        StatusCode::MISDIRECTED_REQUEST,
+                        &what,
+                        "the Host header does not name the CONNECT target",
+                        Some(Via::Connect),
+                    )
                     .await;
             }
         }
@@ -709,8 +784,14 @@ impl Inner {
 
     /// After the tunnel is granted: look at the first bytes and apply the same policy
     /// to what is inside.
-    pub(crate) async fn tunnel<S>(self: Arc<Self>, profile: Arc<str>, mut io: S, target: Target, plan: TunnelPlan, via: Via)
-    where
+    pub(crate) async fn tunnel<S>(
+        self: Arc<Self>,
+        profile: Arc<str>,
+        mut io: S,
+        target: Target,
+        plan: TunnelPlan,
+        via: Via,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let wait = match plan {
@@ -723,7 +804,10 @@ impl Inner {
             Sniffed::Tls { sni } => {
                 if let Some(sni) = sni {
                     if Host::parse(&sni).ok().as_ref() != Some(&target.host) {
-                        let what = Described { method: "CONNECT".into(), url: format!("{}:{}", target.host.url_form(), target.port) };
+                        let what = Described {
+                            method: "CONNECT".into(),
+                            url: format!("{}:{}", target.host.url_form(), target.port),
+                        };
                         let details = json!({
                             "method": "CONNECT", "host": target.host.as_str(), "port": target.port,
                             "sni": sni, "via": via.as_str(), "status": 421,
@@ -840,7 +924,16 @@ mod tests {
         assert_eq!((h.as_str(), p), ("api.example.com", Some(8443)));
         let (h, p) = split_authority("[::1]:443").unwrap();
         assert_eq!((h.as_str(), p), ("::1", Some(443)));
-        for bad in ["a@b.com:443", "evil.com\0.allowed.com", "0x7f000001:80", "h:0", "h:+1", "h:99999", "::1:443", "2130706433"] {
+        for bad in [
+            "a@b.com:443",
+            "evil.com\0.allowed.com",
+            "0x7f000001:80",
+            "h:0",
+            "h:+1",
+            "h:99999",
+            "::1:443",
+            "2130706433",
+        ] {
             assert!(split_authority(bad).is_err(), "{bad}");
         }
     }

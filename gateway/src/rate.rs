@@ -29,12 +29,7 @@ impl RateLimiter {
         let cap = f64::from(burst.max(1));
         let rate = cap / per.as_secs_f64().max(1e-6); // tokens per second
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let b = map
-            .entry((profile.to_string(), rule.to_string()))
-            .or_insert(Bucket {
-                tokens: cap,
-                last: now,
-            });
+        let b = map.entry((profile.to_string(), rule.to_string())).or_insert(Bucket { tokens: cap, last: now });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(cap);
         b.last = now;
@@ -48,10 +43,7 @@ impl RateLimiter {
 
     /// Forgets the buckets of a profile (removed or reloaded with other limits).
     pub(crate) fn forget(&self, profile: &str) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(p, _), _| p != profile);
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _), _| p != profile);
     }
 }
 

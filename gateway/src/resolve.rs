@@ -87,10 +87,8 @@ pub(crate) struct Resolver {
 
 impl Resolver {
     pub(crate) fn new(static_hosts: &HashMap<String, Vec<IpAddr>>) -> Self {
-        let static_hosts = static_hosts
-            .iter()
-            .map(|(k, v)| (k.trim_end_matches('.').to_ascii_lowercase(), v.clone()))
-            .collect();
+        let static_hosts =
+            static_hosts.iter().map(|(k, v)| (k.trim_end_matches('.').to_ascii_lowercase(), v.clone())).collect();
         let own = nix::ifaddrs::getifaddrs()
             .map(|it| {
                 it.filter_map(|i| {
@@ -123,9 +121,7 @@ impl Resolver {
             return addrs
                 .first()
                 .map(|ip| SocketAddr::new(*ip, port))
-                .ok_or_else(|| ResolveError::NoAddress {
-                    host: host.to_string(),
-                });
+                .ok_or_else(|| ResolveError::NoAddress { host: host.to_string() });
         }
         let candidates: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
@@ -135,9 +131,7 @@ impl Resolver {
             },
         };
         if candidates.is_empty() {
-            return Err(ResolveError::NoAddress {
-                host: host.to_string(),
-            });
+            return Err(ResolveError::NoAddress { host: host.to_string() });
         }
         for ip in &candidates {
             if !self.forbidden(*ip) || named_by_rule(*ip) {
@@ -146,11 +140,7 @@ impl Resolver {
         }
         Err(ResolveError::Internal {
             host: host.to_string(),
-            addrs: candidates
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            addrs: candidates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         })
     }
 }
@@ -195,10 +185,7 @@ mod tests {
         assert!(matches!(err, ResolveError::Internal { .. }), "{err}");
         let err = r.resolve("169.254.169.254", 80, &|_| false).await.unwrap_err();
         assert!(matches!(err, ResolveError::Internal { .. }), "{err}");
-        let ok = r
-            .resolve("127.0.0.1", 80, &|ip| ip == IpAddr::from([127, 0, 0, 1]))
-            .await
-            .unwrap();
+        let ok = r.resolve("127.0.0.1", 80, &|ip| ip == IpAddr::from([127, 0, 0, 1])).await.unwrap();
         assert_eq!(ok.port(), 80);
     }
 }

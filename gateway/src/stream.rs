@@ -18,20 +18,12 @@ pub(crate) struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Self {
-            prefix,
-            pos: 0,
-            inner,
-        }
+        Self { prefix, pos: 0, inner }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.pos < self.prefix.len() {
             let n = (self.prefix.len() - self.pos).min(buf.remaining());
             let start = self.pos;
@@ -48,11 +40,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -88,10 +76,7 @@ const MAX_HELLO: usize = 16 * 1024 + 5;
 
 /// Reads the first bytes of `s` (returned, to be replayed) and classifies them.
 /// `wait`: how long to wait for the client's first byte (`None`: forever).
-pub(crate) async fn sniff<S: AsyncRead + Unpin>(
-    s: &mut S,
-    wait: Option<Duration>,
-) -> io::Result<(Sniffed, Vec<u8>)> {
+pub(crate) async fn sniff<S: AsyncRead + Unpin>(s: &mut S, wait: Option<Duration>) -> io::Result<(Sniffed, Vec<u8>)> {
     let mut buf = Vec::with_capacity(2048);
     let first = async {
         let mut tmp = [0u8; 2048];
@@ -127,10 +112,7 @@ pub(crate) async fn sniff<S: AsyncRead + Unpin>(
             buf.extend_from_slice(&tmp[..n]);
         }
     }
-    let token_len = buf
-        .iter()
-        .take_while(|b| b.is_ascii_uppercase() || **b == b'-')
-        .count();
+    let token_len = buf.iter().take_while(|b| b.is_ascii_uppercase() || **b == b'-').count();
     if token_len > 0 && token_len < buf.len() && buf[token_len] == b' ' {
         return Ok((Sniffed::Http, buf));
     }

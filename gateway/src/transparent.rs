@@ -68,10 +68,8 @@ async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: Orig
     let io = Prefixed::new(prefix, tcp);
     match sniffed {
         Sniffed::Http => {
-            let conn = Arc::new(ConnCtx {
-                profile,
-                kind: ConnKind::TransparentHttp { port, pinned: Mutex::new(None) },
-            });
+            let conn =
+                Arc::new(ConnCtx { profile, kind: ConnKind::TransparentHttp { port, pinned: Mutex::new(None) } });
             inner.serve_http(io, conn).await;
         }
         Sniffed::Tls { sni: Some(sni) } => {
@@ -79,18 +77,20 @@ async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: Orig
                 Ok(h) => h,
                 Err(e) => {
                     let _ = inner
-                        .record("connect", &profile, "deny", Some("protocol"),
+                        .record(
+                            "connect",
+                            &profile,
+                            "deny",
+                            Some("protocol"),
                             json!({"via": "transparent", "sni": sni, "port": port, "status": 400,
-                                   "reason": format!("bad TLS SNI: {e}")}))
+                                   "reason": format!("bad TLS SNI: {e}")}),
+                        )
                         .await;
                     return;
                 }
             };
             let target = Target { tls: true, host, port };
-            let what = Described {
-                method: "CONNECT".into(),
-                url: format!("{}:{port}", target.host.url_form()),
-            };
+            let what = Described { method: "CONNECT".into(), url: format!("{}:{port}", target.host.url_form()) };
             match inner.admit_tunnel(&profile, &target, Via::Transparent, &what).await {
                 Err(_) => {} // recorded; the agent sees the connection close
                 Ok(TunnelPlan::Intercept) => inner.intercept_tls(profile, io, target, Via::Transparent).await,

@@ -50,26 +50,14 @@ pub(crate) fn client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::
     for p in extra_roots {
         let p = p.as_ref();
         let certs: Vec<_> = CertificateDer::pem_file_iter(p)
-            .map_err(|e| GatewayError::Roots {
-                path: p.to_path_buf(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| GatewayError::Roots { path: p.to_path_buf(), reason: e.to_string() })?
             .collect::<Result<_, _>>()
-            .map_err(|e| GatewayError::Roots {
-                path: p.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| GatewayError::Roots { path: p.to_path_buf(), reason: e.to_string() })?;
         if certs.is_empty() {
-            return Err(GatewayError::Roots {
-                path: p.to_path_buf(),
-                reason: "no PEM certificate in it".into(),
-            });
+            return Err(GatewayError::Roots { path: p.to_path_buf(), reason: "no PEM certificate in it".into() });
         }
         for c in certs {
-            roots.add(c).map_err(|e| GatewayError::Roots {
-                path: p.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            roots.add(c).map_err(|e| GatewayError::Roots { path: p.to_path_buf(), reason: e.to_string() })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -84,10 +72,7 @@ pub(crate) fn client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::
 
 impl Upstreams {
     pub(crate) fn new(cfg: rustls::ClientConfig) -> Self {
-        Self {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-            idle: Mutex::new(HashMap::new()),
-        }
+        Self { tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)), idle: Mutex::new(HashMap::new()) }
     }
 
     /// An idle pooled connection ready for a request, if any.
@@ -118,10 +103,7 @@ impl Upstreams {
 
     /// Forgets the idle connections of a profile.
     pub(crate) fn forget(&self, profile: &str) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| &*k.profile != profile);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| &*k.profile != profile);
     }
 
     /// A new connection to `key.addr`, TLS-verified for `key.host` when `key.tls`.
@@ -139,22 +121,15 @@ impl Upstreams {
         if key.tls {
             let name = ServerName::try_from(key.host.clone())
                 .map_err(|e| format!("`{}` is not a TLS server name: {e}", key.host))?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS to {} ({}): {e}", key.host, key.addr))?;
-            let (s, conn) = builder
-                .handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP/1.1 to {}: {e}", key.host))?;
+            let tls =
+                self.tls.connect(name, tcp).await.map_err(|e| format!("TLS to {} ({}): {e}", key.host, key.addr))?;
+            let (s, conn) =
+                builder.handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP/1.1 to {}: {e}", key.host))?;
             tokio::spawn(conn.with_upgrades());
             Ok(s)
         } else {
-            let (s, conn) = builder
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("HTTP/1.1 to {}: {e}", key.host))?;
+            let (s, conn) =
+                builder.handshake(TokioIo::new(tcp)).await.map_err(|e| format!("HTTP/1.1 to {}: {e}", key.host))?;
             tokio::spawn(conn.with_upgrades());
             Ok(s)
         }

@@ -144,7 +144,7 @@ async fn dns_answers_from_policy_only() {
     assert_eq!(nx[3] & 0x0f, 3);
     let nx = ask("x.blocked.example", 1).await;
     assert_eq!(nx[3] & 0x0f, 3);
-    let ev = find_event(&env, "dns", "c2VjcmV0.attacker.example").unwrap();
+    let ev = find_event(&env, "dns", "c2vjcmv0.attacker.example").unwrap();
     assert_eq!(ev.decision.as_deref(), Some("deny"));
     assert_eq!(find_event(&env, "dns", "api.test.example").unwrap().decision.as_deref(), Some("allow"));
     // TCP.

@@ -30,7 +30,8 @@ pub fn check(profile: &Profile) -> Vec<Warning> {
     for r in rules {
         // Shadowed by a broader deny (deny wins regardless of specificity).
         if r.action != Action::Deny {
-            if let Some(d) = rules.iter().find(|d| d.action == Action::Deny && d.index != r.index && deny_covers(d, r)) {
+            if let Some(d) = rules.iter().find(|d| d.action == Action::Deny && d.index != r.index && deny_covers(d, r))
+            {
                 out.push(at(
                     r,
                     format!("this {} rule can never match: network.rule[{}] (line {}) denies every request it matches, and deny wins", r.action, d.index, d.line),
@@ -83,7 +84,10 @@ pub fn check(profile: &Profile) -> Vec<Warning> {
     if holds && !profile.network.hold_timeout_set {
         let mut d = Diagnostic::file_level(
             &profile.file,
-            format!("held requests are denied after the default {}s if nobody answers", profile.network.hold_timeout.as_secs()),
+            format!(
+                "held requests are denied after the default {}s if nobody answers",
+                profile.network.hold_timeout.as_secs()
+            ),
         );
         d.field = Some("network.hold_timeout".into());
         d.fix = Some("set hold_timeout in [network] to say how long a request may wait".into());
@@ -126,7 +130,8 @@ fn same_matcher(a: &Rule, b: &Rule) -> bool {
     a.host == b.host
         && sorted(&a.ports) == sorted(&b.ports)
         && a.methods.iter().collect::<BTreeSet<_>>() == b.methods.iter().collect::<BTreeSet<_>>()
-        && a.path.as_ref().map(|p| p.as_str().trim_end_matches('/')) == b.path.as_ref().map(|p| p.as_str().trim_end_matches('/'))
+        && a.path.as_ref().map(|p| p.as_str().trim_end_matches('/'))
+            == b.path.as_ref().map(|p| p.as_str().trim_end_matches('/'))
 }
 
 fn ports_overlap(a: &Rule, b: &Rule) -> bool {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::host::Host;
-use crate::path::ReqPath;
+use crate::path::{PathPattern, ReqPath};
 use crate::profile::{DefaultAction, Mode, Network};
 use crate::rule::{Action, HostPattern, Injection, Rule};
 use crate::units::Rate;
@@ -136,6 +136,41 @@ pub enum ConnectPlan {
     Intercept,
 }
 
+/// FNV-1a: fast on the short keys used here (host names, masked addresses). Not
+/// keyed, which is fine: the table keys come from the profile, so a request can
+/// only probe one bucket, never lengthen a chain.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// CIDR rules of one address family and prefix length, keyed by network address.
+#[derive(Debug)]
+struct CidrGroup {
+    prefix: u8,
+    v6: bool,
+    nets: FnvMap<u128, Box<[u32]>>,
+}
+
 /// A rule as the matcher sees it.
 #[derive(Debug)]
 struct CRule {
@@ -151,10 +186,13 @@ pub struct CompiledPolicy {
     default: DefaultAction,
     hold_timeout: Duration,
     rules: Vec<CRule>,
-    exact: HashMap<Box<str>, Box<[u32]>>,
-    suffix: HashMap<Box<str>, Box<[u32]>>,
-    /// Sorted by prefix length, longest first.
-    cidr: Box<[u32]>,
+    /// Per rule: [`PathPattern::first_key`] of its path, 0 = none. Dense, so that
+    /// path rules on a busy host are skipped without reading the rule.
+    first_key: Box<[u64]>,
+    exact: FnvMap<Box<str>, Box<[u32]>>,
+    suffix: FnvMap<Box<str>, Box<[u32]>>,
+    /// Longest prefix first.
+    cidr: Box<[CidrGroup]>,
     any: Box<[u32]>,
 }
 
@@ -165,21 +203,25 @@ impl CompiledPolicy {
         let rules: Vec<CRule> = network
             .rules
             .iter()
-            .map(|r| CRule {
-                rref: RuleRef { index: r.index, line: r.line, file: file.clone() },
-                rule: r.clone(),
-            })
+            .map(|r| CRule { rref: RuleRef { index: r.index, line: r.line, file: file.clone() }, rule: r.clone() })
             .collect();
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut suffix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut cidr = Vec::new();
+        let mut cidr: std::collections::BTreeMap<(std::cmp::Reverse<u8>, bool), HashMap<u128, Vec<u32>>> =
+            Default::default();
         let mut any = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 rules");
             match &r.rule.host {
                 HostPattern::Exact(h) => exact.entry(h.as_str().into()).or_default().push(i),
                 HostPattern::Suffix(h) => suffix.entry(h.as_str().into()).or_default().push(i),
-                HostPattern::Cidr(_) => cidr.push(i),
+                HostPattern::Cidr(c) => {
+                    let (v6, key) = match c.addr() {
+                        std::net::IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+                        std::net::IpAddr::V6(a) => (true, u128::from(a)),
+                    };
+                    cidr.entry((std::cmp::Reverse(c.prefix_len()), v6)).or_default().entry(key).or_default().push(i);
+                }
                 HostPattern::Any => any.push(i),
             }
         }
@@ -189,26 +231,34 @@ impl CompiledPolicy {
                 rb.specificity().cmp(&ra.specificity()).then(ra.index.cmp(&rb.index))
             });
         };
-        let finish = |m: HashMap<Box<str>, Vec<u32>>| {
+        fn finish<K: std::hash::Hash + Eq>(
+            m: HashMap<K, Vec<u32>>,
+            order: &dyn Fn(&mut Vec<u32>),
+        ) -> FnvMap<K, Box<[u32]>> {
             m.into_iter()
                 .map(|(k, mut v)| {
                     order(&mut v);
                     (k, v.into_boxed_slice())
                 })
                 .collect()
-        };
-        let exact = finish(exact);
-        let suffix = finish(suffix);
-        order(&mut cidr);
+        }
+        let exact = finish(exact, &order);
+        let suffix = finish(suffix, &order);
+        let cidr: Box<[CidrGroup]> = cidr
+            .into_iter()
+            .map(|((std::cmp::Reverse(prefix), v6), nets)| CidrGroup { prefix, v6, nets: finish(nets, &order) })
+            .collect();
         order(&mut any);
+        let first_key = rules.iter().map(|r| r.rule.path.as_ref().map_or(0, PathPattern::first_key)).collect();
         CompiledPolicy {
+            first_key,
             file,
             mode,
             default: network.default,
             hold_timeout: network.hold_timeout,
             exact,
             suffix,
-            cidr: cidr.into(),
+            cidr,
             any: any.into(),
             rules,
         }
@@ -243,10 +293,10 @@ impl CompiledPolicy {
     /// Calls `f` with every rule whose host pattern matches `host`, most specific
     /// first, until it breaks.
     #[inline]
-    fn for_each_candidate<'s, B>(&'s self, host: &Host, mut f: impl FnMut(&'s CRule) -> ControlFlow<B>) -> Option<B> {
+    fn for_each_candidate<B>(&self, host: &Host, mut f: impl FnMut(usize) -> ControlFlow<B>) -> Option<B> {
         let mut visit = |ids: &[u32]| -> ControlFlow<B> {
             for &i in ids {
-                f(&self.rules[i as usize])?;
+                f(i as usize)?;
             }
             ControlFlow::Continue(())
         };
@@ -269,11 +319,15 @@ impl CompiledPolicy {
                     }
                 }
                 Some(ip) => {
-                    for &i in self.cidr.iter() {
-                        if let HostPattern::Cidr(c) = &self.rules[i as usize].rule.host {
-                            if c.contains(ip) {
-                                visit(std::slice::from_ref(&i))?;
-                            }
+                    let (v6, addr, bits) = match ip {
+                        std::net::IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
+                        std::net::IpAddr::V6(a) => (true, u128::from(a), 128),
+                    };
+                    for g in self.cidr.iter().filter(|g| g.v6 == v6) {
+                        let host_bits = bits - u32::from(g.prefix);
+                        let net = addr.checked_shr(host_bits).and_then(|n| n.checked_shl(host_bits)).unwrap_or(0);
+                        if let Some(ids) = g.nets.get(&net) {
+                            visit(ids)?;
                         }
                     }
                 }
@@ -291,7 +345,13 @@ impl CompiledPolicy {
     pub fn decide(&self, req: &Request<'_>, now: SystemTime) -> Decision {
         let path = ReqPath::new(req.path);
         let mut best: Option<&CRule> = None;
-        let deny = self.for_each_candidate(req.host, |r| {
+        let deny = self.for_each_candidate(req.host, |i| {
+            // Fast skip: a path rule whose first literal segment differs. Not for
+            // ambiguous paths, which deny path rules must still catch.
+            if !path.ambiguous && path.first_differs(self.first_key[i]) {
+                return ControlFlow::Continue(());
+            }
+            let r = &self.rules[i];
             if !rule_matches(&r.rule, req, &path) {
                 return ControlFlow::Continue(());
             }
@@ -308,12 +368,7 @@ impl CompiledPolicy {
 
     fn finish(&self, winner: Option<&CRule>, now: SystemTime) -> Decision {
         let (policy_verdict, rule, rate, inject) = match winner {
-            Some(r) => (
-                Verdict::from(r.rule.action),
-                Some(r.rref.clone()),
-                r.rule.rate,
-                r.rule.inject.clone(),
-            ),
+            Some(r) => (Verdict::from(r.rule.action), Some(r.rref.clone()), r.rule.rate, r.rule.inject.clone()),
             None => (
                 match self.default {
                     DefaultAction::Deny => Verdict::Deny,
@@ -354,7 +409,8 @@ impl CompiledPolicy {
         let mut no_intercept = false;
         let mut looks_inside = false;
         let mut may_pass = false;
-        let deny = self.for_each_candidate(host, |r| {
+        let deny = self.for_each_candidate(host, |i| {
+            let r = &self.rules[i];
             if !r.rule.port_matches(port) {
                 return ControlFlow::Continue(());
             }
@@ -442,7 +498,7 @@ fn path_matches(rule: &Rule, path: &ReqPath<'_>) -> bool {
         // Fail closed: an ambiguous path is caught by deny path rules and never
         // allowed by allow/hold path rules.
         Some(_) if path.ambiguous => rule.action == Action::Deny,
-        Some(p) => p.matches(path.path),
+        Some(p) => p.matches_req(path),
     }
 }
 
@@ -475,7 +531,9 @@ impl fmt::Display for RuleOutcome {
             RuleOutcome::PortDiffers => "port differs",
             RuleOutcome::MethodDiffers => "method differs",
             RuleOutcome::PathDiffers => "path differs",
-            RuleOutcome::AmbiguousPath => "request path is ambiguous (dot segments, `//`, encoded `/`, `;`...): never allowed by a path rule",
+            RuleOutcome::AmbiguousPath => {
+                "request path is ambiguous (dot segments, `//`, encoded `/`, `;`...): never allowed by a path rule"
+            }
             RuleOutcome::InjectNeedsHttps => "injects a secret, and the request is plain http",
         })
     }
@@ -514,5 +572,87 @@ impl fmt::Display for Explanation {
             writeln!(f, "  {} {} {}: {}", c.rule, c.action, c.host, c.outcome)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_profile;
+
+    /// The indexes must give exactly what a scan of every rule in file order gives.
+    fn naive(p: &CompiledPolicy, req: &Request<'_>) -> (Verdict, Option<usize>) {
+        let path = ReqPath::new(req.path);
+        let matching: Vec<&Rule> =
+            p.rules().filter(|r| r.host.matches(req.host) && rule_matches(r, req, &path)).collect();
+        let best = |want_deny: bool| {
+            matching
+                .iter()
+                .filter(|r| (r.action == Action::Deny) == want_deny)
+                .max_by(|a, b| a.specificity().cmp(&b.specificity()).then(b.index.cmp(&a.index)))
+                .map(|r| (Verdict::from(r.action), Some(r.index)))
+        };
+        best(true).or_else(|| best(false)).unwrap_or((Verdict::Deny, None))
+    }
+
+    #[test]
+    fn indexes_agree_with_a_full_scan() {
+        let hosts = ["a.com", "x.a.com", "y.x.a.com", "b.org", "10.1.2.3", "10.9.9.9", "[fd00::1]", "c.net"];
+        let pats = [
+            "a.com",
+            "*.a.com",
+            "*.x.a.com",
+            "*.com",
+            "b.org",
+            "*",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.3",
+            "fd00::/8",
+            "c.net",
+        ];
+        let paths = ["/", "/v1", "/v1/x", "/v1/x/y", "/v2/x", "/v1/../v2", "/v1/%78"];
+        let path_pats = [None, Some("/v1/**"), Some("/v1/x"), Some("/*/x"), Some("/v2/**")];
+        let actions = ["allow", "deny", "hold"];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..40 {
+            let mut text = String::new();
+            for _ in 0..(5 + rnd(25)) {
+                text.push_str(&format!(
+                    "[[network.rule]]\nhost = \"{}\"\naction = \"{}\"\n",
+                    pats[rnd(pats.len())],
+                    actions[rnd(3 + 3) % 3]
+                ));
+                if let Some(pp) = path_pats[rnd(path_pats.len())] {
+                    text.push_str(&format!("path = \"{pp}\"\n"));
+                }
+                match rnd(4) {
+                    0 => text.push_str("port = 443\n"),
+                    1 => text.push_str("methods = [\"GET\"]\n"),
+                    _ => {}
+                }
+            }
+            let p = parse_profile(Path::new("r.toml"), &text).unwrap();
+            for h in hosts {
+                let host = Host::parse(h).unwrap();
+                for path in paths {
+                    for (method, port) in [("GET", 443), ("POST", 80)] {
+                        let req = Request { scheme: Scheme::Https, host: &host, port, method, path };
+                        let d = p.compiled.decide(&req, SystemTime::UNIX_EPOCH);
+                        assert_eq!(
+                            (d.policy_verdict, d.rule.map(|r| r.index)),
+                            naive(&p.compiled, &req),
+                            "round {round}: {method} {h}:{port}{path}\n{text}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

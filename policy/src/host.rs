@@ -38,7 +38,9 @@ pub enum HostError {
     NonCanonicalIpv4(String),
     #[error("`{0}` is not a valid IPv6 address (zone ids are not accepted)")]
     BadIpv6(String),
-    #[error("label `{0}` is not a valid host name label (letters, digits, `-`, `_`; 1 to 63 bytes; no `-` at either end)")]
+    #[error(
+        "label `{0}` is not a valid host name label (letters, digits, `-`, `_`; 1 to 63 bytes; no `-` at either end)"
+    )]
     BadLabel(String),
     #[error("host name is longer than 253 bytes")]
     TooLong,
@@ -74,9 +76,7 @@ impl Host {
         for c in input.chars() {
             match c {
                 '@' => return Err(HostError::Userinfo),
-                c if c.is_control() || c.is_whitespace() => {
-                    return Err(HostError::ForbiddenChar(CharName(c)))
-                }
+                c if c.is_control() || c.is_whitespace() => return Err(HostError::ForbiddenChar(CharName(c))),
                 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' | ':' | '[' | ']' => {}
                 c if c.is_ascii() => return Err(HostError::ForbiddenChar(CharName(c))),
                 // Non-ASCII: left to IDNA below.
@@ -86,21 +86,13 @@ impl Host {
 
         if let Some(rest) = input.strip_prefix('[') {
             let Some(inner) = rest.strip_suffix(']') else {
-                return Err(if rest.contains("]:") {
-                    HostError::Port
-                } else {
-                    HostError::BadIpv6(input.to_owned())
-                });
+                return Err(if rest.contains("]:") { HostError::Port } else { HostError::BadIpv6(input.to_owned()) });
             };
-            let v6: Ipv6Addr = inner
-                .parse()
-                .map_err(|_| HostError::BadIpv6(inner.to_owned()))?;
+            let v6: Ipv6Addr = inner.parse().map_err(|_| HostError::BadIpv6(inner.to_owned()))?;
             return Ok(Host::from_ip(IpAddr::V6(v6)));
         }
         if input.contains('[') || input.contains(']') {
-            return Err(HostError::ForbiddenChar(CharName(
-                if input.contains('[') { '[' } else { ']' },
-            )));
+            return Err(HostError::ForbiddenChar(CharName(if input.contains('[') { '[' } else { ']' })));
         }
         if input.contains(':') {
             if let Ok(v6) = input.parse::<Ipv6Addr>() {
@@ -116,16 +108,15 @@ impl Host {
         }
 
         let trimmed = input.strip_suffix('.').unwrap_or(input);
-        if trimmed.is_empty() || trimmed.ends_with('.') || trimmed.starts_with('.') || trimmed.contains("..")
-        {
+        if trimmed.is_empty() || trimmed.ends_with('.') || trimmed.starts_with('.') || trimmed.contains("..") {
             return Err(HostError::EmptyLabel);
         }
 
         // UTS 46: lowercases, maps compatibility forms, encodes U-labels as punycode
         // and validates existing `xn--` labels. Pure ASCII input is still passed
         // through so that bad `xn--` labels are caught.
-        let ascii = idna::domain_to_ascii_cow(trimmed.as_bytes(), idna::AsciiDenyList::URL)
-            .map_err(|_| HostError::Idna)?;
+        let ascii =
+            idna::domain_to_ascii_cow(trimmed.as_bytes(), idna::AsciiDenyList::URL).map_err(|_| HostError::Idna)?;
         let ascii: &str = &ascii;
         // Mapping can produce new dots (U+3002 "。") and so new empty labels.
         if ascii.is_empty() || ascii.starts_with('.') || ascii.ends_with('.') || ascii.contains("..") {
@@ -149,10 +140,7 @@ impl Host {
                 return Err(HostError::BadLabel(label.to_owned()));
             }
         }
-        Ok(Host {
-            name: ascii.into(),
-            ip: None,
-        })
+        Ok(Host { name: ascii.into(), ip: None })
     }
 
     /// The host for an IP address; an IPv4-mapped IPv6 address becomes IPv4.
@@ -164,10 +152,7 @@ impl Host {
             },
             v4 => v4,
         };
-        Host {
-            name: ip.to_string().into(),
-            ip: Some(ip),
-        }
+        Host { name: ip.to_string().into(), ip: Some(ip) }
     }
 
     /// Canonical text: an A-label name, a dotted quad, or an IPv6 address without
@@ -247,9 +232,7 @@ fn valid_label(label: &str) -> bool {
         && label.len() <= MAX_LABEL
         && !label.starts_with('-')
         && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// An IP network, `10.0.0.0/8` or `fd00::/8`. Host bits must be zero.
@@ -295,10 +278,7 @@ impl Cidr {
         let net = Cidr { addr: ip, prefix };
         let masked = net.network();
         if masked != ip {
-            return Err(CidrError::HostBits(format!(
-                "{}/{prefix}",
-                Host::from_ip(masked).url_form()
-            )));
+            return Err(CidrError::HostBits(format!("{}/{prefix}", Host::from_ip(masked).url_form())));
         }
         Ok(net)
     }

@@ -28,8 +28,7 @@ mod units;
 
 pub use check::check;
 pub use compiled::{
-    CompiledPolicy, ConnectPlan, ConsideredRule, Decision, Explanation, Request, RuleOutcome, RuleRef, Scheme,
-    Verdict,
+    CompiledPolicy, ConnectPlan, ConsideredRule, Decision, Explanation, Request, RuleOutcome, RuleRef, Scheme, Verdict,
 };
 pub use diag::{line_col, Diagnostic, Warning};
 pub use host::{CharName, Cidr, CidrError, Host, HostError};

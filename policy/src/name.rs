@@ -27,8 +27,7 @@ impl ProfileName {
         let ok = !b.is_empty()
             && b.len() <= MAX_PROFILE_NAME
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter()
-                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+            && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
         if ok {
             Ok(ProfileName(s.into()))
         } else {

@@ -65,9 +65,7 @@ impl PathPattern {
         for (i, part) in parts.iter().enumerate() {
             match *part {
                 "" => return Err(PathError("a path must not contain `//`".into())),
-                "." | ".." => {
-                    return Err(PathError("a path must not contain `.` or `..` segments".into()))
-                }
+                "." | ".." => return Err(PathError("a path must not contain `.` or `..` segments".into())),
                 "**" if i + 1 == parts.len() => prefix = true,
                 "**" => return Err(PathError("`**` is only allowed as the last segment (`/v1/**`)".into())),
                 "*" => segs.push(Seg::One),
@@ -75,9 +73,13 @@ impl PathPattern {
                     if let Some(c) = p.chars().find(|&c| !(c.is_ascii_alphanumeric() || SEG_CHARS.contains(c))) {
                         let why = match c {
                             '*' => "`*` must be a whole segment (`/repos/*/issues`) and `**` the last one".to_string(),
-                            '%' => "percent-escapes are not allowed in a rule path; write the character itself".to_string(),
+                            '%' => {
+                                "percent-escapes are not allowed in a rule path; write the character itself".to_string()
+                            }
                             '?' | '#' => "a rule path matches the path only; remove the query or fragment".to_string(),
-                            c if c.is_control() || c.is_whitespace() => format!("a path must not contain U+{:04X}", c as u32),
+                            c if c.is_control() || c.is_whitespace() => {
+                                format!("a path must not contain U+{:04X}", c as u32)
+                            }
                             c => format!("`{c}` is not allowed in a rule path"),
                         };
                         return Err(PathError(why));
@@ -91,6 +93,15 @@ impl PathPattern {
 
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// A fingerprint of the first segment when it is a literal (0 = none): lets the
+    /// matcher skip most path rules without touching them.
+    pub(crate) fn first_key(&self) -> u64 {
+        match self.segs.first() {
+            Some(Seg::Lit(l)) => seg_key(l),
+            _ => 0,
+        }
     }
 
     /// True for a prefix pattern (`/v1/**`).
@@ -116,6 +127,27 @@ impl PathPattern {
     }
 
     /// Matches an unambiguous request path (see [`ReqPath`]).
+    #[inline]
+    pub(crate) fn matches_req(&self, req: &ReqPath<'_>) -> bool {
+        match req.segments() {
+            Some(segs) => self.matches_segs(segs, req.pct),
+            None => self.matches(req.path),
+        }
+    }
+
+    #[inline]
+    fn matches_segs(&self, req: &[&str], pct: bool) -> bool {
+        if req.len() < self.segs.len() || (!self.prefix && req.len() != self.segs.len()) {
+            return false;
+        }
+        self.segs.iter().zip(req).all(|(seg, r)| match seg {
+            Seg::One => !r.is_empty(),
+            Seg::Lit(lit) if pct => eq_decoded(r, lit),
+            Seg::Lit(lit) => **lit == **r,
+        })
+    }
+
+    /// Slow path for very deep request paths.
     pub(crate) fn matches(&self, path: &str) -> bool {
         let body = path.strip_prefix('/').unwrap_or(path);
         let body = body.strip_suffix('/').unwrap_or(body);
@@ -185,16 +217,39 @@ fn eq_decoded(raw: &str, lit: &str) -> bool {
     j == lit.len()
 }
 
-fn hex2(h: &[u8]) -> Option<u8> {
-    let d = |c: u8| (c as char).to_digit(16);
-    Some(u8::try_from(d(h[0])? * 16 + d(h[1])?).ok()?)
+/// Never 0 (0 means "no fingerprint").
+#[inline]
+fn seg_key(seg: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in seg.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
 }
 
-/// A request's path, query removed, with its ambiguity decided once.
+fn hex2(h: &[u8]) -> Option<u8> {
+    let d = |c: u8| (c as char).to_digit(16);
+    u8::try_from(d(h[0])? * 16 + d(h[1])?).ok()
+}
+
+/// Request paths up to this many segments are split once per decision, on the
+/// stack; deeper ones are split again for each path rule (still no allocation).
+const MAX_SEGS: usize = 24;
+
+/// A request's path, query removed, with its ambiguity decided and its segments
+/// split once.
 #[derive(Debug, Clone, Copy)]
 pub struct ReqPath<'a> {
     pub path: &'a str,
     pub ambiguous: bool,
+    /// Contains a percent-escape (compare decoded).
+    pct: bool,
+    segs: [&'a str; MAX_SEGS],
+    /// `usize::MAX` when the path has more than `MAX_SEGS` segments.
+    nsegs: usize,
+    /// [`seg_key`] of the first segment, or 0 when it cannot be used (ambiguous
+    /// or percent-encoded path).
+    first_key: u64,
 }
 
 impl<'a> ReqPath<'a> {
@@ -205,7 +260,45 @@ impl<'a> ReqPath<'a> {
             None => raw,
         };
         let path = if path.is_empty() { "/" } else { path };
-        ReqPath { path, ambiguous: is_ambiguous(path) }
+        let mut rp = ReqPath {
+            path,
+            ambiguous: is_ambiguous(path),
+            pct: path.contains('%'),
+            segs: [""; MAX_SEGS],
+            nsegs: 0,
+            first_key: 0,
+        };
+        if !rp.ambiguous {
+            let body = &path[1..];
+            let body = body.strip_suffix('/').unwrap_or(body);
+            if !rp.pct {
+                rp.first_key = seg_key(body.split('/').next().unwrap_or(""));
+            }
+            if body.is_empty() {
+                // The root has no segments: a pattern's literal first segment can
+                // never match it, and "" fingerprints differently from any literal.
+            } else {
+                for seg in body.split('/') {
+                    if rp.nsegs == MAX_SEGS {
+                        rp.nsegs = usize::MAX;
+                        break;
+                    }
+                    rp.segs[rp.nsegs] = seg;
+                    rp.nsegs += 1;
+                }
+            }
+        }
+        rp
+    }
+
+    /// True when a pattern with first-segment fingerprint `key` cannot match.
+    #[inline]
+    pub(crate) fn first_differs(&self, key: u64) -> bool {
+        key != 0 && self.first_key != 0 && key != self.first_key
+    }
+
+    fn segments(&self) -> Option<&[&'a str]> {
+        self.segs.get(..self.nsegs)
     }
 }
 
@@ -248,7 +341,8 @@ mod tests {
         let p = PathPattern::parse(pat).unwrap();
         let r = ReqPath::new(path);
         assert!(!r.ambiguous, "{path} is ambiguous");
-        p.matches(r.path)
+        assert_eq!(p.matches(r.path), p.matches_req(&r), "{pat} {path}");
+        p.matches_req(&r)
     }
 
     #[test]
@@ -274,6 +368,10 @@ mod tests {
         assert!(!m("/repos/*/issues", "/repos/issues"));
         assert!(!m("/repos/*/issues", "/repos/a/b/issues"));
         assert!(m("/repos/*/**", "/repos/a/b/issues"));
+        // Deeper than MAX_SEGS: the slow path gives the same answers.
+        let deep = format!("/v1{}", "/x".repeat(40));
+        assert!(m("/v1/**", &deep));
+        assert!(!m("/v1/x", &deep));
     }
 
     #[test]
@@ -320,7 +418,8 @@ mod tests {
     #[test]
     fn bad_patterns_are_refused() {
         for p in [
-            "v1", "/v1//x", "/v1/./x", "/v1/../x", "/v1/**/x", "/v1/a*", "/v1/%2f", "/v1;x", "/v1?x", "/v1\\x", "/v 1", "/***",
+            "v1", "/v1//x", "/v1/./x", "/v1/../x", "/v1/**/x", "/v1/a*", "/v1/%2f", "/v1;x", "/v1?x", "/v1\\x", "/v 1",
+            "/***",
         ] {
             assert!(PathPattern::parse(p).is_err(), "{p}");
         }

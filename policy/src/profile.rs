@@ -264,8 +264,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
 
 /// Reads and parses one profile file.
 pub fn load_profile(path: &Path) -> Result<Profile, Diagnostic> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Diagnostic::file_level(path, format!("cannot read the file: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Diagnostic::file_level(path, format!("cannot read the file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let off = e.utf8_error().valid_up_to();
         let text = String::from_utf8_lossy(e.as_bytes());
@@ -321,7 +320,8 @@ pub fn load_dir(dir: &Path) -> LoadOutcome {
 fn profile_name(file: &Path) -> Result<ProfileName, Diagnostic> {
     let stem = file.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
     ProfileName::parse(&stem).map_err(|e| {
-        Diagnostic::file_level(file, e.to_string()).fix("rename the file; the file name (without .toml) is the profile name")
+        Diagnostic::file_level(file, e.to_string())
+            .fix("rename the file; the file name (without .toml) is the profile name")
     })
 }
 
@@ -440,16 +440,44 @@ fn field_at(text: &str, span: Range<usize>) -> Option<String> {
 
 /// Environment variables the launcher sets itself; a profile may not override them.
 pub const RESERVED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR",
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY",
-    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
-    "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "CREDENTIALS_DIRECTORY",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "FTP_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "CREDENTIALS_DIRECTORY",
 ];
 
 /// Headers an injection may not set: framing, routing and hop-by-hop headers.
 const FORBIDDEN_HEADERS: &[&str] = &[
-    "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive",
-    "proxy-authorization", "proxy-authenticate", "proxy-connection", "expect",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "expect",
 ];
 
 struct Validator<'a> {
@@ -466,10 +494,13 @@ impl Validator<'_> {
 
     fn agent(&self, raw: Option<RawAgent>) -> V<Agent> {
         let Some(raw) = raw else { return Ok(Agent::default()) };
-        let mut agent = Agent { mode: raw.mode.unwrap_or_default(), autostart: raw.autostart.unwrap_or(false), ..Agent::default() };
+        let mut agent =
+            Agent { mode: raw.mode.unwrap_or_default(), autostart: raw.autostart.unwrap_or(false), ..Agent::default() };
         if let Some(cmd) = raw.command {
             if cmd.get_ref().is_empty() {
-                return Err(self.err(cmd.span(), "agent.command", "the command is empty").fix("write the program and its arguments, e.g. [\"node\", \"index.js\"], or remove `command`"));
+                return Err(self
+                    .err(cmd.span(), "agent.command", "the command is empty")
+                    .fix("write the program and its arguments, e.g. [\"node\", \"index.js\"], or remove `command`"));
             }
             let mut argv = Vec::new();
             for (i, a) in cmd.into_inner().into_iter().enumerate() {
@@ -489,16 +520,25 @@ impl Validator<'_> {
             let field = format!("agent.workspaces[{i}].path");
             let p = Path::new(ws.path.get_ref());
             if !p.is_absolute() {
-                return Err(self.err(ws.path.span(), field, "a workspace path must be absolute").fix("write the full path, e.g. \"/srv/invoices\""));
+                return Err(self
+                    .err(ws.path.span(), field, "a workspace path must be absolute")
+                    .fix("write the full path, e.g. \"/srv/invoices\""));
             }
-            if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || ws.path.get_ref().contains("/./") || ws.path.get_ref().ends_with("/.") {
-                return Err(self.err(ws.path.span(), field, "a workspace path must not contain `.` or `..`").fix("write the canonical path"));
+            if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+                || ws.path.get_ref().contains("/./")
+                || ws.path.get_ref().ends_with("/.")
+            {
+                return Err(self
+                    .err(ws.path.span(), field, "a workspace path must not contain `.` or `..`")
+                    .fix("write the canonical path"));
             }
             if ws.path.get_ref().contains('\0') {
                 return Err(self.err(ws.path.span(), field, "the path contains a NUL byte"));
             }
             if p.parent().is_none() {
-                return Err(self.err(ws.path.span(), field, "`/` cannot be a workspace").fix("name the project directory"));
+                return Err(self
+                    .err(ws.path.span(), field, "`/` cannot be a workspace")
+                    .fix("name the project directory"));
             }
             let norm: PathBuf = p.components().collect();
             if !seen.insert(norm.clone()) {
@@ -510,11 +550,18 @@ impl Validator<'_> {
             let key = k.get_ref();
             let field = format!("agent.env.{key}");
             if key.is_empty() || key.contains('=') || key.chars().any(|c| c.is_control()) {
-                return Err(self.err(k.span(), field, "an environment variable name must be non-empty and contain no `=`, NUL or control characters"));
+                return Err(self.err(
+                    k.span(),
+                    field,
+                    "an environment variable name must be non-empty and contain no `=`, NUL or control characters",
+                ));
             }
             let upper = key.to_ascii_uppercase();
-            if RESERVED_ENV.contains(&upper.as_str()) && (RESERVED_ENV.contains(&key.as_str()) || upper.ends_with("_PROXY")) {
-                return Err(self.err(k.span(), field, format!("`{key}` is set by the launcher and cannot be overridden"))
+            if RESERVED_ENV.contains(&upper.as_str())
+                && (RESERVED_ENV.contains(&key.as_str()) || upper.ends_with("_PROXY"))
+            {
+                return Err(self
+                    .err(k.span(), field, format!("`{key}` is set by the launcher and cannot be overridden"))
                     .fix("remove it; the sandbox sets PATH, HOME, USER, the proxy and CA variables itself"));
             }
             if v.get_ref().contains('\0') {
@@ -533,11 +580,16 @@ impl Validator<'_> {
         if let Some(t) = raw.tasks_max {
             match u32::try_from(*t.get_ref()) {
                 Ok(n) if n > 0 => agent.tasks_max = Some(n),
-                _ => return Err(self.err(t.span(), "agent.tasks_max", "tasks_max must be a positive number").fix("e.g. tasks_max = 512")),
+                _ => {
+                    return Err(self
+                        .err(t.span(), "agent.tasks_max", "tasks_max must be a positive number")
+                        .fix("e.g. tasks_max = 512"))
+                }
             }
         }
         if let Some(c) = raw.cpu_quota {
-            agent.cpu_quota = Some(parse_cpu_quota(c.get_ref()).map_err(|e| self.err(c.span(), "agent.cpu_quota", e.0))?);
+            agent.cpu_quota =
+                Some(parse_cpu_quota(c.get_ref()).map_err(|e| self.err(c.span(), "agent.cpu_quota", e.0))?);
         }
         Ok(agent)
     }
@@ -555,20 +607,38 @@ impl Validator<'_> {
             let src = match (v.file, v.credential) {
                 (Some(f), None) => {
                     let p = Path::new(f.get_ref());
-                    if !p.is_absolute() || f.get_ref().contains('\0') || p.components().any(|c| matches!(c, Component::ParentDir)) {
-                        return Err(self.err(f.span(), format!("{field}.file"), "a secret file must be an absolute path without `..`").fix("e.g. file = \"/etc/gvm/secrets/openai\""));
+                    if !p.is_absolute()
+                        || f.get_ref().contains('\0')
+                        || p.components().any(|c| matches!(c, Component::ParentDir))
+                    {
+                        return Err(self
+                            .err(
+                                f.span(),
+                                format!("{field}.file"),
+                                "a secret file must be an absolute path without `..`",
+                            )
+                            .fix("e.g. file = \"/etc/gvm/secrets/openai\""));
                     }
                     SecretSource::File(p.to_path_buf())
                 }
                 (None, Some(c)) => {
                     let n = c.get_ref();
-                    if n.is_empty() || n.len() > 255 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
-                        return Err(self.err(c.span(), format!("{field}.credential"), "a systemd credential name may only contain letters, digits, `_`, `.` and `-`"));
+                    if n.is_empty()
+                        || n.len() > 255
+                        || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                    {
+                        return Err(self.err(
+                            c.span(),
+                            format!("{field}.credential"),
+                            "a systemd credential name may only contain letters, digits, `_`, `.` and `-`",
+                        ));
                     }
                     SecretSource::Credential(n.clone())
                 }
                 _ => {
-                    return Err(self.err(span, field, "a secret needs exactly one source").fix("write { file = \"/abs/path\" } or { credential = \"name\" }"))
+                    return Err(self
+                        .err(span, field, "a secret needs exactly one source")
+                        .fix("write { file = \"/abs/path\" } or { credential = \"name\" }"))
                 }
             };
             out.insert(k.into_inner(), src);
@@ -580,7 +650,8 @@ impl Validator<'_> {
         let Some(raw) = raw else { return Ok(Network::default()) };
         let mut net = Network { default: raw.default.unwrap_or_default(), ..Network::default() };
         if let Some(t) = raw.hold_timeout {
-            net.hold_timeout = parse_duration(t.get_ref()).map_err(|e| self.err(t.span(), "network.hold_timeout", e.0))?;
+            net.hold_timeout =
+                parse_duration(t.get_ref()).map_err(|e| self.err(t.span(), "network.hold_timeout", e.0))?;
             net.hold_timeout_set = true;
         }
         for (i, r) in raw.rule.unwrap_or_default().into_iter().enumerate() {
@@ -593,8 +664,12 @@ impl Validator<'_> {
         let f = |name: &str| format!("network.rule[{i}].{name}");
         let host = HostPattern::parse(r.host.get_ref()).map_err(|e| {
             let fix = match &e {
-                HostPatternError::Host(crate::HostError::Port) => Some("remove `:PORT` and write `port = PORT` in the rule".to_string()),
-                HostPatternError::Host(crate::HostError::NonCanonicalIpv4(_)) => Some("write the address as four decimal numbers, e.g. \"127.0.0.1\"".to_string()),
+                HostPatternError::Host(crate::HostError::Port) => {
+                    Some("remove `:PORT` and write `port = PORT` in the rule".to_string())
+                }
+                HostPatternError::Host(crate::HostError::NonCanonicalIpv4(_)) => {
+                    Some("write the address as four decimal numbers, e.g. \"127.0.0.1\"".to_string())
+                }
                 HostPatternError::Host(crate::HostError::ForbiddenChar(_) | crate::HostError::Userinfo) => {
                     Some("write a host name (\"api.example.com\"), \"*.example.com\", an IP or a CIDR".to_string())
                 }
@@ -606,12 +681,16 @@ impl Validator<'_> {
         let mut ports = Vec::new();
         match (&r.port, &r.ports) {
             (Some(_), Some(ps)) => {
-                return Err(self.err(ps.span(), f("ports"), "`port` and `ports` are both set").fix("keep one: port = 443 or ports = [80, 443]"))
+                return Err(self
+                    .err(ps.span(), f("ports"), "`port` and `ports` are both set")
+                    .fix("keep one: port = 443 or ports = [80, 443]"))
             }
             (Some(p), None) => ports.push(self.port(p, f("port"))?),
             (None, Some(ps)) => {
                 if ps.get_ref().is_empty() {
-                    return Err(self.err(ps.span(), f("ports"), "`ports` is empty").fix("list ports, or remove `ports` to match any port"));
+                    return Err(self
+                        .err(ps.span(), f("ports"), "`ports` is empty")
+                        .fix("list ports, or remove `ports` to match any port"));
                 }
                 for (j, p) in ps.get_ref().iter().enumerate() {
                     let port = self.port(p, format!("{}[{j}]", f("ports")))?;
@@ -625,18 +704,23 @@ impl Validator<'_> {
         let mut methods = Vec::new();
         if let Some(ms) = &r.methods {
             if ms.get_ref().is_empty() {
-                return Err(self.err(ms.span(), f("methods"), "`methods` is empty").fix("list methods, or remove `methods` to match any method"));
+                return Err(self
+                    .err(ms.span(), f("methods"), "`methods` is empty")
+                    .fix("list methods, or remove `methods` to match any method"));
             }
             for (j, m) in ms.get_ref().iter().enumerate() {
                 let s = m.get_ref();
                 let field = format!("{}[{j}]", f("methods"));
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
-                    let fix = if s.bytes().any(|b| b.is_ascii_lowercase()) && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    let fix = if s.bytes().any(|b| b.is_ascii_lowercase()) && s.bytes().all(|b| b.is_ascii_alphabetic())
+                    {
                         Some(format!("methods are case-sensitive; write \"{}\"", s.to_ascii_uppercase()))
                     } else {
                         None
                     };
-                    return Err(self.err(m.span(), field, format!("`{}` is not an HTTP method", s.escape_debug())).maybe_fix(fix));
+                    return Err(self
+                        .err(m.span(), field, format!("`{}` is not an HTTP method", s.escape_debug()))
+                        .maybe_fix(fix));
                 }
                 if !methods.contains(s) {
                     methods.push(s.clone());
@@ -645,7 +729,9 @@ impl Validator<'_> {
         }
         let path = match &r.path {
             Some(p) => Some(PathPattern::parse(p.get_ref()).map_err(|e| {
-                self.err(p.span(), f("path"), e.0).fix("write an exact path \"/a/b\", a prefix \"/v1/**\" or one-segment wildcards \"/repos/*/issues\"")
+                self.err(p.span(), f("path"), e.0).fix(
+                    "write an exact path \"/a/b\", a prefix \"/v1/**\" or one-segment wildcards \"/repos/*/issues\"",
+                )
             })?),
             None => None,
         };
@@ -662,7 +748,9 @@ impl Validator<'_> {
         let inject = match r.inject {
             Some(inj) => {
                 if action == Action::Deny {
-                    return Err(self.err(inj.span(), f("inject"), "a deny rule sends nothing, so it cannot inject a header").fix("remove `inject`"));
+                    return Err(self
+                        .err(inj.span(), f("inject"), "a deny rule sends nothing, so it cannot inject a header")
+                        .fix("remove `inject`"));
                 }
                 Some(Arc::new(self.injection(inj.into_inner(), &f("inject"), secrets)?))
             }
@@ -677,12 +765,33 @@ impl Validator<'_> {
                     .map(|(_, n)| format!("`{n}`"))
                     .collect::<Vec<_>>();
                 if !what.is_empty() {
-                    return Err(self.err(ic.span(), f("intercept"), format!("a rule with intercept = false is a tunnel: its {} can never be checked", what.join(" and ")))
+                    return Err(self
+                        .err(
+                            ic.span(),
+                            f("intercept"),
+                            format!(
+                                "a rule with intercept = false is a tunnel: its {} can never be checked",
+                                what.join(" and ")
+                            ),
+                        )
                         .fix("remove them, or remove `intercept = false`"));
                 }
             }
         }
-        Ok(Rule { index: i, line, column, host, ports, methods, path, action, rate, inject, intercept, comment: r.comment })
+        Ok(Rule {
+            index: i,
+            line,
+            column,
+            host,
+            ports,
+            methods,
+            path,
+            action,
+            rate,
+            inject,
+            intercept,
+            comment: r.comment,
+        })
     }
 
     fn port(&self, p: &Spanned<i64>, field: String) -> V<u16> {
@@ -696,17 +805,29 @@ impl Validator<'_> {
         let h = raw.header.get_ref();
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if h.is_empty() || !h.bytes().all(token) {
-            return Err(self.err(raw.header.span(), format!("{field}.header"), format!("`{}` is not a valid header name", h.escape_debug())));
+            return Err(self.err(
+                raw.header.span(),
+                format!("{field}.header"),
+                format!("`{}` is not a valid header name", h.escape_debug()),
+            ));
         }
         if FORBIDDEN_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
-            return Err(self.err(raw.header.span(), format!("{field}.header"), format!("`{h}` controls framing or routing and cannot be injected"))
+            return Err(self
+                .err(
+                    raw.header.span(),
+                    format!("{field}.header"),
+                    format!("`{h}` controls framing or routing and cannot be injected"),
+                )
                 .fix("inject an authentication header such as Authorization or X-Api-Key"));
         }
         let value = raw.value.get_ref();
         let vfield = format!("{field}.value");
         // Offset of the string's content inside the span: skip the opening quote(s).
         let span = raw.value.span();
-        let quote = self.text.get(span.clone()).map_or(0, |s| if s.starts_with("\"\"\"") || s.starts_with("'''") { 3 } else { 1 });
+        let quote =
+            self.text
+                .get(span.clone())
+                .map_or(0, |s| if s.starts_with("\"\"\"") || s.starts_with("'''") { 3 } else { 1 });
         let at = |off: usize| (span.start + quote + off)..(span.start + quote + off);
         let mut parts = Vec::new();
         let mut rest = value.as_str();
@@ -723,15 +844,22 @@ impl Validator<'_> {
                     }
                     let tail = &rest[pos..];
                     let Some(inner) = tail.strip_prefix("{secret:").and_then(|t| t.find('}').map(|e| &t[..e])) else {
-                        return Err(self.err(at(consumed + pos), vfield, "`{` and `}` are only allowed in `{secret:NAME}`").fix("write {secret:NAME} with NAME from [secrets]"));
+                        return Err(self
+                            .err(at(consumed + pos), vfield, "`{` and `}` are only allowed in `{secret:NAME}`")
+                            .fix("write {secret:NAME} with NAME from [secrets]"));
                     };
                     if !secrets.contains_key(inner) {
                         let known = if secrets.is_empty() {
                             "add it to [secrets], e.g. NAME = { file = \"/etc/gvm/secrets/NAME\" }".to_string()
                         } else {
-                            format!("defined secrets: {}", secrets.keys().map(String::as_str).collect::<Vec<_>>().join(", "))
+                            format!(
+                                "defined secrets: {}",
+                                secrets.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                            )
                         };
-                        return Err(self.err(at(consumed + pos), vfield, format!("secret `{inner}` is not defined in [secrets]")).fix(known));
+                        return Err(self
+                            .err(at(consumed + pos), vfield, format!("secret `{inner}` is not defined in [secrets]"))
+                            .fix(known));
                     }
                     parts.push(InjectPart::Secret(inner.to_owned()));
                     let used = pos + "{secret:".len() + inner.len() + 1;
@@ -761,7 +889,9 @@ impl Validator<'_> {
         ] {
             for (i, g) in list.unwrap_or_default().into_iter().enumerate() {
                 if let Err(e) = validate_glob(g.get_ref()) {
-                    return Err(self.err(g.span(), format!("files.{name}[{i}]"), e).fix("globs use `*`, `**` (whole path components), `?`, `[abc]` and `{a,b}`"));
+                    return Err(self
+                        .err(g.span(), format!("files.{name}[{i}]"), e)
+                        .fix("globs use `*`, `**` (whole path components), `?`, `[abc]` and `{a,b}`"));
                 }
                 dest.push(g.into_inner());
             }

@@ -115,9 +115,7 @@ impl HostPattern {
 
 /// True when `name` has one or more labels below `suffix`.
 pub(crate) fn is_below(name: &str, suffix: &str) -> bool {
-    name.len() > suffix.len() + 1
-        && name.ends_with(suffix)
-        && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+    name.len() > suffix.len() + 1 && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
 }
 
 impl fmt::Display for HostPattern {

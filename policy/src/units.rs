@@ -12,7 +12,8 @@ pub struct UnitError(pub String);
 
 /// `"30s"`, `"2m"`, `"1h"`, `"1d"`: a positive whole number and one unit.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
-    let bad = || UnitError(format!("`{s}` is not a duration; write a whole number and s, m, h or d, e.g. \"30s\" or \"2m\""));
+    let bad =
+        || UnitError(format!("`{s}` is not a duration; write a whole number and s, m, h or d, e.g. \"30s\" or \"2m\""));
     let (num, unit) = split_number(s).ok_or_else(bad)?;
     let secs_per = match unit {
         "s" => 1u64,
@@ -24,15 +25,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     if num == 0 {
         return Err(UnitError(format!("`{s}`: a duration must be more than zero")));
     }
-    num.checked_mul(secs_per)
-        .map(Duration::from_secs)
-        .ok_or_else(|| UnitError(format!("`{s}` is too long")))
+    num.checked_mul(secs_per).map(Duration::from_secs).ok_or_else(|| UnitError(format!("`{s}` is too long")))
 }
 
 /// `"512M"`, `"2G"`, `"1T"`, `"64K"` (powers of 1024, as systemd reads them) or a
 /// plain number of bytes.
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
-    let bad = || UnitError(format!("`{s}` is not a size; write bytes or a number with K, M, G or T (powers of 1024), e.g. \"512M\""));
+    let bad = || {
+        UnitError(format!(
+            "`{s}` is not a size; write bytes or a number with K, M, G or T (powers of 1024), e.g. \"512M\""
+        ))
+    };
     let (num, unit) = split_number(s).ok_or_else(bad)?;
     let mult: u64 = match unit {
         "" => 1,
@@ -50,7 +53,8 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 
 /// `"50%"` (half a CPU), `"200%"` (two CPUs): percent of one CPU, 1 to 100000.
 pub fn parse_cpu_quota(s: &str) -> Result<u32, UnitError> {
-    let bad = || UnitError(format!("`{s}` is not a CPU quota; write a percentage of one CPU, e.g. \"50%\" or \"200%\""));
+    let bad =
+        || UnitError(format!("`{s}` is not a CPU quota; write a percentage of one CPU, e.g. \"50%\" or \"200%\""));
     let (num, unit) = split_number(s).ok_or_else(bad)?;
     if unit != "%" {
         return Err(bad());

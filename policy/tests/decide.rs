@@ -106,7 +106,9 @@ fn nothing_matches_means_the_default() {
     assert_eq!(decide(&p, "GET", "11.0.0.1", 443, "/"), (Verdict::Deny, None));
     let hold = profile("[network]\ndefault = \"hold\"\nhold_timeout = \"30s\"\n");
     let host = Host::parse("x.org").unwrap();
-    let d = hold.compiled.decide(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/" }, now());
+    let d = hold
+        .compiled
+        .decide(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/" }, now());
     assert_eq!(d.verdict, Verdict::Hold);
     assert_eq!(d.rule, None);
     assert_eq!(d.hold_timeout, Duration::from_secs(30));
@@ -258,7 +260,10 @@ fn watch_mode_allows_and_records() {
     assert_eq!((b.verdict, b.policy_verdict, b.would_deny_in_watch()), (Verdict::Allow, Verdict::Hold, true));
     assert_eq!(b.hold_deadline(), None);
     let x = d("x.com");
-    assert_eq!((x.verdict, x.policy_verdict, x.would_deny_in_watch(), x.rule), (Verdict::Allow, Verdict::Deny, true, None));
+    assert_eq!(
+        (x.verdict, x.policy_verdict, x.would_deny_in_watch(), x.rule),
+        (Verdict::Allow, Verdict::Deny, true, None)
+    );
     match p.compiled.decide_connect(&Host::parse("x.com").unwrap(), 443, now()) {
         ConnectPlan::Decided(d) => assert!(d.verdict == Verdict::Allow && d.would_deny_in_watch()),
         ConnectPlan::Intercept => panic!(),
@@ -269,12 +274,17 @@ fn watch_mode_allows_and_records() {
 fn explain_says_why() {
     let p = profile(MIXED);
     let host = Host::parse("api.example.com").unwrap();
-    let e = p.compiled.explain(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/v1/public/x" }, now());
+    let e = p.compiled.explain(
+        &Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/v1/public/x" },
+        now(),
+    );
     let text = e.to_string();
     assert!(text.starts_with("allow: network.rule[2] (profiles/t.toml:"), "{text}");
     assert!(text.contains("most specific of 3 matching rules"), "{text}");
     assert!(text.contains("network.rule[3]") && text.contains("path differs"), "{text}");
-    let e = p.compiled.explain(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/admin" }, now());
+    let e = p
+        .compiled
+        .explain(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/admin" }, now());
     assert!(e.reason.contains("deny rule wins over every allow"), "{}", e.reason);
 }
 
@@ -282,6 +292,8 @@ fn explain_says_why() {
 fn rule_ref_points_at_the_file_and_line() {
     let p = profile(MIXED);
     let host = Host::parse("api.example.com").unwrap();
-    let d = p.compiled.decide(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/admin" }, now());
+    let d = p
+        .compiled
+        .decide(&Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path: "/admin" }, now());
     assert_eq!(d.rule.unwrap().to_string(), "network.rule[3] (profiles/t.toml:18)");
 }

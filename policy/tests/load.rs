@@ -24,9 +24,15 @@ fn load_dir_keeps_the_good_and_refuses_the_bad() {
     assert!(refused[0].contains("`Bad-Name` is not a valid profile name"), "{}", refused[0]);
     assert_eq!(
         refused[1],
-        format!("{}:2:11: `network.default`: unknown value `allow` — allowed values: deny, hold", d.join("bad.toml").display())
+        format!(
+            "{}:2:11: `network.default`: unknown value `allow` — allowed values: deny, hold",
+            d.join("bad.toml").display()
+        )
     );
-    assert_eq!(refused[2], format!("{}:1:6: the file is not valid UTF-8 — save it as UTF-8", d.join("latin1.toml").display()));
+    assert_eq!(
+        refused[2],
+        format!("{}:1:6: the file is not valid UTF-8 — save it as UTF-8", d.join("latin1.toml").display())
+    );
 }
 
 #[test]
@@ -119,7 +125,10 @@ unused = { file = "/s" }
     let w: Vec<String> = check(&p).iter().map(ToString::to_string).collect();
     let has = |needle: &str| w.iter().any(|x| x.contains(needle));
     assert!(has("p/c.toml:10:8: `network.rule[1]`: this allow rule can never match: network.rule[0] (line 6) denies every request it matches, and deny wins"), "{w:#?}");
-    assert!(has("`network.rule[3]`: its method and path can never apply: network.rule[2] (line 15) tunnels this host"), "{w:#?}");
+    assert!(
+        has("`network.rule[3]`: its method and path can never apply: network.rule[2] (line 15) tunnels this host"),
+        "{w:#?}"
+    );
     assert!(has("`network.rule[4]`: this rule allows every host"), "{w:#?}");
     assert!(has("`network.rule[5]`: matches exactly the same requests as network.rule[4]"), "{w:#?}");
     assert!(has("`network.hold_timeout`: held requests are denied after the default 120s"), "{w:#?}");

@@ -3,14 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gvm_api::{paths, EventsQuery, EventsResponse, ReloadResponse, StatusResponse, VerifyReport};
+use gvm_api::{
+    paths, EventsQuery, EventsResponse, HoldAnswer, HoldsResponse, ReloadResponse, StatusResponse, VerifyReport,
+};
 
 use super::ApiFailure;
 use crate::state::Daemon;
+use crate::sys::creds::{user_name, Peer};
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
@@ -18,6 +21,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::AUDIT_EVENTS, get(audit_events))
         .route(paths::AUDIT_VERIFY, post(audit_verify))
         .route(paths::RELOAD, post(reload))
+        .route(paths::HOLDS, get(holds))
+        .route("/v1/holds/{id}/{answer}", post(answer_hold))
         .fallback(not_found)
         .with_state(daemon)
 }
@@ -54,6 +59,48 @@ async fn audit_verify(State(d): State<Arc<Daemon>>) -> Result<Json<VerifyReport>
 
 async fn reload(State(d): State<Arc<Daemon>>) -> Json<ReloadResponse> {
     Json(d.reload().await)
+}
+
+async fn holds(State(d): State<Arc<Daemon>>) -> Json<HoldsResponse> {
+    Json(HoldsResponse { holds: d.gateway.holds() })
+}
+
+/// Approves or denies a held request, and records who did.
+async fn answer_hold(
+    State(d): State<Arc<Daemon>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path((id, answer)): Path<(u64, String)>,
+) -> Result<Json<HoldAnswer>, ApiFailure> {
+    let approve = match answer.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return Err(ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                format!("a hold can be answered with approve or deny, not {other:?}"),
+                None,
+            ))
+        }
+    };
+    let held = d.gateway.holds().into_iter().find(|h| h.id == id);
+    d.gateway.resolve_hold(id, approve).map_err(|e| ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None))?;
+    let outcome = if approve { "approved" } else { "denied" };
+    d.record(gvm_audit::NewEvent {
+        profile: held.as_ref().map(|h| h.profile.clone()),
+        kind: "hold_answered".into(),
+        decision: Some(if approve { "allow" } else { "deny" }.into()),
+        rule: held.as_ref().and_then(|h| h.rule.clone()),
+        details: serde_json::json!({
+            "hold_id": id,
+            "outcome": outcome,
+            "by_uid": peer.uid,
+            "by_user": user_name(peer.uid),
+            "method": held.as_ref().map(|h| h.method.clone()),
+            "url": held.as_ref().map(|h| h.url.clone()),
+        }),
+    })
+    .await;
+    Ok(Json(HoldAnswer { id, outcome: outcome.into() }))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

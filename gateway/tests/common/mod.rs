@@ -110,10 +110,7 @@ fn test_pki(dir: &Path) -> (std::path::PathBuf, rustls::ServerConfig) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+        .with_single_cert(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
         .unwrap();
     (pem, cfg)
 }
@@ -157,11 +154,7 @@ pub async fn env_named(name: &str, policy: &str) -> Env {
     let mut static_hosts = HashMap::new();
     static_hosts.insert(HOST.to_string(), vec!["127.0.0.1".parse().unwrap()]);
     static_hosts.insert(OTHER.to_string(), vec!["127.0.0.1".parse().unwrap()]);
-    let cfg = GatewayConfig {
-        ca_dir: state.join("ca"),
-        extra_roots: vec![ca_pem],
-        static_hosts,
-    };
+    let cfg = GatewayConfig { ca_dir: state.join("ca"), extra_roots: vec![ca_pem], static_hosts };
     let gw = Gateway::new(cfg, audit.clone()).unwrap();
     let text = policy.replace("{HTTP}", &up_http.to_string()).replace("{HTTPS}", &up_https.to_string());
     let file = dir.path().join(format!("{name}.toml"));
@@ -262,10 +255,7 @@ pub async fn connect_tls(env: &Env, target: &str, sni: &str) -> Result<Sender, S
         return Err(head);
     }
     let c = tokio_rustls::TlsConnector::from(env.agent_tls.clone());
-    let tls = c
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = c.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp).await.map_err(|e| e.to_string())?;
     Ok(handshake(tls).await)
 }
 

@@ -26,10 +26,10 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub fn is_root() -> bool {
-    nix_uid() == 0
+    uid() == 0
 }
 
-fn nix_uid() -> u32 {
+pub fn uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))

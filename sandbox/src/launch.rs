@@ -1,0 +1,850 @@
+//! The launcher: from a [`LaunchSpec`] to an agent running as `gvm-<profile>` inside its
+//! namespaces, behind its masks, under seccomp and landlock.
+//!
+//! Process tree (host pids on the left):
+//!
+//! ```text
+//! caller (gvmd, root) ─fork─▶ launcher (root, host pid ns; joins the cgroup and the netns,
+//!   │                          unshares mnt/pid/ipc/uts/cgroup; waits, forwards signals)
+//!   │                          └─fork─▶ init (pid 1 of the agent's pid ns): builds the
+//!   │                                   mount view, pivots, forks the agent, drops to the
+//!   │                                   agent's uid itself, reaps, forwards signals, exits
+//!   │                                   with the agent's status
+//!   │                                   └─fork─▶ agent: setsid, stdio, rlimits, uid drop,
+//!   │                                            caps, no_new_privs, landlock, seccomp, exec
+//! ```
+//!
+//! Everything that can be decided before forking is decided in the parent ([`Plan`]): the
+//! mounts, the masks (globs resolved), the environment, argv, the seccomp filter. The
+//! children only execute it, and report the first error through a close-on-exec pipe
+//! (empty pipe at exec = success). They never print, never read the environment and take
+//! no lock, so forking from a multi-threaded gvmd is sound (see `sys::fork`).
+//!
+//! Nothing is mounted in the host's mount namespace: all mounts happen after `unshare
+//! (CLONE_NEWNS)` in a namespace made a slave of the host's, and die with its last process.
+//! If the launcher is SIGKILLed, init gets SIGKILL (parent-death signal) and the pid
+//! namespace goes with it; the cgroup leaf is then killed and removed by [`Sandbox`].
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libseccomp::ScmpFilterContext;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::cgroup::{Cgroup, Limits};
+use crate::confine::{apply_landlock, seccomp_filter, LandlockPlan};
+use crate::error::{io, sys, Error, Result};
+use crate::rules;
+use crate::state::AgentPaths;
+use crate::sys as k;
+use crate::user::ProfileName;
+
+/// How a workspace appears inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceMode {
+    /// overlayfs: the real directory is the lower layer; writes land in an upper dir on
+    /// disk under the agent's state, for review.
+    Overlay,
+    /// Read-only bind.
+    ReadOnly,
+    /// Read-write bind of the real directory (explicit opt-in; no review).
+    ReadWrite,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The real directory; it appears at the same path inside the sandbox.
+    pub path: PathBuf,
+    pub mode: WorkspaceMode,
+    /// Names the overlay directory `<state>/agents/P/overlay/<id>/`; `[A-Za-z0-9_-]+`.
+    pub id: String,
+}
+
+/// The agent's standard streams.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// The caller's stdin/stdout/stderr (the agent still gets a new session: no
+    /// controlling terminal, and TIOCSTI is refused by seccomp).
+    #[default]
+    Inherit,
+    /// /dev/null for all three.
+    Null,
+    /// Given descriptors (pipes, or a pty made for the agent).
+    Fds { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+}
+
+/// Everything the launcher needs; gvmd fills it from the profile.
+#[derive(Debug)]
+pub struct LaunchSpec {
+    pub profile: ProfileName,
+    pub uid: Uid,
+    pub gid: Gid,
+    /// The bound netns (`Netns::path`).
+    pub netns: PathBuf,
+    /// Program (absolute, or searched in the agent's PATH) and its arguments.
+    pub command: String,
+    pub args: Vec<String>,
+    /// The profile's environment; the agent gets this plus HOME, USER, PATH, the proxy
+    /// and the CA variables, and nothing else.
+    pub env: Vec<(String, String)>,
+    pub workspaces: Vec<Workspace>,
+    pub deny_read: Vec<String>,
+    pub paths: AgentPaths,
+    /// PEM bundle (system roots + gvmd's CA) bound over the usual CA paths.
+    pub ca_bundle: Option<PathBuf>,
+    pub limits: Limits,
+    /// The explicit proxy's port on 127.0.0.1 in the netns.
+    pub proxy_port: u16,
+    pub stdio: Stdio,
+    /// Working directory inside the sandbox (default: the first workspace, else home).
+    pub cwd: Option<PathBuf>,
+    /// Apply landlock when the kernel has it (default true).
+    pub landlock: bool,
+}
+
+/// How the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit code (128 + n when the agent was killed by signal n, as a shell reports it).
+    Code(i32),
+    /// The launcher itself was killed by this signal.
+    Signaled(Signal),
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+}
+
+/// A running sandbox. Dropping it kills whatever is left and removes its cgroup.
+#[derive(Debug)]
+pub struct Sandbox {
+    pid: Pid,
+    exit: Option<Exit>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Sandbox {
+    /// The launcher's pid (host pid namespace). Signals sent here reach the agent.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Sends SIGTERM/SIGINT/SIGHUP (forwarded to the agent), or SIGKILL (kills the launcher,
+    /// and with it init and the whole pid namespace).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        kill(self.pid, sig).map_err(sys(format!("signalling the launcher {}", self.pid)))
+    }
+
+    /// Waits for the agent to end and tears everything down.
+    pub fn wait(&mut self) -> Result<Exit> {
+        if let Some(e) = self.exit {
+            return Ok(e);
+        }
+        let exit = loop {
+            match waitpid(self.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => break Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break Exit::Signaled(sig),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sys("waiting for the launcher")(e)),
+            }
+        };
+        self.exit = Some(exit);
+        self.teardown()?;
+        Ok(exit)
+    }
+
+    /// Non-blocking [`Sandbox::wait`].
+    pub fn try_wait(&mut self) -> Result<Option<Exit>> {
+        if let Some(e) = self.exit {
+            return Ok(Some(e));
+        }
+        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => Ok(None),
+            Ok(_) => self.wait().map(Some),
+            Err(e) => Err(sys("waiting for the launcher")(e)),
+        }
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) -> Result<Exit> {
+        let _ = self.signal(Signal::SIGKILL);
+        self.wait()
+    }
+
+    /// The cgroup leaves of this launch (for tests and `gvmctl status`).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(|c| c.leaves().map(Path::to_path_buf).collect()).unwrap_or_default()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        match self.cgroup.take() {
+            Some(mut cg) => cg.destroy(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.kill();
+        }
+        let _ = self.teardown();
+    }
+}
+
+/// One mount-view step, executed by init in the new mount namespace. Paths named
+/// `target` are paths *inside the sandbox*; they are resolved under the new root with
+/// symlinks confined to it. Sources are host paths.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Empty tmpfs over a directory (`ro` applied at the end, after mount points in it exist).
+    Hide { target: PathBuf },
+    /// A writable tmpfs.
+    Tmpfs { target: PathBuf, options: &'static str, flags: MsFlags },
+    Bind { source: PathBuf, target: PathBuf, read_only: bool },
+    Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf, target: PathBuf },
+    /// Mask a path: /dev/null over a file, an empty read-only tmpfs over a directory.
+    Mask { target: PathBuf },
+    /// Bind a path onto itself read-only.
+    ReadOnly { target: PathBuf },
+    Proc,
+    Sys,
+    Dev,
+    /// Write a file into the staging tmpfs and bind it read-only over `target`.
+    File { contents: &'static str, target: PathBuf },
+}
+
+/// What the children execute: all decided and allocated up front.
+struct Plan {
+    netns: PathBuf,
+    cgroup_procs: Vec<PathBuf>,
+    hostname: String,
+    steps: Vec<Step>,
+    uid: Uid,
+    gid: Gid,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    search: Vec<PathBuf>,
+    cwd: PathBuf,
+    nproc: Option<u64>,
+    landlock: Option<LandlockPlan>,
+    filter: ScmpFilterContext,
+}
+
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Starts the agent. Returns once the agent has exec'd (or with the first setup error).
+pub fn launch(spec: LaunchSpec) -> Result<Sandbox> {
+    crate::netns::require_root("launching a sandbox")?;
+    let plan = plan(&spec)?;
+    let name = format!(
+        "{}-{}-{}",
+        spec.profile,
+        std::process::id(),
+        LAUNCHES.fetch_add(1, Ordering::Relaxed)
+    );
+    let cgroup = Cgroup::create(&name, &spec.limits)?;
+    let plan = Plan { cgroup_procs: cgroup.procs_files(), ..plan };
+    let netns = File::open(&plan.netns).map_err(io("opening the profile's netns", &plan.netns))?;
+    let (stdin, stdout, stderr) = match spec.stdio {
+        Stdio::Inherit => (None, None, None),
+        Stdio::Null => {
+            let null = || File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
+            let n = |r: std::io::Result<OwnedFd>| r.map_err(io("opening", "/dev/null"));
+            (Some(n(null())?), Some(n(null())?), Some(n(null())?))
+        }
+        Stdio::Fds { stdin, stdout, stderr } => (Some(stdin), Some(stdout), Some(stderr)),
+    };
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating the launcher's error pipe"))?;
+    match k::fork().map_err(sys("forking the launcher"))? {
+        k::ForkResult::Child => {
+            drop(err_r);
+            let stdio = [stdin, stdout, stderr];
+            let msg = match launcher(&plan, &netns, &err_w, stdio) {
+                Ok(never) => match never {},
+                Err(msg) => msg,
+            };
+            report(&err_w, &msg)
+        }
+        k::ForkResult::Parent { child } => {
+            drop(err_w);
+            drop((stdin, stdout, stderr));
+            let mut sandbox = Sandbox { pid: child, exit: None, cgroup: Some(cgroup) };
+            let mut msg = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match nix::unistd::read(&err_r, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => msg.extend_from_slice(&buf[..n]),
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(sys("reading the launcher's error pipe")(e)),
+                }
+            }
+            if msg.is_empty() {
+                Ok(sandbox)
+            } else {
+                let _ = sandbox.kill();
+                Err(Error::Setup(String::from_utf8_lossy(&msg).into_owned()))
+            }
+        }
+    }
+}
+
+enum Never {}
+
+/// Writes the error to the pipe and leaves. Child side only.
+fn report(pipe: &OwnedFd, msg: &str) -> ! {
+    let _ = nix::unistd::write(pipe, msg.as_bytes());
+    k::exit_now(126)
+}
+
+fn fail<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// The launcher (host pid ns, root). Child side: syscalls and allocation only.
+fn launcher(plan: &Plan, netns: &File, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never, String> {
+    for procs in &plan.cgroup_procs {
+        std::fs::write(procs, nix::unistd::getpid().to_string()).map_err(fail(&format!("joining {}", procs.display())))?;
+    }
+    let forwarded = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD];
+    let mut mask = SigSet::empty();
+    for s in forwarded {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(fail("blocking signals"))?;
+    setns(netns, CloneFlags::CLONE_NEWNET).map_err(fail("joining the profile's netns"))?;
+    let ns = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    unshare(ns).map_err(fail("unsharing the mount/pid/ipc/uts/cgroup namespaces"))?;
+    match k::fork().map_err(fail("forking init"))? {
+        k::ForkResult::Child => {
+            let msg = match init(plan, err, stdio) {
+                Ok(never) => match never {},
+                Err(msg) => msg,
+            };
+            report(err, &msg)
+        }
+        k::ForkResult::Parent { child } => {
+            // From here on the launcher only relays: the pipe belongs to init and the agent.
+            let _ = k::close_fds_from(3);
+            drop(stdio);
+            loop {
+                let Ok(sig) = mask.wait() else { continue };
+                if sig == Signal::SIGCHLD {
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, code)) => k::exit_now(code),
+                        Ok(WaitStatus::Signaled(_, s, _)) => k::exit_now(128 + s as i32),
+                        _ => continue,
+                    }
+                } else {
+                    let _ = kill(child, sig);
+                }
+            }
+        }
+    }
+}
+
+/// Pid 1 of the agent's pid namespace: builds the view, starts the agent, reaps.
+fn init(plan: &Plan, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never, String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail("setting init's parent-death signal"))?;
+    nix::unistd::sethostname(&plan.hostname).map_err(fail("setting the hostname"))?;
+    build_view(plan)?;
+    let agent = match k::fork().map_err(fail("forking the agent"))? {
+        k::ForkResult::Child => {
+            let msg = match agent(plan, stdio) {
+                Ok(never) => match never {},
+                Err(msg) => msg,
+            };
+            report(err, &msg)
+        }
+        k::ForkResult::Parent { child } => child,
+    };
+    drop(stdio);
+    // Init keeps no privilege either: same uid, no capabilities, same seccomp filter.
+    drop_privileges(plan)?;
+    plan.filter.load().map_err(fail("loading seccomp in init"))?;
+    let _ = k::close_fds_from(0);
+    let mask = {
+        let mut m = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+            m.add(s);
+        }
+        m
+    };
+    loop {
+        let Ok(sig) = mask.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(agent, sig);
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == agent => k::exit_now(code),
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == agent => k::exit_now(128 + s as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// The agent: last steps, then exec.
+fn agent(plan: &Plan, stdio: [Option<OwnedFd>; 3]) -> Result<Never, String> {
+    nix::unistd::setsid().map_err(fail("setsid"))?;
+    let [stdin, stdout, stderr] = stdio;
+    if let Some(fd) = stdin {
+        nix::unistd::dup2_stdin(fd.as_fd()).map_err(fail("stdin"))?;
+    }
+    if let Some(fd) = stdout {
+        nix::unistd::dup2_stdout(fd.as_fd()).map_err(fail("stdout"))?;
+    }
+    if let Some(fd) = stderr {
+        nix::unistd::dup2_stderr(fd.as_fd()).map_err(fail("stderr"))?;
+    }
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Some(n) = plan.nproc {
+        setrlimit(Resource::RLIMIT_NPROC, n, n).map_err(fail("RLIMIT_NPROC"))?;
+    }
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(fail("RLIMIT_CORE"))?;
+    nix::unistd::chdir(&plan.cwd).map_err(fail(&format!("chdir {}", plan.cwd.display())))?;
+    k::reset_signal_dispositions();
+    SigSet::all().thread_unblock().map_err(fail("unblocking signals"))?;
+    drop_privileges(plan)?;
+    if let Some(ll) = &plan.landlock {
+        apply_landlock(ll)?;
+    }
+    plan.filter.load().map_err(fail("loading the seccomp filter"))?;
+    let mut last = Errno::ENOENT;
+    for prog in &plan.search {
+        let Ok(c) = CString::new(prog.as_os_str().as_bytes()) else { continue };
+        match nix::unistd::execve(&c, &plan.argv, &plan.envp) {
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => continue,
+            Err(e) => last = e,
+            Ok(never) => match never {},
+        }
+    }
+    Err(format!("exec {:?}: {last}", plan.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()))
+}
+
+/// setgroups([]), setresgid, bounding set and ambient set emptied, setresuid,
+/// capabilities cleared, no_new_privs.
+fn drop_privileges(plan: &Plan) -> Result<(), String> {
+    nix::unistd::setgroups(&[]).map_err(fail("setgroups"))?;
+    nix::unistd::setresgid(plan.gid, plan.gid, plan.gid).map_err(fail("setresgid"))?;
+    for cap in 0..64 {
+        match k::capbset_drop(cap) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(format!("dropping capability {cap} from the bounding set: {e}")),
+        }
+    }
+    k::clear_ambient_caps().map_err(fail("clearing ambient capabilities"))?;
+    nix::unistd::setresuid(plan.uid, plan.uid, plan.uid).map_err(fail("setresuid"))?;
+    k::clear_all_caps().map_err(fail("clearing capabilities"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(fail("no_new_privs"))?;
+    Ok(())
+}
+
+const STAGING: &str = "/tmp";
+const NEWROOT: &str = "/tmp/.gvm-root";
+
+/// Builds the agent's root under the staging tmpfs, then pivots into it.
+fn build_view(plan: &Plan) -> Result<(), String> {
+    let root = Path::new(NEWROOT);
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(fail("making the mount namespace a slave of the host's"))?;
+    mount(Some("tmpfs"), STAGING, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=1m"))
+        .map_err(fail("mounting the staging tmpfs"))?;
+    std::fs::create_dir(root).map_err(fail("creating the new root"))?;
+    mount(Some("/"), root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(fail("binding the host root"))?;
+    k::mount_setattr_recursive(root, k::MOUNT_ATTR_RDONLY | k::MOUNT_ATTR_NOSUID | k::MOUNT_ATTR_NODEV, 0)
+        .map_err(fail("making the host root read-only"))?;
+    let mut hidden = Vec::new();
+    for step in &plan.steps {
+        apply(root, step, &mut hidden).map_err(|e| format!("{step:?}: {e}"))?;
+    }
+    for t in hidden {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(None::<&str>, &t, None::<&str>, flags, None::<&str>).map_err(fail("making a hiding tmpfs read-only"))?;
+    }
+    nix::unistd::chdir(root).map_err(fail("chdir to the new root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(fail("detaching the old root"))?;
+    nix::unistd::chdir("/").map_err(fail("chdir /"))?;
+    Ok(())
+}
+
+fn apply(root: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), String> {
+    let none = None::<&str>;
+    let bind = |src: &Path, dst: &Path, ro: bool| -> Result<(), String> {
+        mount(Some(src), dst, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(fail("bind"))?;
+        let mut set = k::MOUNT_ATTR_NOSUID | k::MOUNT_ATTR_NODEV;
+        if ro {
+            set |= k::MOUNT_ATTR_RDONLY;
+        }
+        k::mount_setattr_recursive(dst, set, 0).map_err(fail("setting bind flags"))
+    };
+    match step {
+        Step::Hide { target } => {
+            let Some(t) = existing(root, target, true) else { return Ok(()) };
+            if hidden.contains(&t) {
+                return Ok(());
+            }
+            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0755,size=1m"))
+                .map_err(fail("tmpfs"))?;
+            hidden.push(t);
+        }
+        Step::Tmpfs { target, options, flags } => {
+            let t = ensure(root, target, true)?;
+            mount(Some("tmpfs"), &t, Some("tmpfs"), *flags, Some(*options)).map_err(fail("tmpfs"))?;
+        }
+        Step::Bind { source, target, read_only } => {
+            let t = ensure(root, target, source.is_dir())?;
+            bind(source, &t, *read_only)?;
+        }
+        Step::Overlay { lower, upper, work, target } => {
+            let t = ensure(root, target, true)?;
+            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+            mount(Some("overlay"), &t, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
+                .map_err(fail("overlay"))?;
+        }
+        Step::Mask { target } => {
+            let Some(t) = existing(root, target, false) else { return Ok(()) };
+            if t.is_dir() {
+                let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                mount(Some("tmpfs"), &t, Some("tmpfs"), flags, Some("mode=0000,size=4k")).map_err(fail("mask tmpfs"))?;
+            } else {
+                bind(Path::new("/dev/null"), &t, true)?;
+            }
+        }
+        Step::ReadOnly { target } => {
+            let Some(t) = existing(root, target, false) else { return Ok(()) };
+            bind(&t, &t, true)?;
+        }
+        Step::Proc => {
+            let t = root.join("proc");
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(Some("proc"), &t, Some("proc"), flags, none).map_err(fail("mounting /proc"))?;
+        }
+        Step::Sys => {
+            let t = root.join("sys");
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+            mount(Some("sysfs"), &t, Some("sysfs"), flags, none).map_err(fail("mounting /sys"))?;
+        }
+        Step::Dev => {
+            let dev = root.join("dev");
+            mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))
+                .map_err(fail("mounting /dev"))?;
+            for node in rules::DEV_NODES {
+                let t = dev.join(node);
+                File::create(&t).map_err(fail("creating a device mount point"))?;
+                let src = Path::new("/dev").join(node);
+                mount(Some(&src), &t, none, MsFlags::MS_BIND, none).map_err(fail("binding a device"))?;
+                mount(none, &t, none, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, none)
+                    .map_err(fail("remounting a device"))?;
+            }
+            let pts = dev.join("pts");
+            std::fs::create_dir(&pts).map_err(fail("mkdir /dev/pts"))?;
+            mount(
+                Some("devpts"),
+                &pts,
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            )
+            .map_err(fail("mounting /dev/pts"))?;
+            let shm = dev.join("shm");
+            std::fs::create_dir(&shm).map_err(fail("mkdir /dev/shm"))?;
+            mount(Some("tmpfs"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
+                .map_err(fail("mounting /dev/shm"))?;
+            for (name, to) in rules::DEV_LINKS {
+                std::os::unix::fs::symlink(to, dev.join(name)).map_err(fail("/dev symlink"))?;
+            }
+            mount(none, &dev, none, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, none)
+                .map_err(fail("making /dev read-only"))?;
+        }
+        Step::File { contents, target } => {
+            let staged = Path::new(STAGING).join(format!("file-{}", target.display().to_string().replace('/', "_")));
+            std::fs::write(&staged, contents).map_err(fail("staging a file"))?;
+            let Some(t) = existing(root, target, false).or_else(|| ensure(root, target, false).ok()) else {
+                return Ok(());
+            };
+            bind(&staged, &t, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// `target` (a sandbox path) resolved under `root` with every symlink confined to `root`;
+/// `None` if it does not exist. `dir_only`: only a directory counts.
+fn existing(root: &Path, target: &Path, dir_only: bool) -> Option<PathBuf> {
+    let p = resolve_in_root(root, target).ok()?;
+    let md = std::fs::metadata(&p).ok()?;
+    (!dir_only || md.is_dir()).then_some(p)
+}
+
+/// Like [`existing`], but creates the mount point (and missing parents) when absent. That
+/// only works inside a writable tmpfs of ours (a hidden directory, /tmp); on the read-only
+/// host tree it fails, which is right: we never create anything on the host.
+fn ensure(root: &Path, target: &Path, dir: bool) -> Result<PathBuf, String> {
+    let p = resolve_in_root(root, target)?;
+    if std::fs::symlink_metadata(&p).is_ok() {
+        return Ok(p);
+    }
+    let parent = p.parent().ok_or("mount point without parent")?;
+    std::fs::create_dir_all(parent).map_err(fail(&format!("creating mount point {}", parent.display())))?;
+    if dir {
+        std::fs::create_dir(&p).map_err(fail(&format!("creating mount point {}", p.display())))?;
+    } else {
+        File::create(&p).map_err(fail(&format!("creating mount point {}", p.display())))?;
+    }
+    Ok(p)
+}
+
+/// Resolves `path` (absolute, a sandbox path) inside `root`, following symlinks as if
+/// `root` were `/` (a link to `/run/x` means `<root>/run/x`, `..` stops at the root).
+/// Missing trailing components are kept as they are.
+pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    let mut todo: Vec<PathBuf> = path.components().rev().map(|c| PathBuf::from(c.as_os_str())).collect();
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        match c.components().next() {
+            Some(Component::RootDir) | Some(Component::CurDir) | None => continue,
+            Some(Component::ParentDir) => {
+                cur.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let next = cur.join(&c);
+        let host = root.join(next.strip_prefix("/").unwrap_or(&next));
+        match std::fs::read_link(&host) {
+            Ok(target) => {
+                links += 1;
+                if links > 40 {
+                    return Err(format!("too many symlinks resolving {}", path.display()));
+                }
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                todo.extend(target.components().rev().map(|c| PathBuf::from(c.as_os_str())));
+            }
+            Err(_) => cur = next,
+        }
+    }
+    Ok(root.join(cur.strip_prefix("/").unwrap_or(&cur)))
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Spec(format!("{what} contains a NUL byte: {s:?}")))
+}
+
+fn check_path(p: &Path, what: &str) -> Result<()> {
+    if !p.is_absolute() {
+        return Err(Error::Spec(format!("{what} must be an absolute path, got {}", p.display())));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::Spec(format!("{what} must not contain `..`: {}", p.display())));
+    }
+    Ok(())
+}
+
+/// Everything decided before forking.
+fn plan(spec: &LaunchSpec) -> Result<Plan> {
+    if spec.uid.is_root() || spec.gid.as_raw() == 0 {
+        return Err(Error::Spec(format!("the agent of {} must not run as uid/gid 0", spec.profile)));
+    }
+    let paths = &spec.paths;
+    for (p, what) in [(&paths.state_dir, "state dir"), (&paths.runtime_dir, "runtime dir"), (&paths.home, "home")] {
+        check_path(p, what)?;
+    }
+    let mut steps = Vec::new();
+    // 1. Hide: fixed host paths, then the state and runtime dirs wherever they are.
+    for d in rules::HIDDEN_DIRS {
+        steps.push(Step::Hide { target: PathBuf::from(d) });
+    }
+    steps.push(Step::Hide { target: paths.state_dir.clone() });
+    steps.push(Step::Hide { target: paths.runtime_dir.clone() });
+    // 2. Private /tmp, /dev, /proc, /sys.
+    steps.push(Step::Tmpfs {
+        target: PathBuf::from("/tmp"),
+        options: "mode=1777",
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    });
+    steps.push(Step::Tmpfs {
+        target: PathBuf::from("/var/tmp"),
+        options: "mode=1777",
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    });
+    steps.push(Step::Dev);
+    steps.push(Step::Proc);
+    for p in rules::PROC_READ_ONLY {
+        steps.push(Step::ReadOnly { target: PathBuf::from(p) });
+    }
+    for p in rules::PROC_MASKED {
+        steps.push(Step::Mask { target: PathBuf::from(p) });
+    }
+    steps.push(Step::Sys);
+    for p in rules::SYS_MASKED {
+        steps.push(Step::Mask { target: PathBuf::from(p) });
+    }
+    // 3. The persistent home, then the workspaces (shallow first).
+    if !paths.home.is_dir() {
+        return Err(Error::Spec(format!("the agent home {} does not exist (call state::prepare)", paths.home.display())));
+    }
+    steps.push(Step::Bind { source: paths.home.clone(), target: paths.home.clone(), read_only: false });
+    let mut workspaces: Vec<&Workspace> = spec.workspaces.iter().collect();
+    workspaces.sort_by_key(|w| w.path.components().count());
+    let mut writable = vec![paths.home.clone(), PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/dev")];
+    for w in &workspaces {
+        check_path(&w.path, "workspace path")?;
+        if !w.path.is_dir() {
+            return Err(Error::Spec(format!("workspace {} is not a directory", w.path.display())));
+        }
+        match w.mode {
+            WorkspaceMode::Overlay => {
+                let (upper, work) = paths.overlay_dirs(&w.id)?;
+                for p in [&w.path, &upper, &work] {
+                    let s = p.to_string_lossy();
+                    if s.contains([',', ':', '\\']) {
+                        return Err(Error::Spec(format!("overlay path {s} must not contain ',', ':' or '\\'")));
+                    }
+                }
+                if !upper.is_dir() || !work.is_dir() {
+                    return Err(Error::Spec(format!("overlay dirs of workspace {} missing (call state::prepare)", w.id)));
+                }
+                steps.push(Step::Overlay { lower: w.path.clone(), upper, work, target: w.path.clone() });
+                writable.push(w.path.clone());
+            }
+            WorkspaceMode::ReadOnly => {
+                steps.push(Step::Bind { source: w.path.clone(), target: w.path.clone(), read_only: true })
+            }
+            WorkspaceMode::ReadWrite => {
+                steps.push(Step::Bind { source: w.path.clone(), target: w.path.clone(), read_only: false });
+                writable.push(w.path.clone());
+            }
+        }
+    }
+    // 4. Masks: deny_read globs (resolved now), fixed secret files.
+    let roots: Vec<PathBuf> = spec.workspaces.iter().map(|w| w.path.clone()).collect();
+    for p in crate::deny::resolve(&spec.deny_read, &paths.home, &roots) {
+        steps.push(Step::Mask { target: p });
+    }
+    for p in rules::HIDDEN_FILES {
+        steps.push(Step::Mask { target: PathBuf::from(p) });
+    }
+    // 5. resolv.conf and the CA bundle.
+    steps.push(Step::File { contents: rules::RESOLV_CONF, target: PathBuf::from("/etc/resolv.conf") });
+    let mut ca_path = None;
+    if let Some(ca) = &spec.ca_bundle {
+        if !ca.is_file() {
+            return Err(Error::Spec(format!("CA bundle {} is not a file", ca.display())));
+        }
+        for t in rules::CA_TARGETS {
+            if Path::new(t).exists() {
+                steps.push(Step::Bind { source: ca.clone(), target: PathBuf::from(t), read_only: true });
+                ca_path.get_or_insert(*t);
+            }
+        }
+        if ca_path.is_none() {
+            return Err(Error::Spec(format!("none of {:?} exists on this host to carry the CA bundle", rules::CA_TARGETS)));
+        }
+    }
+    // Environment: the profile's, then ours on top.
+    let user = spec.profile.user_name();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v));
+    };
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(Error::Spec(format!("environment variable name {k:?} is invalid")));
+        }
+        set(k, v.clone());
+    }
+    set("HOME", paths.home.to_string_lossy().into_owned());
+    set("USER", user.clone());
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        set("PATH", rules::DEFAULT_PATH.to_string());
+    }
+    for k in rules::PROXY_ENV {
+        set(k, format!("http://127.0.0.1:{}", spec.proxy_port));
+    }
+    for k in rules::NO_PROXY_ENV {
+        set(k, String::new());
+    }
+    set("NODE_USE_ENV_PROXY", "1".to_string());
+    if let Some(ca) = ca_path {
+        for k in rules::CA_ENV {
+            set(k, ca.to_string());
+        }
+    }
+    let envp = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"), "environment")).collect::<Result<Vec<_>>>()?;
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+    let search: Vec<PathBuf> = if spec.command.contains('/') {
+        vec![PathBuf::from(&spec.command)]
+    } else {
+        path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(&spec.command)).collect()
+    };
+    let mut argv = vec![cstring(&spec.command, "command")?];
+    for a in &spec.args {
+        argv.push(cstring(a, "argument")?);
+    }
+    let cwd = spec.cwd.clone().or_else(|| spec.workspaces.first().map(|w| w.path.clone())).unwrap_or(paths.home.clone());
+    Ok(Plan {
+        netns: spec.netns.clone(),
+        cgroup_procs: Vec::new(),
+        hostname: user,
+        steps,
+        uid: spec.uid,
+        gid: spec.gid,
+        argv,
+        envp,
+        search,
+        cwd,
+        nproc: spec.limits.tasks_max,
+        landlock: spec.landlock.then_some(LandlockPlan { writable }),
+        filter: seccomp_filter()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_confines_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("run/systemd")).unwrap();
+        std::os::unix::fs::symlink("/run/systemd/stub", root.join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("../../../../../x", root.join("etc/up")).unwrap();
+        assert_eq!(resolve_in_root(root, Path::new("/etc/resolv.conf")).unwrap(), root.join("run/systemd/stub"));
+        assert_eq!(resolve_in_root(root, Path::new("/etc/up")).unwrap(), root.join("x"));
+        assert_eq!(resolve_in_root(root, Path::new("/a/b")).unwrap(), root.join("a/b"));
+    }
+}
