@@ -17,6 +17,7 @@ pub mod paths {
     pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
     pub const RELOAD: &str = "/v1/reload";
     pub const HOLDS: &str = "/v1/holds";
+    pub const POLICY_EXPLAIN: &str = "/v1/policy/explain";
     /// `POST /v1/holds/{id}/approve`
     pub fn approve(id: u64) -> String {
         format!("/v1/holds/{id}/approve")
@@ -252,4 +253,40 @@ pub struct HoldAnswer {
     pub id: u64,
     /// `approved` or `denied`.
     pub outcome: String,
+}
+
+/// `POST /v1/policy/explain`: how the profile in force would decide a request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExplainRequest {
+    pub profile: String,
+    pub method: String,
+    /// `http://` or `https://` URL.
+    pub url: String,
+}
+
+/// One rule that names the request's host, and whether it matched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsideredRule {
+    /// `network.rule[2] (/etc/gvm/profiles/p.toml:12)`.
+    pub rule: String,
+    pub action: String,
+    pub host: String,
+    /// `matched`, or why not.
+    pub outcome: String,
+}
+
+/// The answer of `POST /v1/policy/explain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExplainResponse {
+    /// What the gateway would do: `allow`, `deny` or `hold`.
+    pub decision: String,
+    /// What the rules say (differs from `decision` in watch mode).
+    pub policy_decision: String,
+    pub mode: String,
+    /// The deciding rule; `None` means the profile's `[network] default`.
+    pub rule: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub reason: String,
+    pub considered: Vec<ConsideredRule>,
 }

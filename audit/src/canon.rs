@@ -134,23 +134,19 @@ fn write_json(out: &mut String, v: &serde_json::Value) {
     }
 }
 
-const TIME_FORMAT: &[BorrowedFormatItem<'static>] = format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-);
+const TIME_FORMAT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
 /// RFC 3339 UTC with exactly nine fractional digits, so that text order is time order.
 pub(crate) fn format_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     // Formatting a UTC time with a fixed description only fails for years past 9999.
-    t.format(TIME_FORMAT)
-        .unwrap_or_else(|_| "9999-12-31T23:59:59.999999999Z".to_owned())
+    t.format(TIME_FORMAT).unwrap_or_else(|_| "9999-12-31T23:59:59.999999999Z".to_owned())
 }
 
 /// Parses any RFC 3339 time and returns it in the stored form, for range queries.
 pub(crate) fn normalise_time(s: &str) -> Option<String> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(format_time)
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(format_time)
 }
 
 fn leaf(h: &[u8; 32]) -> [u8; 32] {
@@ -212,24 +208,15 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_and_is_compact() {
         let v = serde_json::json!({"b": [1, {"z": null, "a": "é\"\n"}], "a": true, "10": 1.5});
-        assert_eq!(
-            canonical_json(&v),
-            r#"{"10":1.5,"a":true,"b":[1,{"a":"é\"\n","z":null}]}"#
-        );
+        assert_eq!(canonical_json(&v), r#"{"10":1.5,"a":true,"b":[1,{"a":"é\"\n","z":null}]}"#);
     }
 
     #[test]
     fn time_has_nine_fraction_digits_in_utc() {
-        let t = OffsetDateTime::parse(
-            "2026-11-23T11:00:00.5+01:00",
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap();
+        let t = OffsetDateTime::parse("2026-11-23T11:00:00.5+01:00", &time::format_description::well_known::Rfc3339)
+            .unwrap();
         assert_eq!(format_time(t), "2026-11-23T10:00:00.500000000Z");
-        assert_eq!(
-            normalise_time("2026-11-23T10:00:00Z").as_deref(),
-            Some("2026-11-23T10:00:00.000000000Z")
-        );
+        assert_eq!(normalise_time("2026-11-23T10:00:00Z").as_deref(), Some("2026-11-23T10:00:00.000000000Z"));
         assert_eq!(normalise_time("yesterday"), None);
     }
 
@@ -271,14 +258,8 @@ mod tests {
         assert_eq!(merkle_root(&[h(1)]), Some(leaf(&h(1))));
         let (a, b, c) = (leaf(&h(1)), leaf(&h(2)), leaf(&h(3)));
         assert_eq!(merkle_root(&[h(1), h(2)]), Some(node(&a, &b)));
-        assert_eq!(
-            merkle_root(&[h(1), h(2), h(3)]),
-            Some(node(&node(&a, &b), &c))
-        );
+        assert_eq!(merkle_root(&[h(1), h(2), h(3)]), Some(node(&node(&a, &b), &c)));
         let (d, e) = (leaf(&h(4)), leaf(&h(5)));
-        assert_eq!(
-            merkle_root(&[h(1), h(2), h(3), h(4), h(5)]),
-            Some(node(&node(&node(&a, &b), &node(&c, &d)), &e))
-        );
+        assert_eq!(merkle_root(&[h(1), h(2), h(3), h(4), h(5)]), Some(node(&node(&node(&a, &b), &node(&c, &d)), &e)));
     }
 }

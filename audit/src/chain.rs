@@ -30,10 +30,7 @@ pub(crate) enum LoadError {
 }
 
 fn broken(seq: u64, detail: impl Into<String>) -> LoadError {
-    LoadError::Broken {
-        seq,
-        detail: detail.into(),
-    }
+    LoadError::Broken { seq, detail: detail.into() }
 }
 
 pub(crate) fn blob32(b: &[u8]) -> Option<[u8; 32]> {
@@ -44,24 +41,16 @@ pub(crate) fn blob32(b: &[u8]) -> Option<[u8; 32]> {
 /// uncovered events are contiguous and their hashes are 32 bytes.
 pub(crate) fn load(conn: &Connection) -> Result<ChainState, LoadError> {
     let last: Option<(u64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (last_seq, last_hash) = match last {
         None => (0, GENESIS_PREV_HASH),
-        Some((seq, h)) => (
-            seq,
-            blob32(&h).ok_or_else(|| broken(seq, "the stored hash is not 32 bytes"))?,
-        ),
+        Some((seq, h)) => (seq, blob32(&h).ok_or_else(|| broken(seq, "the stored hash is not 32 bytes"))?),
     };
-    let (checkpoints, last_checkpoint_seq): (u64, u64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(MAX(last_seq), 0) FROM checkpoints",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (checkpoints, last_checkpoint_seq): (u64, u64) =
+        conn.query_row("SELECT COUNT(*), COALESCE(MAX(last_seq), 0) FROM checkpoints", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     if last_checkpoint_seq > last_seq {
         return Err(broken(
             last_seq + 1,
@@ -84,13 +73,7 @@ pub(crate) fn load(conn: &Connection) -> Result<ChainState, LoadError> {
         pending.push(h.ok_or_else(|| broken(seq, "the stored hash is not 32 bytes"))?);
         expect += 1;
     }
-    Ok(ChainState {
-        last_seq,
-        last_hash,
-        checkpoints,
-        last_checkpoint_seq,
-        pending,
-    })
+    Ok(ChainState { last_seq, last_hash, checkpoints, last_checkpoint_seq, pending })
 }
 
 /// The signed head row, as stored.
@@ -121,10 +104,7 @@ pub(crate) fn read_head(conn: &Connection) -> rusqlite::Result<Option<HeadRow>> 
 }
 
 pub(crate) fn head_signature_ok(head: &HeadRow, key: &VerifyingKey) -> bool {
-    let (Some(hash), Ok(sig)) = (
-        blob32(&head.last_hash),
-        Signature::from_slice(&head.signature),
-    ) else {
+    let (Some(hash), Ok(sig)) = (blob32(&head.last_hash), Signature::from_slice(&head.signature)) else {
         return false;
     };
     let msg = head_message(head.last_seq, &hash, head.checkpoints, head.last_checkpoint_seq);
@@ -139,10 +119,7 @@ pub(crate) fn load_and_check(conn: &Connection, key: &VerifyingKey) -> Result<Ch
         if state.last_seq == 0 && state.checkpoints == 0 {
             return Ok(state);
         }
-        return Err(broken(
-            state.last_seq,
-            "the signed head record is missing, so deleted events cannot be ruled out",
-        ));
+        return Err(broken(state.last_seq, "the signed head record is missing, so deleted events cannot be ruled out"));
     };
     if !head_signature_ok(&head, key) {
         return Err(broken(
@@ -166,11 +143,7 @@ pub(crate) fn load_and_check(conn: &Connection, key: &VerifyingKey) -> Result<Ch
     if head.last_seq < state.last_seq {
         return Err(broken(
             head.last_seq + 1,
-            format!(
-                "events {}..={} were added after the signed head, not by gvmd",
-                head.last_seq + 1,
-                state.last_seq
-            ),
+            format!("events {}..={} were added after the signed head, not by gvmd", head.last_seq + 1, state.last_seq),
         ));
     }
     if head.last_hash.as_slice() != state.last_hash.as_slice() {
@@ -179,17 +152,13 @@ pub(crate) fn load_and_check(conn: &Connection, key: &VerifyingKey) -> Result<Ch
             "the newest event is not the one the signed head vouches for (it was replaced)",
         ));
     }
-    if head.checkpoints != state.checkpoints || head.last_checkpoint_seq != state.last_checkpoint_seq
-    {
+    if head.checkpoints != state.checkpoints || head.last_checkpoint_seq != state.last_checkpoint_seq {
         return Err(broken(
             state.last_checkpoint_seq + 1,
             format!(
                 "the signed head records {} checkpoints up to event {}, but {} up to event {} \
                  are stored (checkpoints were deleted or added)",
-                head.checkpoints,
-                head.last_checkpoint_seq,
-                state.checkpoints,
-                state.last_checkpoint_seq
+                head.checkpoints, head.last_checkpoint_seq, state.checkpoints, state.last_checkpoint_seq
             ),
         ));
     }
@@ -213,9 +182,7 @@ fn check_newest_event(conn: &Connection, state: &ChainState) -> Result<(), LoadE
     while let Some(row) = rows.next()? {
         let seq: u64 = row.get(0)?;
         let text = |i| -> rusqlite::Result<&[u8]> { row.get_ref(i)?.as_bytes().map_err(Into::into) };
-        let opt = |i| -> rusqlite::Result<Option<&[u8]>> {
-            row.get_ref(i)?.as_bytes_or_null().map_err(Into::into)
-        };
+        let opt = |i| -> rusqlite::Result<Option<&[u8]>> { row.get_ref(i)?.as_bytes_or_null().map_err(Into::into) };
         let fields = EventFields {
             seq,
             time: text(1)?,
@@ -232,10 +199,7 @@ fn check_newest_event(conn: &Connection, state: &ChainState) -> Result<(), LoadE
                 return Err(broken(seq, "the newest event's hashes are not 32 bytes"));
             };
             if prev.is_some_and(|p| p != prev_hash) {
-                return Err(broken(
-                    seq,
-                    "the newest event does not link to the event before it",
-                ));
+                return Err(broken(seq, "the newest event does not link to the event before it"));
             }
             if event_hash(&mut buf, &prev_hash, &fields) != hash {
                 return Err(broken(
@@ -252,11 +216,7 @@ fn check_newest_event(conn: &Connection, state: &ChainState) -> Result<(), LoadE
 }
 
 /// The newest checkpoint's Merkle root and signature verify.
-fn check_newest_checkpoint(
-    conn: &Connection,
-    state: &ChainState,
-    key: &VerifyingKey,
-) -> Result<(), LoadError> {
+fn check_newest_checkpoint(conn: &Connection, state: &ChainState, key: &VerifyingKey) -> Result<(), LoadError> {
     let row: Option<(u64, u64, Vec<u8>, Vec<u8>)> = conn
         .query_row(
             "SELECT first_seq, last_seq, merkle_root, signature FROM checkpoints
@@ -281,8 +241,7 @@ fn check_newest_checkpoint(
         return Err(bad());
     }
     let mut hashes = Vec::with_capacity((last - first + 1) as usize);
-    let mut stmt =
-        conn.prepare("SELECT seq, hash FROM events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
+    let mut stmt = conn.prepare("SELECT seq, hash FROM events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
     let mut rows = stmt.query([first, last])?;
     while let Some(row) = rows.next()? {
         let h = row.get_ref(1)?.as_blob().ok().and_then(blob32);
@@ -296,11 +255,7 @@ fn check_newest_checkpoint(
     let (Some(root), Ok(sig)) = (blob32(&root), Signature::from_slice(&sig)) else {
         return Err(bad());
     };
-    if computed != root
-        || key
-            .verify_strict(&checkpoint_message(first, last, &root, &last_hash), &sig)
-            .is_err()
-    {
+    if computed != root || key.verify_strict(&checkpoint_message(first, last, &root, &last_hash), &sig).is_err() {
         return Err(bad());
     }
     Ok(())

@@ -45,11 +45,7 @@ pub enum AuditError {
         "the audit database {path} has schema version {found}, but this gvmd knows only up to \
          version {supported}: run the newer gvmd that wrote it (downgrades are not supported)"
     )]
-    SchemaTooNew {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    SchemaTooNew { path: PathBuf, found: u32, supported: u32 },
 
     /// A schema migration failed; the database was left at the previous version.
     #[error(
@@ -70,11 +66,7 @@ pub enum AuditError {
          `gvmctl audit verify` to find the first bad event, and keep a copy of the database \
          as evidence before moving it aside"
     )]
-    BrokenChain {
-        path: PathBuf,
-        seq: u64,
-        detail: String,
-    },
+    BrokenChain { path: PathBuf, seq: u64, detail: String },
 
     /// The events of this append were not committed (nothing of the batch was written).
     #[error(
@@ -123,8 +115,5 @@ pub enum AuditError {
 
     /// An events query was malformed.
     #[error("invalid audit query: `{field}` {problem}")]
-    BadQuery {
-        field: &'static str,
-        problem: String,
-    },
+    BadQuery { field: &'static str, problem: String },
 }

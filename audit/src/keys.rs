@@ -51,12 +51,7 @@ pub fn public_key_path(state_dir: &Path) -> PathBuf {
 const CHECKPOINT_TAG: &[u8] = b"gvm-audit checkpoint v1\0";
 const HEAD_TAG: &[u8] = b"gvm-audit head v1\0";
 
-pub(crate) fn checkpoint_message(
-    first_seq: u64,
-    last_seq: u64,
-    root: &[u8; 32],
-    last_hash: &[u8; 32],
-) -> Vec<u8> {
+pub(crate) fn checkpoint_message(first_seq: u64, last_seq: u64, root: &[u8; 32], last_hash: &[u8; 32]) -> Vec<u8> {
     let mut m = Vec::with_capacity(CHECKPOINT_TAG.len() + 80);
     m.extend_from_slice(CHECKPOINT_TAG);
     m.extend_from_slice(&first_seq.to_be_bytes());
@@ -66,12 +61,7 @@ pub(crate) fn checkpoint_message(
     m
 }
 
-pub(crate) fn head_message(
-    last_seq: u64,
-    last_hash: &[u8; 32],
-    checkpoints: u64,
-    last_checkpoint_seq: u64,
-) -> Vec<u8> {
+pub(crate) fn head_message(last_seq: u64, last_hash: &[u8; 32], checkpoints: u64, last_checkpoint_seq: u64) -> Vec<u8> {
     let mut m = Vec::with_capacity(HEAD_TAG.len() + 56);
     m.extend_from_slice(HEAD_TAG);
     m.extend_from_slice(&last_seq.to_be_bytes());
@@ -82,30 +72,17 @@ pub(crate) fn head_message(
 }
 
 fn key_err(path: &Path, problem: impl Into<String>) -> AuditError {
-    AuditError::Key {
-        path: path.to_owned(),
-        problem: problem.into(),
-        source: None,
-    }
+    AuditError::Key { path: path.to_owned(), problem: problem.into(), source: None }
 }
 
 fn key_io(path: &Path, problem: impl Into<String>, e: std::io::Error) -> AuditError {
-    AuditError::Key {
-        path: path.to_owned(),
-        problem: problem.into(),
-        source: Some(Box::new(e)),
-    }
+    AuditError::Key { path: path.to_owned(), problem: problem.into(), source: Some(Box::new(e)) }
 }
 
 /// Reads a public key written by [`load_or_create`].
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        key_io(
-            path,
-            "cannot read the public key; copy keys/audit.pub from gvmd's state directory",
-            e,
-        )
-    })?;
+    let text = fs::read_to_string(path)
+        .map_err(|e| key_io(path, "cannot read the public key; copy keys/audit.pub from gvmd's state directory", e))?;
     VerifyingKey::from_public_key_pem(&text).map_err(|e| AuditError::Key {
         path: path.to_owned(),
         problem: "not an ed25519 public key in SPKI PEM form".into(),
@@ -126,17 +103,10 @@ pub(crate) fn load_or_create(state_dir: &Path, may_create: bool) -> Result<Signi
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|source| AuditError::StateDir {
-                path: dir.clone(),
-                source,
-            })?;
+            .map_err(|source| AuditError::StateDir { path: dir.clone(), source })?;
     }
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-        AuditError::StateDir {
-            path: dir.clone(),
-            source,
-        }
-    })?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(|source| AuditError::StateDir { path: dir.clone(), source })?;
 
     let key = match fs::metadata(&priv_path) {
         Ok(meta) => {
@@ -150,12 +120,11 @@ pub(crate) fn load_or_create(state_dir: &Path, may_create: bool) -> Result<Signi
                     ),
                 ));
             }
-            let text = fs::read_to_string(&priv_path)
-                .map_err(|e| key_io(&priv_path, "cannot read the private key", e))?;
+            let text =
+                fs::read_to_string(&priv_path).map_err(|e| key_io(&priv_path, "cannot read the private key", e))?;
             SigningKey::from_pkcs8_pem(&text).map_err(|e| AuditError::Key {
                 path: priv_path.clone(),
-                problem: "not an ed25519 private key in PKCS#8 PEM form; restore it from a backup"
-                    .into(),
+                problem: "not an ed25519 private key in PKCS#8 PEM form; restore it from a backup".into(),
                 source: Some(Box::new(e)),
             })?
         }
@@ -179,32 +148,25 @@ pub(crate) fn load_or_create(state_dir: &Path, may_create: bool) -> Result<Signi
                 ));
             }
             let key = SigningKey::generate(&mut rand_core::OsRng);
-            let pem = key
-                .to_pkcs8_pem(LineEnding::LF)
-                .map_err(|e| AuditError::Key {
-                    path: priv_path.clone(),
-                    problem: "cannot encode the new key".into(),
-                    source: Some(Box::new(e)),
-                })?;
+            let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| AuditError::Key {
+                path: priv_path.clone(),
+                problem: "cannot encode the new key".into(),
+                source: Some(Box::new(e)),
+            })?;
             write_atomically(&priv_path, pem.as_bytes(), 0o600)?;
             key
         }
         Err(e) => return Err(key_io(&priv_path, "cannot read the private key", e)),
     };
 
-    let public_pem = key
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| AuditError::Key {
-            path: pub_path.clone(),
-            problem: "cannot encode the public key".into(),
-            source: Some(Box::new(e)),
-        })?;
+    let public_pem = key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| AuditError::Key {
+        path: pub_path.clone(),
+        problem: "cannot encode the public key".into(),
+        source: Some(Box::new(e)),
+    })?;
     match fs::read_to_string(&pub_path) {
         Ok(existing) => {
-            let same = VerifyingKey::from_public_key_pem(&existing)
-                .map(|k| k == key.verifying_key())
-                .unwrap_or(false);
+            let same = VerifyingKey::from_public_key_pem(&existing).map(|k| k == key.verifying_key()).unwrap_or(false);
             if !same {
                 return Err(key_err(
                     &pub_path,
@@ -229,14 +191,8 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AuditErr
     let tmp = path.with_extension("tmp");
     let fail = |e| key_io(path, "cannot write the key file; make the directory writable", e);
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(fail)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(fail)?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(fail)?;
     f.write_all(bytes).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     drop(f);

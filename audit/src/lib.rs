@@ -106,10 +106,7 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig {
-            checkpoint_every: 1000,
-            checkpoint_interval: Duration::from_secs(10),
-        }
+        AuditConfig { checkpoint_every: 1000, checkpoint_interval: Duration::from_secs(10) }
     }
 }
 
@@ -140,9 +137,7 @@ pub struct Audit {
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Audit")
-            .field("db_path", &self.inner.db_path)
-            .finish_non_exhaustive()
+        f.debug_struct("Audit").field("db_path", &self.inner.db_path).finish_non_exhaustive()
     }
 }
 
@@ -181,10 +176,7 @@ impl Audit {
         cfg: AuditConfig,
         durability: Durability,
     ) -> Result<Audit, AuditError> {
-        fs::create_dir_all(state_dir).map_err(|source| AuditError::StateDir {
-            path: state_dir.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(state_dir).map_err(|source| AuditError::StateDir { path: state_dir.to_owned(), source })?;
         let path = db_path(state_dir);
         if !path.exists() {
             // Created by us so that it is not world-readable; SQLite gives the -wal and
@@ -195,34 +187,17 @@ impl Audit {
                 .truncate(false)
                 .mode(0o600)
                 .open(&path)
-                .map_err(|source| AuditError::StateDir {
-                    path: state_dir.to_owned(),
-                    source,
-                })?;
+                .map_err(|source| AuditError::StateDir { path: state_dir.to_owned(), source })?;
         }
         let conn = schema::open_writer(&path, durability)?;
         let has_rows: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM head)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|source| AuditError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .query_row("SELECT EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM head)", [], |r| r.get(0))
+            .map_err(|source| AuditError::Open { path: path.clone(), source })?;
         let key = keys::load_or_create(state_dir, !has_rows)?;
         let verifying_key = key.verifying_key();
         let chain = chain::load_and_check(&conn, &verifying_key).map_err(|e| match e {
-            chain::LoadError::Sql(source) => AuditError::Open {
-                path: path.clone(),
-                source,
-            },
-            chain::LoadError::Broken { seq, detail } => AuditError::BrokenChain {
-                path: path.clone(),
-                seq,
-                detail,
-            },
+            chain::LoadError::Sql(source) => AuditError::Open { path: path.clone(), source },
+            chain::LoadError::Broken { seq, detail } => AuditError::BrokenChain { path: path.clone(), seq, detail },
         })?;
         let reader = schema::open_reader(&path)?;
 
@@ -234,24 +209,13 @@ impl Audit {
         tracing::info!(target: "gvm::audit", db = %path.display(), last_seq = chain.last_seq,
             checkpoints = chain.checkpoints, uncovered = chain.pending.len(), "audit store opened");
         let pending_since = (!chain.pending.is_empty()).then(Instant::now);
-        let writer = Writer {
-            conn,
-            path: path.clone(),
-            key,
-            cfg,
-            chain,
-            status: status.clone(),
-            pending_since,
-            poisoned: None,
-        };
+        let writer =
+            Writer { conn, path: path.clone(), key, cfg, chain, status: status.clone(), pending_since, poisoned: None };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("gvm-audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|source| AuditError::StateDir {
-                path: state_dir.to_owned(),
-                source,
-            })?;
+            .map_err(|source| AuditError::StateDir { path: state_dir.to_owned(), source })?;
         Ok(Audit {
             inner: Arc::new(Inner {
                 tx: Some(tx),
@@ -299,11 +263,7 @@ impl Audit {
 
     /// Where the chain stands (as of the last commit; no I/O).
     pub fn status(&self) -> Result<AuditStatus, AuditError> {
-        let s = *self
-            .inner
-            .status
-            .lock()
-            .map_err(|_| AuditError::WriterStopped)?;
+        let s = *self.inner.status.lock().map_err(|_| AuditError::WriterStopped)?;
         Ok(AuditStatus {
             db_path: self.inner.db_path.display().to_string(),
             last_seq: s.last_seq,
@@ -370,10 +330,7 @@ pub fn verify_db(db_path: &Path, public_key_path: &Path) -> VerifyReport {
 }
 
 fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<AuditEvent>, AuditError> {
-    let read_err = |source| AuditError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
     let since = match &q.since {
         None => None,
         Some(s) => Some(canon::normalise_time(s).ok_or_else(|| AuditError::BadQuery {
@@ -403,19 +360,13 @@ fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<Au
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", params.len()));
 
     let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
-    let mut rows = stmt
-        .query(rusqlite::params_from_iter(params.iter()))
-        .map_err(read_err)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(read_err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(read_err)? {
         let seq: u64 = row.get(0).map_err(read_err)?;
-        let corrupt = |problem: &str| AuditError::Corrupt {
-            seq,
-            problem: problem.to_owned(),
-        };
+        let corrupt = |problem: &str| AuditError::Corrupt { seq, problem: problem.to_owned() };
         let details: String = row.get(6).map_err(read_err)?;
-        let details = serde_json::from_str(&details)
-            .map_err(|_| corrupt("its details are not JSON"))?;
+        let details = serde_json::from_str(&details).map_err(|_| corrupt("its details are not JSON"))?;
         let prev_hash: Vec<u8> = row.get(7).map_err(read_err)?;
         let hash: Vec<u8> = row.get(8).map_err(read_err)?;
         out.push(AuditEvent {

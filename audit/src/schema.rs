@@ -11,10 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::AuditError;
 
 /// Migration `i` (0-based) brings the database to `user_version = i + 1`.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_audit.sql",
-    include_str!("../../migrations/0001_audit.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[("0001_audit.sql", include_str!("../../migrations/0001_audit.sql"))];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -36,21 +33,14 @@ pub enum Durability {
 
 /// Opens the writer's connection: creates the file if needed, WAL, durability, migrations.
 pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connection, AuditError> {
-    let open_err = |source| AuditError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = |source| AuditError::Open { path: path.to_owned(), source };
     let mut conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(open_err)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(open_err(rusqlite::Error::InvalidParameterName(format!(
             "journal_mode is {mode}, WAL is required"
@@ -60,35 +50,21 @@ pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA trusted_schema=OFF;"
-    ))
-    .map_err(open_err)?;
+    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA trusted_schema=OFF;")).map_err(open_err)?;
     migrate(&mut conn, path)?;
     Ok(conn)
 }
 
 /// Opens a read-only connection (never creates the file) and checks its schema version.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, AuditError> {
-    let open_err = |source| AuditError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    conn.execute_batch("PRAGMA trusted_schema=OFF;")
+    let open_err = |source| AuditError::Open { path: path.to_owned(), source };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.execute_batch("PRAGMA trusted_schema=OFF;").map_err(open_err)?;
     let found = user_version(&conn).map_err(open_err)?;
     if found > SCHEMA_VERSION {
-        return Err(AuditError::SchemaTooNew {
-            path: path.to_owned(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(AuditError::SchemaTooNew { path: path.to_owned(), found, supported: SCHEMA_VERSION });
     }
     Ok(conn)
 }
@@ -98,30 +74,16 @@ pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), AuditError> {
-    let found = user_version(conn).map_err(|source| AuditError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let found = user_version(conn).map_err(|source| AuditError::Open { path: path.to_owned(), source })?;
     if found > SCHEMA_VERSION {
-        return Err(AuditError::SchemaTooNew {
-            path: path.to_owned(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(AuditError::SchemaTooNew { path: path.to_owned(), found, supported: SCHEMA_VERSION });
     }
     for (i, (_, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = i as u32 + 1;
-        let fail = |source| AuditError::Migrate {
-            path: path.to_owned(),
-            version,
-            source,
-        };
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
-            .map_err(fail)?;
+        let fail = |source| AuditError::Migrate { path: path.to_owned(), version, source };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive).map_err(fail)?;
         tx.execute_batch(sql).map_err(fail)?;
-        tx.pragma_update(None, "user_version", version)
-            .map_err(fail)?;
+        tx.pragma_update(None, "user_version", version).map_err(fail)?;
         tx.commit().map_err(fail)?;
         tracing::info!(target: "gvm::audit", db = %path.display(), version, "audit schema migrated");
     }

@@ -89,16 +89,14 @@ impl Writer {
                     // everything answered already committed. The next open resumes.
                     Err(_) => return,
                 },
-                Some(deadline) => {
-                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(r) => r,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.timed_checkpoint();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => return,
+                Some(deadline) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.timed_checkpoint();
+                        continue;
                     }
-                }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
             };
             let mut close = None;
             match first {
@@ -123,23 +121,17 @@ impl Writer {
     }
 
     fn checkpoint_deadline(&self) -> Option<Instant> {
-        self.pending_since
-            .map(|t| t + self.cfg.checkpoint_interval)
+        self.pending_since.map(|t| t + self.cfg.checkpoint_interval)
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<(NewEvent, Reply<Result<Appended, AuditError>>)>) {
         if let Some(source) = &self.poisoned {
             for (_, reply) in batch.drain(..) {
-                reply.send(Err(AuditError::Poisoned {
-                    path: self.path.clone(),
-                    source: source.clone(),
-                }));
+                reply.send(Err(AuditError::Poisoned { path: self.path.clone(), source: source.clone() }));
             }
             return;
         }
-        let due_by_time = self
-            .checkpoint_deadline()
-            .is_some_and(|d| d <= Instant::now());
+        let due_by_time = self.checkpoint_deadline().is_some_and(|d| d <= Instant::now());
         let events: Vec<&NewEvent> = batch.iter().map(|(ev, _)| ev).collect();
         match self.commit(&events, due_by_time) {
             Ok(appended) => {
@@ -152,10 +144,7 @@ impl Writer {
                     events = batch.len(), "audit commit failed; the events were not recorded");
                 let source = Arc::new(e);
                 for (_, reply) in batch.drain(..) {
-                    reply.send(Err(AuditError::Write {
-                        path: self.path.clone(),
-                        source: source.clone(),
-                    }));
+                    reply.send(Err(AuditError::Write { path: self.path.clone(), source: source.clone() }));
                 }
                 self.resync();
             }
@@ -178,39 +167,23 @@ impl Writer {
 
     fn final_checkpoint(&mut self) -> Result<(), AuditError> {
         if let Some(source) = &self.poisoned {
-            return Err(AuditError::Poisoned {
-                path: self.path.clone(),
-                source: source.clone(),
-            });
+            return Err(AuditError::Poisoned { path: self.path.clone(), source: source.clone() });
         }
         if self.chain.pending.is_empty() {
             return Ok(());
         }
-        self.commit(&[], true).map(|_| ()).map_err(|e| AuditError::Write {
-            path: self.path.clone(),
-            source: Arc::new(e),
-        })
+        self.commit(&[], true)
+            .map(|_| ())
+            .map_err(|e| AuditError::Write { path: self.path.clone(), source: Arc::new(e) })
     }
 
     /// One transaction: `events`, the checkpoints that are due (all pending events when
     /// `checkpoint_all`), the signed head. Updates `self.chain` as it goes; on error the
     /// caller must `resync()`.
-    fn commit(
-        &mut self,
-        events: &[&NewEvent],
-        checkpoint_all: bool,
-    ) -> rusqlite::Result<Vec<Appended>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    fn commit(&mut self, events: &[&NewEvent], checkpoint_all: bool) -> rusqlite::Result<Vec<Appended>> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let appended = insert_events(&tx, &mut self.chain, events)?;
-        let logs = insert_checkpoints(
-            &tx,
-            &mut self.chain,
-            &self.key,
-            self.cfg.checkpoint_every,
-            checkpoint_all,
-        )?;
+        let logs = insert_checkpoints(&tx, &mut self.chain, &self.key, self.cfg.checkpoint_every, checkpoint_all)?;
         write_head(&tx, &self.chain, &self.key)?;
         tx.commit()?;
 
@@ -351,21 +324,12 @@ fn insert_checkpoints(
         chain.pending.drain(..n as usize);
         chain.checkpoints += 1;
         chain.last_checkpoint_seq = last_seq;
-        logs.push(CheckpointLog {
-            first_seq,
-            last_seq,
-            root,
-        });
+        logs.push(CheckpointLog { first_seq, last_seq, root });
     }
 }
 
 fn write_head(tx: &Transaction<'_>, chain: &ChainState, key: &SigningKey) -> rusqlite::Result<()> {
-    let sig = key.sign(&head_message(
-        chain.last_seq,
-        &chain.last_hash,
-        chain.checkpoints,
-        chain.last_checkpoint_seq,
-    ));
+    let sig = key.sign(&head_message(chain.last_seq, &chain.last_hash, chain.checkpoints, chain.last_checkpoint_seq));
     tx.prepare_cached(
         "INSERT INTO head (id, last_seq, last_hash, checkpoints, last_checkpoint_seq, signature, time)
          VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)

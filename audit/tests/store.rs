@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{cfg20, event, raw, store_with};
 use gvm_audit::{
-    db_path, key_dir, private_key_path, public_key_path, verify_db, Audit, AuditConfig,
-    AuditError, EventsQuery, NewEvent,
+    db_path, key_dir, private_key_path, public_key_path, verify_db, Audit, AuditConfig, AuditError, EventsQuery,
+    NewEvent,
 };
 
 fn mode(p: &Path) -> u32 {
@@ -109,11 +109,8 @@ fn a_crash_loses_nothing_that_was_answered() {
         .unwrap();
     assert!(!out.status.success(), "the child aborts");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let answered: Vec<u64> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("answered "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let answered: Vec<u64> =
+        stdout.lines().filter_map(|l| l.strip_prefix("answered ")).filter_map(|n| n.trim().parse().ok()).collect();
     assert!(answered.len() > 10, "the child answered too little: {stdout}");
 
     let audit = Audit::open(dir.path(), cfg20()).expect("a crashed store reopens");
@@ -141,32 +138,21 @@ fn events_query_filters_and_returns_the_newest_oldest_first() {
     assert_eq!(all[1].prev_hash, all[0].hash);
     assert!(e7.time.ends_with('Z') && e7.time.len() == "2026-11-23T10:00:00.123456789Z".len());
 
-    let newest = audit
-        .events(&EventsQuery { limit: Some(5), ..Default::default() })
-        .unwrap();
+    let newest = audit.events(&EventsQuery { limit: Some(5), ..Default::default() }).unwrap();
     assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![26, 27, 28, 29, 30]);
 
     let inv = audit
-        .events(&EventsQuery {
-            profile: Some("invoices".into()),
-            after_seq: Some(20),
-            ..Default::default()
-        })
+        .events(&EventsQuery { profile: Some("invoices".into()), after_seq: Some(20), ..Default::default() })
         .unwrap();
     assert_eq!(inv.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![22, 24, 26, 28, 30]);
 
-    let future = audit
-        .events(&EventsQuery { since: Some("2999-01-01T00:00:00Z".into()), ..Default::default() })
-        .unwrap();
+    let future =
+        audit.events(&EventsQuery { since: Some("2999-01-01T00:00:00Z".into()), ..Default::default() }).unwrap();
     assert!(future.is_empty());
-    let since = audit
-        .events(&EventsQuery { since: Some(all[9].time.clone()), ..Default::default() })
-        .unwrap();
+    let since = audit.events(&EventsQuery { since: Some(all[9].time.clone()), ..Default::default() }).unwrap();
     assert_eq!(since.first().map(|e| e.seq), Some(10));
 
-    let err = audit
-        .events(&EventsQuery { since: Some("yesterday".into()), ..Default::default() })
-        .unwrap_err();
+    let err = audit.events(&EventsQuery { since: Some("yesterday".into()), ..Default::default() }).unwrap_err();
     assert!(matches!(err, AuditError::BadQuery { field: "since", .. }));
     assert!(err.to_string().contains("RFC 3339"), "{err}");
 }
@@ -183,9 +169,7 @@ fn details_are_stored_as_canonical_json() {
         })
         .unwrap();
     audit.close().unwrap();
-    let text: String = raw(dir.path())
-        .query_row("SELECT details FROM events WHERE seq = 1", [], |r| r.get(0))
-        .unwrap();
+    let text: String = raw(dir.path()).query_row("SELECT details FROM events WHERE seq = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(text, r#"{"a":{"b":"é","y":[true,null]},"z":1}"#);
 }
 
@@ -215,8 +199,7 @@ fn the_key_is_private_and_reused_across_restarts() {
 fn a_group_readable_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     store_with(dir.path(), 1);
-    std::fs::set_permissions(private_key_path(dir.path()), std::fs::Permissions::from_mode(0o640))
-        .unwrap();
+    std::fs::set_permissions(private_key_path(dir.path()), std::fs::Permissions::from_mode(0o640)).unwrap();
     let err = Audit::open(dir.path(), cfg20()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("audit.key") && msg.contains("chmod 600"), "{msg}");
@@ -261,9 +244,7 @@ async fn a_failed_write_is_an_error_and_consumes_no_seq() {
 
     // Make every insert fail, as a full disk would.
     raw(dir.path())
-        .execute_batch(
-            "CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-        )
+        .execute_batch("CREATE TRIGGER fail BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
         .unwrap();
     let err = audit.append(event(2)).await.unwrap_err();
     assert!(matches!(err, AuditError::Write { .. }), "{err:?}");

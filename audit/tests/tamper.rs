@@ -21,11 +21,7 @@ fn assert_problem(r: &VerifyReport, kind: VerifyProblemKind, seq: u64, words: &s
     assert!(!r.ok, "expected a {kind} problem, got {r:?}");
     let p = r.problem.as_ref().unwrap();
     assert_eq!((p.kind, p.seq), (kind, seq), "{p:?}");
-    assert!(
-        p.detail.contains(words),
-        "detail {:?} should contain {words:?}",
-        p.detail
-    );
+    assert!(p.detail.contains(words), "detail {:?} should contain {words:?}", p.detail);
 }
 
 fn fresh() -> tempfile::TempDir {
@@ -46,10 +42,7 @@ fn assert_both(dir: &Path, kind: VerifyProblemKind, seq: u64, words: &str) {
 fn untouched_database_verifies_with_counts() {
     let dir = fresh();
     let r = verify_offline(dir.path());
-    assert_eq!(
-        r,
-        VerifyReport { ok: true, events: 50, checkpoints: 3, problem: None }
-    );
+    assert_eq!(r, VerifyReport { ok: true, events: 50, checkpoints: 3, problem: None });
     let audit = Audit::open(dir.path(), common::cfg20()).unwrap();
     assert_eq!(audit.verify(), r);
     let st = audit.status().unwrap();
@@ -63,12 +56,7 @@ fn one_changed_byte_in_details_is_a_hash_mismatch_at_that_event() {
         .execute("UPDATE events SET details = replace(details, 'POST', 'POSt') WHERE seq = 17", [])
         .unwrap();
     assert_eq!(n, 1);
-    assert_both(
-        dir.path(),
-        VerifyProblemKind::HashMismatch,
-        17,
-        "event 17: stored hash does not match its contents",
-    );
+    assert_both(dir.path(), VerifyProblemKind::HashMismatch, 17, "event 17: stored hash does not match its contents");
 }
 
 #[test]
@@ -128,12 +116,7 @@ fn deleting_events_after_the_last_checkpoint_is_truncation_too() {
 fn a_missing_head_with_events_present_fails() {
     let dir = fresh();
     raw(dir.path()).execute("DELETE FROM head", []).unwrap();
-    assert_problem(
-        &verify_offline(dir.path()),
-        VerifyProblemKind::Truncated,
-        51,
-        "signed head record is missing",
-    );
+    assert_problem(&verify_offline(dir.path()), VerifyProblemKind::Truncated, 51, "signed head record is missing");
     let err = Audit::open(dir.path(), common::cfg20()).unwrap_err();
     assert!(err.to_string().contains("signed head record is missing"), "{err}");
 }
@@ -141,30 +124,15 @@ fn a_missing_head_with_events_present_fails() {
 #[test]
 fn a_replaced_checkpoint_signature_is_a_bad_signature_at_its_first_event() {
     let dir = fresh();
-    raw(dir.path())
-        .execute(
-            "UPDATE checkpoints SET signature = zeroblob(64) WHERE first_seq = 21",
-            [],
-        )
-        .unwrap();
-    assert_both(
-        dir.path(),
-        VerifyProblemKind::BadSignature,
-        21,
-        "signature does not verify",
-    );
+    raw(dir.path()).execute("UPDATE checkpoints SET signature = zeroblob(64) WHERE first_seq = 21", []).unwrap();
+    assert_both(dir.path(), VerifyProblemKind::BadSignature, 21, "signature does not verify");
 }
 
 #[test]
 fn a_deleted_middle_checkpoint_leaves_uncovered_events() {
     let dir = fresh();
     raw(dir.path()).execute("DELETE FROM checkpoints WHERE first_seq = 21", []).unwrap();
-    assert_problem(
-        &verify_offline(dir.path()),
-        VerifyProblemKind::Gap,
-        21,
-        "no checkpoint covers events 21..=40",
-    );
+    assert_problem(&verify_offline(dir.path()), VerifyProblemKind::Gap, 21, "no checkpoint covers events 21..=40");
     // The head counts checkpoints, so the store refuses to extend this chain.
     let err = Audit::open(dir.path(), common::cfg20()).unwrap_err();
     assert!(err.to_string().contains("checkpoints were deleted or added"), "{err}");
@@ -174,27 +142,15 @@ fn a_deleted_middle_checkpoint_leaves_uncovered_events() {
 fn a_deleted_last_checkpoint_is_caught_by_the_head() {
     let dir = fresh();
     raw(dir.path()).execute("DELETE FROM checkpoints WHERE first_seq = 41", []).unwrap();
-    assert_problem(
-        &verify_offline(dir.path()),
-        VerifyProblemKind::Truncated,
-        41,
-        "checkpoints were deleted",
-    );
+    assert_problem(&verify_offline(dir.path()), VerifyProblemKind::Truncated, 41, "checkpoints were deleted");
     assert!(Audit::open(dir.path(), common::cfg20()).is_err());
 }
 
 #[test]
 fn an_altered_newest_event_is_refused_at_open() {
     let dir = fresh();
-    raw(dir.path())
-        .execute("UPDATE events SET kind = 'nothing to see' WHERE seq = 50", [])
-        .unwrap();
-    assert_problem(
-        &verify_offline(dir.path()),
-        VerifyProblemKind::HashMismatch,
-        50,
-        "event 50",
-    );
+    raw(dir.path()).execute("UPDATE events SET kind = 'nothing to see' WHERE seq = 50", []).unwrap();
+    assert_problem(&verify_offline(dir.path()), VerifyProblemKind::HashMismatch, 50, "event 50");
     let err = Audit::open(dir.path(), common::cfg20()).unwrap_err();
     assert!(matches!(err, AuditError::BrokenChain { seq: 50, .. }), "{err:?}");
 }

@@ -5,6 +5,7 @@ mod approvals;
 mod audit;
 mod client;
 mod output;
+mod policy;
 mod reload;
 mod status;
 
@@ -67,6 +68,30 @@ enum Command {
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check a profile file, or explain how a profile in force decides a request.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Parse and validate a profile file without gvmd; print errors with
+    /// file:line:column and warnings (rules that can never match, ...). Exit 1 on errors.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// How the profile in force decides METHOD URL, by which rule (file:line), and why.
+    Explain {
+        profile: String,
+        /// GET, POST, ... (case-insensitive)
+        method: String,
+        /// e.g. https://api.stripe.com/v1/charges
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             audit::log(&client, query, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify { state_dir, json }) => audit::verify(&client, state_dir.as_deref(), json),
+        Command::Policy(PolicyCommand::Check { file, json }) => policy::check(&file, json),
+        Command::Policy(PolicyCommand::Explain { profile, method, url, json }) => {
+            policy::explain(&client, profile, method, url, json).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -106,8 +106,8 @@ impl DaemonConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DaemonConfig::default()),
             Err(source) => return Err(ConfigError::Read { path: file.to_owned(), source }),
         };
-        let config: DaemonConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Invalid(toml_diagnostic(file, &text, &e)))?;
+        let config: DaemonConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Invalid(gvm_policy::Diagnostic::from_toml_error(file, &text, &e)))?;
         if config.audit.checkpoint_every == 0 {
             let offset = text.find("checkpoint_every").unwrap_or(0);
             let (line, column) = gvm_policy::line_col(&text, offset);
@@ -121,19 +121,6 @@ impl DaemonConfig {
             }));
         }
         Ok(config)
-    }
-}
-
-// TEMP until gvm-policy exports its converter.
-fn toml_diagnostic(file: &Path, text: &str, e: &toml::de::Error) -> gvm_policy::Diagnostic {
-    let (line, column) = gvm_policy::line_col(text, e.span().map_or(0, |s| s.start));
-    gvm_policy::Diagnostic {
-        file: file.to_owned(),
-        line: Some(line),
-        column: Some(column),
-        field: None,
-        message: e.message().trim().to_string(),
-        fix: None,
     }
 }
 

@@ -328,6 +328,14 @@ fn profile_name(file: &Path) -> Result<ProfileName, Diagnostic> {
 // ---------------------------------------------------------------------------
 // TOML and serde errors → diagnostics.
 
+impl Diagnostic {
+    /// A TOML or serde error of any file gvm reads (profiles, `gvmd.toml`), taken apart
+    /// into position, field, message and fix.
+    pub fn from_toml_error(file: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
+        toml_error(file, text, e)
+    }
+}
+
 fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
     let span = e.span().unwrap_or(0..0);
     let raw = e.message().trim();

@@ -47,7 +47,8 @@ impl Cgroup {
         let mut v2_has: Vec<String> = Vec::new();
         if let Some(root) = v2 {
             let ctrls = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-            v2_has = ctrls.split_whitespace().filter(|c| ["pids", "memory", "cpu"].contains(c)).map(String::from).collect();
+            v2_has =
+                ctrls.split_whitespace().filter(|c| ["pids", "memory", "cpu"].contains(c)).map(String::from).collect();
             let parent = root.join("gvm");
             std::fs::create_dir_all(&parent).map_err(io("creating cgroup", &parent))?;
             if !v2_has.is_empty() {
@@ -70,8 +71,10 @@ impl Cgroup {
         }
         let v1 = |ctrl: &str| -> Option<PathBuf> {
             let p = Path::new(ROOT).join(ctrl);
-            (!v2_has.iter().any(|c| c == ctrl) && p.join("cgroup.procs").exists() && !p.join("cgroup.controllers").exists())
-                .then_some(p)
+            (!v2_has.iter().any(|c| c == ctrl)
+                && p.join("cgroup.procs").exists()
+                && !p.join("cgroup.controllers").exists())
+            .then_some(p)
         };
         if let (Some(t), Some(root)) = (limits.tasks_max, v1("pids")) {
             let leaf = cg.v1_leaf(&root, name)?;

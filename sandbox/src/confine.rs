@@ -42,8 +42,7 @@ pub fn seccomp_filter() -> Result<ScmpFilterContext> {
                 }
             }
             SysRule::DenyUnless { arg, allowed } => {
-                let cmps: Vec<_> = allowed.iter().map(|&v| ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, v)).collect();
-                add(&mut ctx, eperm, &cmps)?;
+                add(&mut ctx, eperm, &[ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, allowed)])?;
             }
         }
     }
@@ -60,9 +59,7 @@ pub struct LandlockPlan {
 /// Applies landlock where the kernel has it (best effort: an older kernel gets what it
 /// supports, a kernel without landlock gets nothing and the mounts alone hold).
 pub fn apply_landlock(plan: &LandlockPlan) -> std::result::Result<(), String> {
-    use landlock::{
-        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI,
-    };
+    use landlock::{path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI};
     let abi = ABI::V6;
     Ruleset::default()
         .handle_access(AccessFs::from_all(abi))

@@ -182,7 +182,8 @@ mod tests {
         let pats: Vec<String> =
             ["**/.env", "*.pem", "secrets", "secrets/x", "~/.ssh"].iter().map(|s| s.to_string()).collect();
         let got = resolve(&pats, &home, std::slice::from_ref(&ws));
-        let want = vec![ws.join(".env"), ws.join("a/b/.env"), ws.join("a/key.pem"), ws.join("secrets"), home.join(".ssh")];
+        let want =
+            vec![ws.join(".env"), ws.join("a/b/.env"), ws.join("a/key.pem"), ws.join("secrets"), home.join(".ssh")];
         let mut want = want;
         want.sort();
         assert_eq!(got, want);

@@ -214,25 +214,50 @@ impl Drop for Sandbox {
 #[derive(Debug, Clone)]
 enum Step {
     /// Empty tmpfs over a directory (`ro` applied at the end, after mount points in it exist).
-    Hide { target: PathBuf },
+    Hide {
+        target: PathBuf,
+    },
     /// A writable tmpfs.
-    Tmpfs { target: PathBuf, options: &'static str, flags: MsFlags },
-    Bind { source: PathBuf, target: PathBuf, read_only: bool },
-    Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf, target: PathBuf },
+    Tmpfs {
+        target: PathBuf,
+        options: &'static str,
+        flags: MsFlags,
+    },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+    },
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+        target: PathBuf,
+    },
     /// Mask a path: /dev/null over a file, an empty read-only tmpfs over a directory.
-    Mask { target: PathBuf },
+    Mask {
+        target: PathBuf,
+    },
     /// Bind a path onto itself read-only.
-    ReadOnly { target: PathBuf },
+    ReadOnly {
+        target: PathBuf,
+    },
     Proc,
     Sys,
     Dev,
     /// Write a file into the staging tmpfs and bind it read-only over `target`.
-    File { contents: &'static str, target: PathBuf },
+    File {
+        contents: &'static str,
+        target: PathBuf,
+    },
 }
 
 /// What the children execute: all decided and allocated up front.
 struct Plan {
     netns: PathBuf,
+    /// Where init mounts its staging tmpfs (the runtime dir: it exists, it is hidden from
+    /// the agent anyway, and no source path lives under it).
+    staging: PathBuf,
     cgroup_procs: Vec<PathBuf>,
     hostname: String,
     steps: Vec<Step>,
@@ -253,12 +278,7 @@ static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 pub fn launch(spec: LaunchSpec) -> Result<Sandbox> {
     crate::netns::require_root("launching a sandbox")?;
     let plan = plan(&spec)?;
-    let name = format!(
-        "{}-{}-{}",
-        spec.profile,
-        std::process::id(),
-        LAUNCHES.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = format!("{}-{}-{}", spec.profile, std::process::id(), LAUNCHES.fetch_add(1, Ordering::Relaxed));
     let cgroup = Cgroup::create(&name, &spec.limits)?;
     let plan = Plan { cgroup_procs: cgroup.procs_files(), ..plan };
     let netns = File::open(&plan.netns).map_err(io("opening the profile's netns", &plan.netns))?;
@@ -321,7 +341,8 @@ fn fail<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 /// The launcher (host pid ns, root). Child side: syscalls and allocation only.
 fn launcher(plan: &Plan, netns: &File, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never, String> {
     for procs in &plan.cgroup_procs {
-        std::fs::write(procs, nix::unistd::getpid().to_string()).map_err(fail(&format!("joining {}", procs.display())))?;
+        std::fs::write(procs, nix::unistd::getpid().to_string())
+            .map_err(fail(&format!("joining {}", procs.display())))?;
     }
     let forwarded = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD];
     let mut mask = SigSet::empty();
@@ -382,6 +403,10 @@ fn init(plan: &Plan, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never
     drop(stdio);
     // Init keeps no privilege either: same uid, no capabilities, same seccomp filter.
     drop_privileges(plan)?;
+    // Init is a fork of gvmd: its memory and /proc/1/environ are gvmd's. Not dumpable
+    // means /proc/1/{environ,mem,maps...} stay root-owned and unreadable to the agent
+    // (class 8). (The uid change already reset it; this makes it explicit.)
+    nix::sys::prctl::set_dumpable(false).map_err(fail("making init non-dumpable"))?;
     plan.filter.load().map_err(fail("loading seccomp in init"))?;
     let _ = k::close_fds_from(0);
     let mask = {
@@ -465,15 +490,16 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-const STAGING: &str = "/tmp";
-const NEWROOT: &str = "/tmp/.gvm-root";
+/// Name of the new root under the staging tmpfs.
+const NEWROOT: &str = ".gvm-root";
 
 /// Builds the agent's root under the staging tmpfs, then pivots into it.
 fn build_view(plan: &Plan) -> Result<(), String> {
-    let root = Path::new(NEWROOT);
+    let staging = plan.staging.as_path();
+    let root = &staging.join(NEWROOT);
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(fail("making the mount namespace a slave of the host's"))?;
-    mount(Some("tmpfs"), STAGING, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=1m"))
+    mount(Some("tmpfs"), staging, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=1m"))
         .map_err(fail("mounting the staging tmpfs"))?;
     std::fs::create_dir(root).map_err(fail("creating the new root"))?;
     mount(Some("/"), root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
@@ -482,10 +508,11 @@ fn build_view(plan: &Plan) -> Result<(), String> {
         .map_err(fail("making the host root read-only"))?;
     let mut hidden = Vec::new();
     for step in &plan.steps {
-        apply(root, step, &mut hidden).map_err(|e| format!("{step:?}: {e}"))?;
+        apply(root, staging, step, &mut hidden).map_err(|e| format!("{step:?}: {e}"))?;
     }
     for t in hidden {
-        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         mount(None::<&str>, &t, None::<&str>, flags, None::<&str>).map_err(fail("making a hiding tmpfs read-only"))?;
     }
     nix::unistd::chdir(root).map_err(fail("chdir to the new root"))?;
@@ -495,7 +522,7 @@ fn build_view(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-fn apply(root: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), String> {
+fn apply(root: &Path, staging: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), String> {
     let none = None::<&str>;
     let bind = |src: &Path, dst: &Path, ro: bool| -> Result<(), String> {
         mount(Some(src), dst, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(fail("bind"))?;
@@ -511,8 +538,14 @@ fn apply(root: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), Stri
             if hidden.contains(&t) {
                 return Ok(());
             }
-            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0755,size=1m"))
-                .map_err(fail("tmpfs"))?;
+            mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0755,size=1m"),
+            )
+            .map_err(fail("tmpfs"))?;
             hidden.push(t);
         }
         Step::Tmpfs { target, options, flags } => {
@@ -533,7 +566,8 @@ fn apply(root: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), Stri
             let Some(t) = existing(root, target, false) else { return Ok(()) };
             if t.is_dir() {
                 let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-                mount(Some("tmpfs"), &t, Some("tmpfs"), flags, Some("mode=0000,size=4k")).map_err(fail("mask tmpfs"))?;
+                mount(Some("tmpfs"), &t, Some("tmpfs"), flags, Some("mode=0000,size=4k"))
+                    .map_err(fail("mask tmpfs"))?;
             } else {
                 bind(Path::new("/dev/null"), &t, true)?;
             }
@@ -554,15 +588,27 @@ fn apply(root: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), Stri
         }
         Step::Dev => {
             let dev = root.join("dev");
-            mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))
-                .map_err(fail("mounting /dev"))?;
+            mount(
+                Some("tmpfs"),
+                &dev,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("mode=0755,size=64k"),
+            )
+            .map_err(fail("mounting /dev"))?;
             for node in rules::DEV_NODES {
                 let t = dev.join(node);
                 File::create(&t).map_err(fail("creating a device mount point"))?;
                 let src = Path::new("/dev").join(node);
                 mount(Some(&src), &t, none, MsFlags::MS_BIND, none).map_err(fail("binding a device"))?;
-                mount(none, &t, none, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, none)
-                    .map_err(fail("remounting a device"))?;
+                mount(
+                    none,
+                    &t,
+                    none,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    none,
+                )
+                .map_err(fail("remounting a device"))?;
             }
             let pts = dev.join("pts");
             std::fs::create_dir(&pts).map_err(fail("mkdir /dev/pts"))?;
@@ -581,11 +627,17 @@ fn apply(root: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), Stri
             for (name, to) in rules::DEV_LINKS {
                 std::os::unix::fs::symlink(to, dev.join(name)).map_err(fail("/dev symlink"))?;
             }
-            mount(none, &dev, none, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, none)
-                .map_err(fail("making /dev read-only"))?;
+            mount(
+                none,
+                &dev,
+                none,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                none,
+            )
+            .map_err(fail("making /dev read-only"))?;
         }
         Step::File { contents, target } => {
-            let staged = Path::new(STAGING).join(format!("file-{}", target.display().to_string().replace('/', "_")));
+            let staged = staging.join(format!("file-{}", target.display().to_string().replace('/', "_")));
             std::fs::write(&staged, contents).map_err(fail("staging a file"))?;
             let Some(t) = existing(root, target, false).or_else(|| ensure(root, target, false).ok()) else {
                 return Ok(());
@@ -712,12 +764,16 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
     }
     // 3. The persistent home, then the workspaces (shallow first).
     if !paths.home.is_dir() {
-        return Err(Error::Spec(format!("the agent home {} does not exist (call state::prepare)", paths.home.display())));
+        return Err(Error::Spec(format!(
+            "the agent home {} does not exist (call state::prepare)",
+            paths.home.display()
+        )));
     }
     steps.push(Step::Bind { source: paths.home.clone(), target: paths.home.clone(), read_only: false });
     let mut workspaces: Vec<&Workspace> = spec.workspaces.iter().collect();
     workspaces.sort_by_key(|w| w.path.components().count());
-    let mut writable = vec![paths.home.clone(), PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/dev")];
+    let mut writable =
+        vec![paths.home.clone(), PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/dev")];
     for w in &workspaces {
         check_path(&w.path, "workspace path")?;
         if !w.path.is_dir() {
@@ -733,7 +789,10 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
                     }
                 }
                 if !upper.is_dir() || !work.is_dir() {
-                    return Err(Error::Spec(format!("overlay dirs of workspace {} missing (call state::prepare)", w.id)));
+                    return Err(Error::Spec(format!(
+                        "overlay dirs of workspace {} missing (call state::prepare)",
+                        w.id
+                    )));
                 }
                 steps.push(Step::Overlay { lower: w.path.clone(), upper, work, target: w.path.clone() });
                 writable.push(w.path.clone());
@@ -769,7 +828,10 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
             }
         }
         if ca_path.is_none() {
-            return Err(Error::Spec(format!("none of {:?} exists on this host to carry the CA bundle", rules::CA_TARGETS)));
+            return Err(Error::Spec(format!(
+                "none of {:?} exists on this host to carry the CA bundle",
+                rules::CA_TARGETS
+            )));
         }
     }
     // Environment: the profile's, then ours on top.
@@ -813,9 +875,11 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
     for a in &spec.args {
         argv.push(cstring(a, "argument")?);
     }
-    let cwd = spec.cwd.clone().or_else(|| spec.workspaces.first().map(|w| w.path.clone())).unwrap_or(paths.home.clone());
+    let cwd =
+        spec.cwd.clone().or_else(|| spec.workspaces.first().map(|w| w.path.clone())).unwrap_or(paths.home.clone());
     Ok(Plan {
         netns: spec.netns.clone(),
+        staging: paths.runtime_dir.clone(),
         cgroup_procs: Vec::new(),
         hostname: user,
         steps,

@@ -1,1 +1,29 @@
+//! gvm's boundary (DESIGN.md, "The boundary"): per-profile users and network namespaces
+//! prepared by gvmd, and the launcher that starts an agent inside them.
+//!
+//! - [`user`]: `gvm-<profile>` system users.
+//! - [`netns`]: the profile's network namespace, its nft rules, listeners opened inside it.
+//! - [`state`]: the agent's home and overlay upper dirs on disk.
+//! - [`launch`]: the launcher (mount view, pid/ipc/uts/cgroup namespaces, uid drop,
+//!   capabilities, no_new_privs, landlock, seccomp, a small init).
+//! - [`rules`]: every rule the above apply, as data, in one place.
+//! - [`sys`]: the only module allowed `unsafe`.
+#![deny(unsafe_code)]
+
+pub mod cgroup;
+pub mod confine;
+pub mod deny;
+pub mod error;
+pub mod launch;
+pub mod netns;
+pub mod rules;
+pub mod state;
 pub mod sys;
+pub mod user;
+
+pub use cgroup::Limits;
+pub use error::{Error, Result};
+pub use launch::{launch, Exit, LaunchSpec, Sandbox, Stdio, Workspace, WorkspaceMode};
+pub use netns::{GatewayPorts, Netns};
+pub use state::AgentPaths;
+pub use user::{ensure_user, remove_user, ProfileName};

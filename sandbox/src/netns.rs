@@ -117,7 +117,9 @@ impl Netns {
 
     fn is_bound(&self) -> bool {
         // A bound netns file is an nsfs inode; an unbound placeholder is a plain empty file.
-        nix::sys::statfs::statfs(&self.path).map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC).unwrap_or(false)
+        nix::sys::statfs::statfs(&self.path)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+            .unwrap_or(false)
     }
 
     fn configure(&self, ports: GatewayPorts) -> Result<()> {
@@ -128,10 +130,10 @@ impl Netns {
             vec!["link", "set", DUMMY_IF, "up"],
             vec!["route", "replace", "default", "dev", DUMMY_IF],
         ];
-        let has_dummy = self.run_in(|| Ok(Command::new("ip").args(["link", "show", DUMMY_IF]).output()))?;
+        let has_dummy = self.run_in(|| Command::new("ip").args(["link", "show", DUMMY_IF]).output())?;
         let has_dummy = has_dummy.map(|o| o.status.success()).unwrap_or(false);
         let ruleset = format!("table inet gvm\ndelete table inet gvm\n{}", ports.nft_ruleset());
-        self.run_in(|| -> Result<()> {
+        self.run_in(move || -> Result<()> {
             for args in &setup {
                 if has_dummy && (args[1] == "add") {
                     continue;
@@ -143,14 +145,16 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has joined this namespace; processes it spawns run in it.
-    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let file = File::open(&self.path).map_err(io("opening the netns", &self.path))?;
-        std::thread::spawn(move || -> Result<T> {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(sys("setns(CLONE_NEWNET)"))?;
-            Ok(f())
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<T> {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(sys("setns(CLONE_NEWNET)"))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| Error::Setup("a thread inside the netns panicked".into()))?
         })
-        .join()
-        .map_err(|_| Error::Setup("a thread inside the netns panicked".into()))?
     }
 
     /// Runs a program inside the namespace and returns its output (diagnostics, tests).
@@ -158,18 +162,23 @@ impl Netns {
         let program = program.to_string();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let what = program.clone();
-        self.run_in(move || Command::new(&program).args(&args).output())?
-            .map_err(|source| Error::Spawn { program: what, package: "iproute2", source })
+        self.run_in(move || Command::new(&program).args(&args).output())?.map_err(|source| Error::Spawn {
+            program: what,
+            package: "iproute2",
+            source,
+        })
     }
 
     /// A TCP listener bound at `addr` inside the namespace.
     pub fn open_listener(&self, addr: SocketAddr) -> Result<TcpListener> {
-        self.run_in(move || TcpListener::bind(addr))?.map_err(io("binding a TCP listener in the netns at", addr.to_string()))
+        self.run_in(move || TcpListener::bind(addr))?
+            .map_err(io("binding a TCP listener in the netns at", addr.to_string()))
     }
 
     /// A UDP socket bound at `addr` inside the namespace (gvmd's DNS resolver).
     pub fn udp(&self, addr: SocketAddr) -> Result<UdpSocket> {
-        self.run_in(move || UdpSocket::bind(addr))?.map_err(io("binding a UDP socket in the netns at", addr.to_string()))
+        self.run_in(move || UdpSocket::bind(addr))?
+            .map_err(io("binding a UDP socket in the netns at", addr.to_string()))
     }
 
     /// Unmounts and removes the bind. The namespace itself goes when the last process and

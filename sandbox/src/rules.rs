@@ -15,8 +15,8 @@ pub enum SysRule {
     DenyIfAnyBit { arg: u32, bits: &'static [u64] },
     /// Fails with `EPERM` when argument `arg`, masked with `mask`, equals one of `values`.
     DenyIfMasked { arg: u32, mask: u64, values: &'static [u64] },
-    /// Fails with `EPERM` unless argument `arg` is one of `allowed`.
-    DenyUnless { arg: u32, allowed: &'static [u64] },
+    /// Fails with `EPERM` unless argument `arg` equals `allowed`.
+    DenyUnless { arg: u32, allowed: u64 },
 }
 
 const NS_FLAGS: &[u64] = &[
@@ -34,63 +34,65 @@ const NS_FLAGS: &[u64] = &[
 /// namespaces, the uid, the missing capabilities and the read-only view carry the rest.)
 /// Non-native architectures (i386 `int 0x80`, x32) are killed by libseccomp's bad-arch action.
 pub const SECCOMP: &[(&str, SysRule)] = &[
-    ("mount", SysRule::Deny),                 // remounting masks away, mounting over the view
-    ("umount2", SysRule::Deny),               // unmounting a mask to reveal what it hides (class 12)
-    ("pivot_root", SysRule::Deny),            // swapping the root of the view
-    ("chroot", SysRule::Deny),                // chroot-based escapes from the view
-    ("move_mount", SysRule::Deny),            // new mount API: moving masks
-    ("open_tree", SysRule::Deny),             // new mount API: cloning hidden trees
-    ("fsopen", SysRule::Deny),                // new mount API: new superblocks
-    ("fsconfig", SysRule::Deny),              // new mount API
-    ("fsmount", SysRule::Deny),               // new mount API
-    ("fspick", SysRule::Deny),                // new mount API: reconfiguring mounts
-    ("mount_setattr", SysRule::Deny),         // clearing read-only on the view
-    ("ptrace", SysRule::Deny),                // reading/steering a sibling's memory (class 13)
-    ("process_vm_readv", SysRule::Deny),      // reading another process's memory
-    ("process_vm_writev", SysRule::Deny),     // writing another process's memory
-    ("bpf", SysRule::Deny),                   // kernel attack surface, socket filters bypassing nft
-    ("perf_event_open", SysRule::Deny),       // side channels, kernel attack surface
-    ("kexec_load", SysRule::Deny),            // replacing the kernel
-    ("kexec_file_load", SysRule::Deny),       // replacing the kernel
-    ("init_module", SysRule::Deny),           // loading kernel code
-    ("finit_module", SysRule::Deny),          // loading kernel code
-    ("delete_module", SysRule::Deny),         // unloading kernel defences
-    ("keyctl", SysRule::Deny),                // kernel keyrings are not namespaced: other users' keys
-    ("add_key", SysRule::Deny),               // kernel keyrings
-    ("request_key", SysRule::Deny),           // kernel keyrings, upcalls to host helpers
-    ("userfaultfd", SysRule::Deny),           // stalling the kernel to win races (exploit primitive)
-    ("io_uring_setup", SysRule::Deny),        // socket/file ops that never pass seccomp (class 13)
-    ("io_uring_enter", SysRule::Deny),        // same
-    ("io_uring_register", SysRule::Deny),     // same
-    ("unshare", SysRule::Deny),               // new namespaces: leaving the netns rules, user ns root
-    ("setns", SysRule::Deny),                 // joining another namespace
+    ("mount", SysRule::Deny),             // remounting masks away, mounting over the view
+    ("umount2", SysRule::Deny),           // unmounting a mask to reveal what it hides (class 12)
+    ("pivot_root", SysRule::Deny),        // swapping the root of the view
+    ("chroot", SysRule::Deny),            // chroot-based escapes from the view
+    ("move_mount", SysRule::Deny),        // new mount API: moving masks
+    ("open_tree", SysRule::Deny),         // new mount API: cloning hidden trees
+    ("fsopen", SysRule::Deny),            // new mount API: new superblocks
+    ("fsconfig", SysRule::Deny),          // new mount API
+    ("fsmount", SysRule::Deny),           // new mount API
+    ("fspick", SysRule::Deny),            // new mount API: reconfiguring mounts
+    ("mount_setattr", SysRule::Deny),     // clearing read-only on the view
+    ("ptrace", SysRule::Deny),            // reading/steering a sibling's memory (class 13)
+    ("process_vm_readv", SysRule::Deny),  // reading another process's memory
+    ("process_vm_writev", SysRule::Deny), // writing another process's memory
+    ("bpf", SysRule::Deny),               // kernel attack surface, socket filters bypassing nft
+    ("perf_event_open", SysRule::Deny),   // side channels, kernel attack surface
+    ("kexec_load", SysRule::Deny),        // replacing the kernel
+    ("kexec_file_load", SysRule::Deny),   // replacing the kernel
+    ("init_module", SysRule::Deny),       // loading kernel code
+    ("finit_module", SysRule::Deny),      // loading kernel code
+    ("delete_module", SysRule::Deny),     // unloading kernel defences
+    ("keyctl", SysRule::Deny),            // kernel keyrings are not namespaced: other users' keys
+    ("add_key", SysRule::Deny),           // kernel keyrings
+    ("request_key", SysRule::Deny),       // kernel keyrings, upcalls to host helpers
+    ("userfaultfd", SysRule::Deny),       // stalling the kernel to win races (exploit primitive)
+    ("io_uring_setup", SysRule::Deny),    // socket/file ops that never pass seccomp (class 13)
+    ("io_uring_enter", SysRule::Deny),    // same
+    ("io_uring_register", SysRule::Deny), // same
+    ("unshare", SysRule::Deny),           // new namespaces: leaving the netns rules, user ns root
+    ("setns", SysRule::Deny),             // joining another namespace
     ("clone", SysRule::DenyIfAnyBit { arg: 0, bits: NS_FLAGS }), // namespaces via clone flags
-    ("clone3", SysRule::NoSys),               // flags hidden in a struct seccomp cannot read; libc falls back to clone
-    ("personality", SysRule::DenyUnless { arg: 0, allowed: &[0, 0xffff_ffff] }), // ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC
+    ("clone3", SysRule::NoSys),           // flags hidden in a struct seccomp cannot read; libc falls back to clone
+    // ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC... Only PER_LINUX (0) passes; the 0xffffffff query is
+    // refused too, as libseccomp cannot test one argument against two values in one rule.
+    ("personality", SysRule::DenyUnless { arg: 0, allowed: 0 }),
     ("socket", SysRule::DenyIfMasked { arg: 0, mask: 0xffff_ffff, values: &[libc::AF_PACKET as u64] }), // packet sockets: raw frames past nft
-    ("socket", SysRule::DenyIfMasked { arg: 1, mask: 0xf, values: &[libc::SOCK_RAW as u64, libc::SOCK_PACKET as u64] }), // raw IP/ICMP past the redirect (class 4)
+    ("socket", SysRule::DenyIfMasked { arg: 1, mask: 0xf, values: &[libc::SOCK_RAW as u64, 10 /* SOCK_PACKET */] }), // raw IP/ICMP past the redirect (class 4)
     ("ioctl", SysRule::DenyIfMasked { arg: 1, mask: 0xffff_ffff, values: &[libc::TIOCSTI, libc::TIOCLINUX] }), // typing into the operator's terminal (class 15)
-    ("acct", SysRule::Deny),                  // writing process accounting to a chosen file
-    ("swapon", SysRule::Deny),                // host memory configuration
-    ("swapoff", SysRule::Deny),               // host memory configuration
-    ("reboot", SysRule::Deny),                // host availability
-    ("syslog", SysRule::Deny),                // kernel log: addresses, other tenants' messages
-    ("open_by_handle_at", SysRule::Deny),     // opening files by handle past the view (shocker)
-    ("name_to_handle_at", SysRule::Deny),     // handles for the above
-    ("quotactl", SysRule::Deny),              // host filesystem configuration
-    ("lookup_dcookie", SysRule::Deny),        // kernel address leaks
-    ("vhangup", SysRule::Deny),               // hanging up the operator's terminal
-    ("settimeofday", SysRule::Deny),          // the host clock (audit timestamps)
-    ("clock_settime", SysRule::Deny),         // the host clock
-    ("clock_adjtime", SysRule::Deny),         // the host clock
-    ("adjtimex", SysRule::Deny),              // the host clock
-    ("sethostname", SysRule::Deny),           // (own uts ns already) keeps the name the audit shows
-    ("setdomainname", SysRule::Deny),         // same
-    ("fanotify_init", SysRule::Deny),         // watching the filesystem of others
-    ("iopl", SysRule::Deny),                  // raw port I/O
-    ("ioperm", SysRule::Deny),                // raw port I/O
-    ("uselib", SysRule::Deny),                // obsolete loader path
-    ("nfsservctl", SysRule::Deny),            // obsolete
+    ("acct", SysRule::Deny),              // writing process accounting to a chosen file
+    ("swapon", SysRule::Deny),            // host memory configuration
+    ("swapoff", SysRule::Deny),           // host memory configuration
+    ("reboot", SysRule::Deny),            // host availability
+    ("syslog", SysRule::Deny),            // kernel log: addresses, other tenants' messages
+    ("open_by_handle_at", SysRule::Deny), // opening files by handle past the view (shocker)
+    ("name_to_handle_at", SysRule::Deny), // handles for the above
+    ("quotactl", SysRule::Deny),          // host filesystem configuration
+    ("lookup_dcookie", SysRule::Deny),    // kernel address leaks
+    ("vhangup", SysRule::Deny),           // hanging up the operator's terminal
+    ("settimeofday", SysRule::Deny),      // the host clock (audit timestamps)
+    ("clock_settime", SysRule::Deny),     // the host clock
+    ("clock_adjtime", SysRule::Deny),     // the host clock
+    ("adjtimex", SysRule::Deny),          // the host clock
+    ("sethostname", SysRule::Deny),       // (own uts ns already) keeps the name the audit shows
+    ("setdomainname", SysRule::Deny),     // same
+    ("fanotify_init", SysRule::Deny),     // watching the filesystem of others
+    ("iopl", SysRule::Deny),              // raw port I/O
+    ("ioperm", SysRule::Deny),            // raw port I/O
+    ("uselib", SysRule::Deny),            // obsolete loader path
+    ("nfsservctl", SysRule::Deny),        // obsolete
 ];
 
 /// Host paths hidden behind an empty read-only tmpfs, in this order (the state and runtime
@@ -108,9 +110,9 @@ pub const HIDDEN_DIRS: &[&str] = &[
 
 /// Files masked with `/dev/null` when they exist on the host.
 pub const HIDDEN_FILES: &[&str] = &[
-    "/etc/shadow",   // password hashes (also mode 0640 root)
-    "/etc/gshadow",  // group password hashes
-    "/etc/sudoers",  // the host's privilege map
+    "/etc/shadow",                   // password hashes (also mode 0640 root)
+    "/etc/gshadow",                  // group password hashes
+    "/etc/sudoers",                  // the host's privilege map
     "/etc/ssh/ssh_host_rsa_key",     // host identity keys
     "/etc/ssh/ssh_host_ecdsa_key",   // host identity keys
     "/etc/ssh/ssh_host_ed25519_key", // host identity keys
@@ -134,9 +136,9 @@ pub const PROC_MASKED: &[&str] = &[
     "/proc/timer_list",  // timing side channel, host task names
     "/proc/sched_debug", // host task names
     "/proc/latency_stats",
-    "/proc/acpi",        // firmware interfaces
-    "/proc/scsi",        // device rescans
-    "/proc/asound",      // device interfaces
+    "/proc/acpi",   // firmware interfaces
+    "/proc/scsi",   // device rescans
+    "/proc/asound", // device interfaces
 ];
 
 /// Under the fresh read-only `/sys`: masked.
@@ -149,12 +151,9 @@ pub const SYS_MASKED: &[&str] = &[
 
 /// Device nodes bound from the host into the private `/dev`; nothing else is there.
 pub const DEV_NODES: &[&str] = &[
-    "null",    // the usual sinks and sources; no disks, no /dev/mem, no kmsg
-    "zero",
-    "full",
-    "random",
-    "urandom",
-    "tty",     // the controlling terminal only (the agent has none unless given a pty)
+    "null", // the usual sinks and sources; no disks, no /dev/mem, no kmsg
+    "zero", "full", "random", "urandom",
+    "tty", // the controlling terminal only (the agent has none unless given a pty)
 ];
 
 /// Symlinks created in the private `/dev`.
@@ -164,22 +163,22 @@ pub const DEV_LINKS: &[(&str, &str)] = &[
     ("stdout", "/proc/self/fd/1"),
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"), // the agent's own devpts instance: cannot reach the host's ptys
-    ("core", "/proc/kcore"),
 ];
 
 /// Where the CA bundle is bound inside the sandbox, when the path exists on the host (the
 /// first existing one is what the CA variables name): gvmd's interception CA must be
 /// trusted by every TLS stack the agent runs, or the agent learns to disable verification.
 pub const CA_TARGETS: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine, Arch
-    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
-    "/etc/ssl/ca-bundle.pem",             // openSUSE
-    "/etc/ssl/cert.pem",                  // Alpine, macOS-style tools
+    "/etc/ssl/certs/ca-certificates.crt",                // Debian, Ubuntu, Alpine, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",                  // Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",                            // openSUSE
+    "/etc/ssl/cert.pem",                                 // Alpine, macOS-style tools
     "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // RHEL
 ];
 
 /// Variables that must point at the CA bundle.
-pub const CA_ENV: &[&str] = &["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"];
+pub const CA_ENV: &[&str] =
+    &["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"];
 
 /// Variables that must point at the explicit proxy (`http://127.0.0.1:<proxy>`).
 pub const PROXY_ENV: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"];

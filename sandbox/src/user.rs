@@ -50,9 +50,11 @@ pub fn ensure_user(profile: &ProfileName, home: &Path) -> Result<(Uid, Gid)> {
         return Ok((user.uid, user.gid));
     }
     let home = home.to_str().ok_or_else(|| Error::Spec(format!("home {} is not UTF-8", home.display())))?;
-    let args = ["--system", "--user-group", "--no-create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin", &name];
+    let args =
+        ["--system", "--user-group", "--no-create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin", &name];
     retry_locked(|| run("useradd", "passwd", &args, None))?;
-    let user = lookup(&name)?.ok_or_else(|| Error::Setup(format!("useradd succeeded but {name} is not in the user database")))?;
+    let user = lookup(&name)?
+        .ok_or_else(|| Error::Setup(format!("useradd succeeded but {name} is not in the user database")))?;
     Ok((user.uid, user.gid))
 }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real SQLite files in temp dirs.
 
 #![allow(dead_code)]
+// `is_multiple_of` is newer than the workspace's rust-version (1.85).
+#![allow(clippy::manual_is_multiple_of)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,10 +11,7 @@ use gvm_audit::{Audit, AuditConfig, NewEvent};
 
 /// Checkpoints every 20 events, never by time (so tests are deterministic).
 pub fn cfg20() -> AuditConfig {
-    AuditConfig {
-        checkpoint_every: 20,
-        checkpoint_interval: Duration::from_secs(3600),
-    }
+    AuditConfig { checkpoint_every: 20, checkpoint_interval: Duration::from_secs(3600) }
 }
 
 pub fn event(i: u64) -> NewEvent {

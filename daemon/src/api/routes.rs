@@ -22,6 +22,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::AUDIT_VERIFY, post(audit_verify))
         .route(paths::RELOAD, post(reload))
         .route(paths::HOLDS, get(holds))
+        .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
         .route("/v1/holds/{id}/{answer}", post(answer_hold))
         .fallback(not_found)
         .with_state(daemon)
