@@ -90,11 +90,15 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
     ensure_dir(&paths.state_dir, 0o755)?;
     ensure_dir(&paths.runtime_dir, 0o755)?;
 
-    let audit = Audit::open(
+    let audit = Audit::open_with_durability(
         &paths.state_dir,
         AuditConfig {
             checkpoint_every: config.audit.checkpoint_every,
             checkpoint_interval: config.audit.checkpoint_interval,
+        },
+        match config.audit.sync {
+            crate::config::SyncMode::Full => gvm_audit::Durability::Full,
+            crate::config::SyncMode::Normal => gvm_audit::Durability::Normal,
         },
     )?;
     let gateway = gvm_gateway::Gateway::new(
