@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "client")]
+pub mod client;
+
 /// Prefix of every path of this version of the API.
 pub const V1: &str = "/v1";
 
@@ -18,6 +21,10 @@ pub mod paths {
     pub const RELOAD: &str = "/v1/reload";
     pub const HOLDS: &str = "/v1/holds";
     pub const POLICY_EXPLAIN: &str = "/v1/policy/explain";
+    /// `POST /v1/agents/{profile}/prepare`
+    pub fn prepare(profile: &str) -> String {
+        format!("/v1/agents/{profile}/prepare")
+    }
     /// `POST /v1/holds/{id}/approve`
     pub fn approve(id: u64) -> String {
         format!("/v1/holds/{id}/approve")
@@ -289,4 +296,95 @@ pub struct ExplainResponse {
     pub line: Option<u32>,
     pub reason: String,
     pub considered: Vec<ConsideredRule>,
+}
+
+/// First bytes of a `gvmctl run` session on the control socket. The rest of the line is
+/// a [`RunRequest`] in JSON; the same `sendmsg` carries the caller's stdin, stdout and
+/// stderr as SCM_RIGHTS. Afterwards gvmd writes [`RunMessage`] lines and the client may
+/// write [`RunSignal`] lines.
+pub const RUN_MAGIC: &str = "GVM-RUN/1 ";
+
+/// What `gvmctl run` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRequest {
+    pub profile: String,
+    /// Program and arguments, as typed after `--`.
+    pub argv: Vec<String>,
+    /// Allow every request, record what enforce mode would have done.
+    #[serde(default)]
+    pub watch: bool,
+}
+
+/// A signal the client forwards to the sandboxed command (SIGINT, SIGTERM, SIGHUP...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSignal {
+    pub signal: i32,
+}
+
+/// What gvmd says during a `gvmctl run` session, one JSON object per line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunMessage {
+    /// The sandbox runs; `pid` is the launcher's.
+    Started { pid: u32 },
+    /// The command ended; exit with `code`.
+    Exited { code: i32, summary: RunSummary },
+    /// The run could not start or was aborted.
+    Failed { error: String, hint: Option<String> },
+}
+
+/// One line of numbers at the end of a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSummary {
+    pub profile: String,
+    pub allowed: u64,
+    pub denied: u64,
+    pub held: u64,
+    /// Files added, changed or deleted in the overlay workspaces (kept for review).
+    pub files_changed: u64,
+    pub duration_ms: u64,
+}
+
+/// How a workspace appears inside a sandbox.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    Overlay,
+    Ro,
+    Rw,
+}
+
+/// One workspace of a [`LaunchPlan`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedWorkspace {
+    pub path: String,
+    pub mode: WorkspaceMode,
+    /// Names its overlay directory under the agent's state.
+    pub id: String,
+}
+
+/// `POST /v1/agents/{profile}/prepare`: gvmd has made the profile's user, network
+/// namespace (with the gateway listening inside) and state directories; this is what
+/// the launcher needs to build the sandbox. Only root may launch it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub profile: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The bound network namespace to join.
+    pub netns: String,
+    pub state_dir: String,
+    pub runtime_dir: String,
+    /// The profile's `[agent] command`, if it has one.
+    pub command: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub workspaces: Vec<PlannedWorkspace>,
+    pub deny_read: Vec<String>,
+    /// PEM: the system roots plus gvmd's interception CA.
+    pub ca_bundle: String,
+    pub proxy_port: u16,
+    pub memory_max: Option<u64>,
+    pub tasks_max: Option<u32>,
+    /// Percent of one CPU.
+    pub cpu_quota: Option<u32>,
 }

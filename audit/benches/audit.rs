@@ -73,13 +73,14 @@ fn main() {
     let only = std::env::var("GVM_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only == part;
 
-    for (name, durability) in [("FULL", Durability::Full), ("NORMAL", Durability::Normal)] {
+    let cases = [(64, "FULL", Durability::Full), (64, "NORMAL", Durability::Normal), (256, "FULL", Durability::Full)];
+    for (tasks, name, durability) in cases {
         if !run("append") {
             break;
         }
         let dir = tmpdir();
-        let rate = append_throughput(dir.path(), durability, 64, total);
-        println!("append, group commit, 64 tasks, {total} events, synchronous={name}: {rate:.0} events/s");
+        let rate = append_throughput(dir.path(), durability, tasks, total);
+        println!("append, group commit, {tasks} tasks, {total} events, synchronous={name}: {rate:.0} events/s");
     }
 
     if run("latency") {

@@ -15,8 +15,8 @@
 //! ```
 //!
 //! Text fields are their UTF-8 bytes exactly as stored in the database. `time` is
-//! RFC 3339 UTC with exactly nine fractional digits ([`format_time`]). `details` is the
-//! canonical JSON text of [`canonical_json`]: compact (no whitespace), object keys
+//! RFC 3339 UTC with exactly nine fractional digits (`format_time`). `details` is the
+//! canonical JSON text of `canonical_json`: compact (no whitespace), object keys
 //! sorted by their UTF-8 bytes, strings and numbers written by `serde_json`. The
 //! database stores that text verbatim, so verification hashes what is stored and never
 //! re-serialises.
@@ -93,43 +93,54 @@ pub(crate) fn sha256(msg: &[u8]) -> [u8; 32] {
 /// The canonical JSON text of `v` (see the module docs). Independent of whether
 /// `serde_json` was built with `preserve_order`.
 pub(crate) fn canonical_json(v: &serde_json::Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(128);
     write_json(&mut out, v);
-    out
+    // Only UTF-8 was written (serde_json output and ASCII punctuation).
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn write_json(out: &mut String, v: &serde_json::Value) {
+fn write_json(out: &mut Vec<u8>, v: &serde_json::Value) {
     use serde_json::Value;
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        // Serialising a str cannot fail.
-        Value::String(s) => out.push_str(&serde_json::to_string(s).unwrap_or_default()),
+        // Leaves: serde_json's compact form. Writing to a Vec cannot fail.
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_json(out, item);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (k, item)) in entries.into_iter().enumerate() {
+            out.push(b'{');
+            let mut write_entry = |i: usize, k: &String, item: &Value| {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                out.push(':');
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
                 write_json(out, item);
+            };
+            // serde_json's default map iterates in key order already; sort only when it
+            // does not (the `preserve_order` feature).
+            let sorted = map.keys().zip(map.keys().skip(1)).all(|(a, b)| a.as_bytes() < b.as_bytes());
+            if sorted {
+                for (i, (k, item)) in map.iter().enumerate() {
+                    write_entry(i, k, item);
+                }
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                for (i, (k, item)) in entries.into_iter().enumerate() {
+                    write_entry(i, k, item);
+                }
             }
-            out.push('}');
+            out.push(b'}');
         }
     }
 }

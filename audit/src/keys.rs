@@ -79,7 +79,7 @@ fn key_io(path: &Path, problem: impl Into<String>, e: std::io::Error) -> AuditEr
     AuditError::Key { path: path.to_owned(), problem: problem.into(), source: Some(Box::new(e)) }
 }
 
-/// Reads a public key written by [`load_or_create`].
+/// Reads the public key file gvmd wrote beside its private key.
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
     let text = fs::read_to_string(path)
         .map_err(|e| key_io(path, "cannot read the public key; copy keys/audit.pub from gvmd's state directory", e))?;

@@ -82,7 +82,7 @@ pub use error::AuditError;
 pub use keys::{key_dir, private_key_path, public_key_path, KEY_DIR, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use schema::{Durability, SCHEMA_VERSION};
 
-use writer::{Reply, Request, Snapshot, Writer};
+use writer::{Lazy, Reply, Request, Snapshot, Writer};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "audit.db";
@@ -143,6 +143,7 @@ impl std::fmt::Debug for Audit {
 
 struct Inner {
     tx: Option<mpsc::Sender<Request>>,
+    lazy: Arc<Lazy>,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Mutex<Connection>,
     status: Arc<Mutex<Snapshot>>,
@@ -209,8 +210,20 @@ impl Audit {
         tracing::info!(target: "gvm::audit", db = %path.display(), last_seq = chain.last_seq,
             checkpoints = chain.checkpoints, uncovered = chain.pending.len(), "audit store opened");
         let pending_since = (!chain.pending.is_empty()).then(Instant::now);
-        let writer =
-            Writer { conn, path: path.clone(), key, cfg, chain, status: status.clone(), pending_since, poisoned: None };
+        let lazy = Arc::new(Lazy::default());
+        let writer = Writer {
+            conn,
+            path: path.clone(),
+            key,
+            cfg,
+            chain,
+            status: status.clone(),
+            pending_since,
+            poisoned: None,
+            last_batch_len: 0,
+            last_commit_time: Duration::ZERO,
+            lazy: lazy.clone(),
+        };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("gvm-audit-writer".into())
@@ -219,6 +232,7 @@ impl Audit {
         Ok(Audit {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                lazy,
                 writer: Mutex::new(Some(handle)),
                 reader: Mutex::new(reader),
                 status,
@@ -252,6 +266,22 @@ impl Audit {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Request::Append(ev, Reply::Async(tx)))?;
         rx.await.unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// Records `ev` without waiting: it is committed with the next awaited append, or
+    /// at most 50 ms later, in any case before [`Audit::close`] returns. For records whose
+    /// loss in a crash is acceptable (the gateway's completion events: the decision they
+    /// complete was committed with [`Audit::append`]); an `Ok` means only "queued". They
+    /// cost no commit (no fsync) of their own while awaited appends keep coming, and no
+    /// thread wake-up. A commit that fails is logged; the events are then not recorded.
+    pub fn append_nowait(&self, ev: NewEvent) -> Result<(), AuditError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(AuditError::Closed);
+        }
+        if self.inner.lazy.push(ev) {
+            self.send(Request::Nudge)?;
+        }
+        Ok(())
     }
 
     /// [`Audit::append`] for threads outside an async runtime (it blocks the thread).

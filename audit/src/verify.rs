@@ -104,6 +104,8 @@ fn sql_stop(seq: u64) -> impl Fn(rusqlite::Error) -> Stop {
 
 /// Rows handed from the reading thread to the hashing thread at a time.
 const CHUNK_ROWS: usize = 1024;
+/// Chunk buffers in circulation.
+const CHUNKS: usize = 6;
 
 /// Consecutive events, read and encoded, waiting to be hashed.
 struct Chunk {
@@ -143,7 +145,7 @@ fn walk_all(conn: &Connection, key: &VerifyingKey, walk: &mut Walk) -> Result<u6
     let structural_seq = structural.as_ref().map(|s| s.seq);
 
     let (read, hashed) = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS);
         let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Chunk>();
         let cps = &checkpoints;
         let hasher = scope.spawn(move || hash_side(rx, recycle_tx, cps, structural_seq, key));
@@ -205,12 +207,19 @@ fn read_side(
         .map_err(sql_stop(0))?;
     let mut rows = stmt.query([]).map_err(sql_stop(0))?;
     let mut expect: u64 = 1;
-    let new_chunk = |first_seq: u64| {
-        let mut c = recycle.try_recv().unwrap_or_else(|_| Chunk {
-            first_seq,
-            data: Vec::with_capacity(CHUNK_ROWS * 320),
-            ends: Vec::with_capacity(CHUNK_ROWS),
-            hashes: Vec::with_capacity(CHUNK_ROWS),
+    // At most CHUNKS buffers exist; they go round between the two threads, so memory
+    // stays bounded and nothing is allocated per chunk once they have grown.
+    let mut allocated = 0;
+    let mut new_chunk = |first_seq: u64| {
+        let recycled = if allocated < CHUNKS { recycle.try_recv().ok() } else { recycle.recv().ok() };
+        let mut c = recycled.unwrap_or_else(|| {
+            allocated += 1;
+            Chunk {
+                first_seq,
+                data: Vec::with_capacity(CHUNK_ROWS * 320),
+                ends: Vec::with_capacity(CHUNK_ROWS),
+                hashes: Vec::with_capacity(CHUNK_ROWS),
+            }
         });
         c.first_seq = first_seq;
         c.data.clear();

@@ -9,9 +9,10 @@
 //! before taking the next batch, so no sequence number is skipped or reused.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey};
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
@@ -24,6 +25,55 @@ use crate::{Appended, AuditConfig, AuditError, NewEvent};
 
 /// Most events committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 4096;
+/// Longest wait for the callers of the previous batch before committing.
+const MAX_GATHER: Duration = Duration::from_micros(500);
+/// Longest time an unawaited event waits for a commit to ride along with.
+pub(crate) const LAZY_DELAY: Duration = Duration::from_millis(50);
+/// Unawaited events queued that make the writer commit them without waiting.
+const LAZY_FLUSH_AT: usize = 1024;
+
+/// Events nobody waits for ([`crate::Audit::append_nowait`]). They are not sent through
+/// the channel: the writer takes them with the next commit, so queueing one costs a
+/// lock and no thread wake-up, and they add no commit (no fsync) of their own. Only a
+/// writer parked with no deadline is woken (`Request::Nudge`), to arm one.
+#[derive(Default)]
+pub(crate) struct Lazy {
+    queue: Mutex<Vec<NewEvent>>,
+    /// The writer is parked without a deadline: the next unawaited event must wake it.
+    parked: AtomicBool,
+}
+
+impl Lazy {
+    /// Queues `ev`; true when the writer must be nudged.
+    pub(crate) fn push(&self, ev: NewEvent) -> bool {
+        let len = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(ev);
+            q.len()
+        };
+        // SeqCst pairs with the writer's store-then-check in `park_check`: either it sees
+        // this event or this sees its flag.
+        self.parked.swap(false, Ordering::SeqCst) || len == LAZY_FLUSH_AT
+    }
+
+    fn take(&self) -> Vec<NewEvent> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// About to park with no deadline: true if events are already waiting (then do not).
+    fn park_check(&self) -> bool {
+        self.parked.store(true, Ordering::SeqCst);
+        if self.len() > 0 {
+            self.parked.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+}
 
 /// Where an answer goes: an async caller's oneshot or a blocking caller's channel.
 pub(crate) enum Reply<T> {
@@ -48,6 +98,9 @@ impl<T> Reply<T> {
 
 pub(crate) enum Request {
     Append(NewEvent, Reply<Result<Appended, AuditError>>),
+    /// Unawaited events are queued in [`Lazy`]: arm a deadline for them (or commit
+    /// them now if many are queued).
+    Nudge,
     /// Commit what is queued before it, sign a final checkpoint, stop.
     Close(Reply<Result<(), AuditError>>),
 }
@@ -76,47 +129,120 @@ pub(crate) struct Writer {
     /// When the oldest event not yet covered by a checkpoint was committed.
     pub pending_since: Option<Instant>,
     pub poisoned: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// Size and duration of the last commit, for gathering the next batch.
+    pub last_batch_len: usize,
+    pub last_commit_time: Duration,
+    pub lazy: Arc<Lazy>,
 }
+
+type Batch = Vec<(NewEvent, Reply<Result<Appended, AuditError>>)>;
 
 impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
-        let mut batch: Vec<(NewEvent, Reply<Result<Appended, AuditError>>)> = Vec::new();
+        let mut batch: Batch = Vec::new();
+        // When the queued unawaited events are committed at the latest. Armed after every
+        // commit of awaited events (their completions follow), so that in steady traffic
+        // they ride along with the next commit and never wake the writer.
+        let mut lazy_deadline: Option<Instant> = None;
         loop {
-            let first = match self.checkpoint_deadline() {
+            if lazy_deadline.is_none() && self.lazy.park_check() {
+                lazy_deadline = Some(Instant::now() + LAZY_DELAY);
+            }
+            let deadline = match (self.checkpoint_deadline(), lazy_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match deadline {
                 None => match rx.recv() {
                     Ok(r) => r,
                     // Every handle is gone without close(): stop as a crash would, with
                     // everything answered already committed. The next open resumes.
-                    Err(_) => return,
+                    Err(_) => return self.flush_lazy(),
                 },
                 Some(deadline) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Ok(r) => r,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.timed_checkpoint();
+                        let now = Instant::now();
+                        if lazy_deadline.is_some_and(|d| d <= now) {
+                            lazy_deadline = None;
+                            self.flush_lazy();
+                        }
+                        if self.checkpoint_deadline().is_some_and(|d| d <= now) {
+                            self.timed_checkpoint();
+                        }
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return self.flush_lazy(),
                 },
             };
+            self.lazy.parked.store(false, Ordering::SeqCst);
             let mut close = None;
             match first {
                 Request::Append(ev, reply) => batch.push((ev, reply)),
+                Request::Nudge => {}
                 Request::Close(reply) => close = Some(reply),
             }
             while close.is_none() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(Request::Append(ev, reply)) => batch.push((ev, reply)),
+                    Ok(Request::Nudge) => {}
                     Ok(Request::Close(reply)) => close = Some(reply),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            // Callers answered by the previous commit come straight back with their next
+            // event. Waiting a moment for them (at most a quarter of a commit's time) keeps
+            // every active caller in one commit, instead of two half-size groups that
+            // alternate, each waiting for the other's fsync: that halves throughput. A lone
+            // caller never waits (its previous batch had one event).
+            let target = self.last_batch_len.min(MAX_BATCH);
+            if close.is_none() && !batch.is_empty() && batch.len() < target {
+                let deadline = Instant::now() + (self.last_commit_time / 4).min(MAX_GATHER);
+                while close.is_none() && batch.len() < target {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(Request::Append(ev, reply)) => batch.push((ev, reply)),
+                        Ok(Request::Nudge) => {}
+                        Ok(Request::Close(reply)) => close = Some(reply),
+                        Err(_) => break,
+                    }
+                }
+            }
             if !batch.is_empty() {
+                self.last_batch_len = batch.len();
+                let started = Instant::now();
                 self.commit_batch(&mut batch);
+                self.last_commit_time = started.elapsed();
+                lazy_deadline = Some(Instant::now() + LAZY_DELAY);
+            } else if close.is_none() {
+                // A nudge: many unawaited events are queued, or the first of them arrived
+                // while the writer was parked without a deadline.
+                if self.lazy.len() >= LAZY_FLUSH_AT {
+                    self.flush_lazy();
+                    lazy_deadline = None;
+                } else {
+                    lazy_deadline.get_or_insert_with(|| Instant::now() + LAZY_DELAY);
+                }
             }
             if let Some(reply) = close {
+                self.flush_lazy();
                 reply.send(self.final_checkpoint());
                 return;
             }
+        }
+    }
+
+    /// Commits the queued unawaited events on their own (nobody waits for the result).
+    fn flush_lazy(&mut self) {
+        let lazy = self.lazy.take();
+        if lazy.is_empty() || self.poisoned.is_some() {
+            return;
+        }
+        let due_by_time = self.checkpoint_deadline().is_some_and(|d| d <= Instant::now());
+        let events: Vec<&NewEvent> = lazy.iter().collect();
+        if let Err(e) = self.commit(&events, due_by_time) {
+            tracing::error!(target: "gvm::audit", error = %e, db = %self.path.display(),
+                events = lazy.len(), "audit commit failed; unawaited events were not recorded");
+            self.resync();
         }
     }
 
@@ -124,24 +250,28 @@ impl Writer {
         self.pending_since.map(|t| t + self.cfg.checkpoint_interval)
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<(NewEvent, Reply<Result<Appended, AuditError>>)>) {
+    /// Commits `batch` (after the queued unawaited events, which ride along) and answers
+    /// its callers.
+    fn commit_batch(&mut self, batch: &mut Batch) {
         if let Some(source) = &self.poisoned {
             for (_, reply) in batch.drain(..) {
                 reply.send(Err(AuditError::Poisoned { path: self.path.clone(), source: source.clone() }));
             }
             return;
         }
+        let lazy = self.lazy.take();
         let due_by_time = self.checkpoint_deadline().is_some_and(|d| d <= Instant::now());
-        let events: Vec<&NewEvent> = batch.iter().map(|(ev, _)| ev).collect();
+        let events: Vec<&NewEvent> = lazy.iter().chain(batch.iter().map(|(ev, _)| ev)).collect();
+        let n = events.len();
         match self.commit(&events, due_by_time) {
             Ok(appended) => {
-                for ((_, reply), a) in batch.drain(..).zip(appended) {
+                for ((_, reply), a) in batch.drain(..).zip(appended.into_iter().skip(lazy.len())) {
                     reply.send(Ok(a));
                 }
             }
             Err(e) => {
                 tracing::error!(target: "gvm::audit", error = %e, db = %self.path.display(),
-                    events = batch.len(), "audit commit failed; the events were not recorded");
+                    events = n, "audit commit failed; the events were not recorded");
                 let source = Arc::new(e);
                 for (_, reply) in batch.drain(..) {
                     reply.send(Err(AuditError::Write { path: self.path.clone(), source: source.clone() }));

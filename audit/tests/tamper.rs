@@ -180,3 +180,54 @@ fn unreadable_inputs_are_reported_not_panicked_on() {
     let r = verify_offline(dir.path());
     assert_problem(&r, VerifyProblemKind::Unreadable, 2, "column `hash`");
 }
+
+/// A bigger chain (verification hands rows between threads in chunks of 1024).
+fn big(dir: &Path, n: u64) {
+    let audit = Audit::open_with_durability(dir, common::cfg20(), gvm_audit::Durability::Normal).unwrap();
+    for i in 1..=n {
+        audit.append_blocking(common::event(i)).unwrap();
+    }
+    audit.close().unwrap();
+}
+
+#[test]
+fn problems_beyond_the_first_chunks_name_the_right_event() {
+    let dir = tempfile::tempdir().unwrap();
+    big(dir.path(), 2500);
+    assert_eq!(verify_offline(dir.path()).events, 2500);
+    raw(dir.path())
+        .execute("UPDATE events SET details = replace(details, 'POST', 'POSt') WHERE seq = 2049", [])
+        .unwrap();
+    let r = verify_offline(dir.path());
+    assert_problem(&r, VerifyProblemKind::HashMismatch, 2049, "event 2049");
+    assert_eq!((r.events, r.checkpoints), (2048, 102));
+
+    let dir = tempfile::tempdir().unwrap();
+    big(dir.path(), 2500);
+    raw(dir.path()).execute("DELETE FROM events WHERE seq = 1025", []).unwrap();
+    assert_problem(&verify_offline(dir.path()), VerifyProblemKind::Gap, 1025, "event 1025 is missing");
+}
+
+#[test]
+fn verify_while_appending_sees_a_consistent_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Audit::open_with_durability(dir.path(), common::cfg20(), gvm_audit::Durability::Normal).unwrap();
+    let writer = {
+        let audit = audit.clone();
+        std::thread::spawn(move || {
+            for i in 1..=3000 {
+                audit.append_blocking(common::event(i)).unwrap();
+            }
+        })
+    };
+    let mut last = 0;
+    while !writer.is_finished() {
+        let r = audit.verify();
+        assert!(r.ok, "{r:?}");
+        assert!(r.events >= last);
+        last = r.events;
+    }
+    writer.join().unwrap();
+    audit.close().unwrap();
+    assert_eq!(audit.verify().events, 3000);
+}

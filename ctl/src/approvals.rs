@@ -4,8 +4,8 @@
 
 use gvm_api::{paths, HoldAnswer, HoldsResponse};
 
-use crate::client::Client;
 use crate::output;
+use gvm_api::client::Client;
 
 pub fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     let r: HoldsResponse = client.get(paths::HOLDS)?;

@@ -12,8 +12,8 @@ use gvm_api::{paths, EventsQuery, EventsResponse, VerifyReport};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::client::{Client, ClientError};
 use crate::output;
+use gvm_api::client::{Client, ClientError};
 
 /// `--since` accepts an RFC 3339 time or an age such as `30m`, `2h`, `7d`.
 pub fn parse_since(text: &str, now: OffsetDateTime) -> anyhow::Result<String> {

@@ -3,10 +3,10 @@
 
 mod approvals;
 mod audit;
-mod client;
 mod output;
 mod policy;
 mod reload;
+mod run;
 mod status;
 
 use std::path::PathBuf;
@@ -45,6 +45,22 @@ enum Command {
     Reload {
         #[arg(long)]
         json: bool,
+    },
+    /// Run a one-off command in a fresh instance of a profile's sandbox, with this
+    /// terminal attached; exits with the command's status and prints a summary.
+    #[command(
+        after_help = "Example:\n  gvmctl run --profile invoices -- curl -s https://api.example.com/v1/status\n\nThe command's network traffic is decided and audited as the profile's; its writes to\noverlay workspaces are kept for review. Only one instance of a profile runs at a time."
+    )]
+    Run {
+        /// The profile whose sandbox and rules apply.
+        #[arg(long, short)]
+        profile: String,
+        /// Allow every request and record what enforce mode would have done.
+        #[arg(long)]
+        watch: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
     },
     /// List the requests held for a human decision.
     Approvals {
@@ -122,10 +138,11 @@ enum AuditCommand {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = client::Client::new(cli.socket);
+    let client = gvm_api::client::Client::new(cli.socket);
     match cli.command {
         Command::Status { json } => status::run(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Reload { json } => reload::run(&client, json),
+        Command::Run { profile, watch, argv } => run::run(&client, profile, watch, argv),
         Command::Approvals { json } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Approve { id, json } => approvals::answer(&client, id, true, json).map(|()| ExitCode::SUCCESS),
         Command::Deny { id, json } => approvals::answer(&client, id, false, json).map(|()| ExitCode::SUCCESS),

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use gvm_api::{paths, ExplainRequest, ExplainResponse};
 
-use crate::client::Client;
 use crate::output;
+use gvm_api::client::Client;
 
 #[derive(serde::Serialize)]
 struct CheckReport {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use gvm_api::{paths, ReloadResponse};
 
-use crate::client::Client;
 use crate::output;
+use gvm_api::client::Client;
 
 pub fn run(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let r: ReloadResponse = client.post(paths::RELOAD, None)?;

@@ -2,8 +2,8 @@
 
 use gvm_api::{paths, StatusResponse};
 
-use crate::client::Client;
 use crate::output;
+use gvm_api::client::Client;
 
 pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
     let s: StatusResponse = client.get(paths::STATUS)?;

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod profiles;
 pub mod run;
 pub mod state;
+pub mod supervisor;
 pub mod sys;
 
 pub use config::Paths;

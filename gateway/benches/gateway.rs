@@ -1,6 +1,15 @@
-//! Gateway benchmarks (harness = false): added latency of a keep-alive intercepted
-//! HTTPS request, throughput ratio with 16 connections, new intercepted connection
-//! cost with a warm leaf cache. Everything on 127.0.0.1.
+//! Gateway benchmarks (harness = false), everything on 127.0.0.1:
+//!
+//! 1. `append`: `Audit::append` alone — one async caller, nobody else writing —
+//!    p50/p99 with `synchronous=NORMAL` and `FULL` (the floor under every request).
+//! 2. `https`: added latency of a keep-alive intercepted HTTPS request.
+//! 3. `http`: added latency of a keep-alive plain HTTP request through the explicit
+//!    proxy (absolute-form), and its throughput ratio with 16 connections.
+//! 4. `throughput`: intercepted HTTPS throughput ratio with 16 connections.
+//! 5. `newconn`: new intercepted connection cost with a warm leaf cache.
+//!
+//! `GVM_BENCH_DURABILITY=normal` opens the gateway's audit store with
+//! `synchronous=NORMAL` (parts 2-5); `GVM_BENCH_ONLY=append,https,...` runs some parts.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -46,28 +55,50 @@ async fn direct(env: &Env) -> Sender {
     handshake(tls).await
 }
 
-async fn lat(c: &mut Sender, host: &str, n: usize) -> Vec<Duration> {
+async fn direct_http(env: &Env) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", env.up_http)).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    handshake(tcp).await
+}
+
+/// `n` sequential requests for `uri` (origin-form, or absolute-form through the proxy).
+async fn lat(c: &mut Sender, uri: &str, host: &str, n: usize) -> Vec<Duration> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let r = send(c, "GET", "/v1/models", host, "").await;
+        let r = send(c, "GET", uri, host, "").await;
         assert_eq!(r.status, 200);
         v.push(t.elapsed());
     }
     v
 }
 
-async fn throughput(env: &Env, via_gw: bool, conns: usize, dur: Duration) -> f64 {
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    DirectHttps,
+    GatewayHttps,
+    DirectHttp,
+    ProxyHttp,
+}
+
+async fn throughput(env: &Env, path: Path, conns: usize, dur: Duration) -> f64 {
     let target = format!("{HOST}:{}", env.up_https);
+    let http_host = format!("{HOST}:{}", env.up_http);
     let mut tasks = Vec::new();
     let deadline = Instant::now() + dur;
     for _ in 0..conns {
-        let mut c = if via_gw { connect_tls(env, &target, HOST).await.unwrap() } else { direct(env).await };
-        let target = target.clone();
+        let (mut c, uri, host) = match path {
+            Path::DirectHttps => (direct(env).await, "/v1/models".to_string(), target.clone()),
+            Path::GatewayHttps => {
+                (connect_tls(env, &target, HOST).await.unwrap(), "/v1/models".to_string(), target.clone())
+            }
+            Path::DirectHttp => (direct_http(env).await, "/v1/models".to_string(), http_host.clone()),
+            Path::ProxyHttp => (proxy_conn(env).await, format!("http://{http_host}/v1/models"), http_host.clone()),
+        };
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let r = send(&mut c, "GET", "/v1/models", &target, "").await;
+                let r = send(&mut c, "GET", &uri, &host, "").await;
                 assert_eq!(r.status, 200);
                 n += 1;
             }
@@ -81,54 +112,121 @@ async fn throughput(env: &Env, via_gw: bool, conns: usize, dur: Duration) -> f64
     total as f64 / dur.as_secs_f64()
 }
 
+/// One caller appending alone: what one durable decision costs by itself.
+async fn append_alone(durability: gvm_audit::Durability, n: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let audit =
+        gvm_audit::Audit::open_with_durability(dir.path(), gvm_audit::AuditConfig::default(), durability).unwrap();
+    let ev = gvm_audit::NewEvent {
+        profile: Some("agent".into()),
+        kind: "http".into(),
+        decision: Some("allow".into()),
+        rule: Some("network.rule[0]".into()),
+        details: serde_json::json!({
+            "method": "GET", "scheme": "https", "host": HOST, "port": 443, "path": "/v1/models",
+            "via": "intercept", "addr": "127.0.0.1:443",
+        }),
+    };
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        audit.append(ev.clone()).await.unwrap();
+        if i >= 200 {
+            v.push(t.elapsed());
+        }
+    }
+    audit.close().unwrap();
+    (pct(&mut v, 0.5), pct(&mut v, 0.99))
+}
+
 fn main() {
+    let only = std::env::var("GVM_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        if run("append") {
+            println!("Audit::append alone, one async caller, 2000 appends:");
+            for (name, d) in [("NORMAL", gvm_audit::Durability::Normal), ("FULL", gvm_audit::Durability::Full)] {
+                let (p50, p99) = append_alone(d, 2000).await;
+                println!("  synchronous={name:<6} p50 {p50:.3} ms  p99 {p99:.3} ms");
+            }
+        }
+
         let env = env(POLICY).await;
         let target = format!("{HOST}:{}", env.up_https);
         let n = 3000;
-        let mut d = direct(&env).await;
-        let _ = lat(&mut d, &target, 200).await;
-        let mut dl = lat(&mut d, &target, n).await;
-        let mut g = connect_tls(&env, &target, HOST).await.unwrap();
-        let _ = lat(&mut g, &target, 200).await;
-        let mut gl = lat(&mut g, &target, n).await;
-        let (d50, d99) = (pct(&mut dl, 0.5), pct(&mut dl, 0.99));
-        let (g50, g99) = (pct(&mut gl, 0.5), pct(&mut gl, 0.99));
-        println!("keep-alive intercepted HTTPS request, {n} sequential (audited, durable before forwarding):");
-        println!("  direct   p50 {d50:.3} ms  p99 {d99:.3} ms");
-        println!("  gateway  p50 {g50:.3} ms  p99 {g99:.3} ms");
-        println!("  added    p50 {:.3} ms  p99 {:.3} ms   (target p50 <= 0.15, p99 <= 1)", g50 - d50, g99 - d99);
-
-        let dur = Duration::from_secs(3);
-        let direct_rps = throughput(&env, false, 16, dur).await;
-        let gw_rps = throughput(&env, true, 16, dur).await;
-        println!("throughput, 16 keep-alive connections:");
-        println!(
-            "  direct {direct_rps:.0} req/s, gateway {gw_rps:.0} req/s, ratio {:.2} (target >= 0.5)",
-            gw_rps / direct_rps
-        );
-
-        let mut nc = Vec::new();
-        for _ in 0..200 {
-            let t = Instant::now();
-            let mut c = connect_tls(&env, &target, HOST).await.unwrap();
-            assert_eq!(send(&mut c, "GET", "/v1/models", &target, "").await.status, 200);
-            nc.push(t.elapsed());
+        if run("https") {
+            let mut d = direct(&env).await;
+            let _ = lat(&mut d, "/v1/models", &target, 200).await;
+            let mut dl = lat(&mut d, "/v1/models", &target, n).await;
+            let mut g = connect_tls(&env, &target, HOST).await.unwrap();
+            let _ = lat(&mut g, "/v1/models", &target, 200).await;
+            let mut gl = lat(&mut g, "/v1/models", &target, n).await;
+            let (d50, d99) = (pct(&mut dl, 0.5), pct(&mut dl, 0.99));
+            let (g50, g99) = (pct(&mut gl, 0.5), pct(&mut gl, 0.99));
+            println!("keep-alive intercepted HTTPS request, {n} sequential (audited, durable before forwarding):");
+            println!("  direct   p50 {d50:.3} ms  p99 {d99:.3} ms");
+            println!("  gateway  p50 {g50:.3} ms  p99 {g99:.3} ms");
+            println!("  added    p50 {:.3} ms  p99 {:.3} ms   (target p50 <= 0.15, p99 <= 1)", g50 - d50, g99 - d99);
         }
-        let mut dc = Vec::new();
-        for _ in 0..200 {
-            let t = Instant::now();
-            let mut c = direct(&env).await;
-            assert_eq!(send(&mut c, "GET", "/v1/models", &target, "").await.status, 200);
-            dc.push(t.elapsed());
+
+        if run("http") {
+            let http_host = format!("{HOST}:{}", env.up_http);
+            let abs = format!("http://{http_host}/v1/models");
+            let mut d = direct_http(&env).await;
+            let _ = lat(&mut d, "/v1/models", &http_host, 200).await;
+            let mut dl = lat(&mut d, "/v1/models", &http_host, n).await;
+            let mut g = proxy_conn(&env).await;
+            let _ = lat(&mut g, &abs, &http_host, 200).await;
+            let mut gl = lat(&mut g, &abs, &http_host, n).await;
+            let (d50, d99) = (pct(&mut dl, 0.5), pct(&mut dl, 0.99));
+            let (g50, g99) = (pct(&mut gl, 0.5), pct(&mut gl, 0.99));
+            println!("keep-alive plain HTTP request through the explicit proxy (absolute-form), {n} sequential:");
+            println!("  direct   p50 {d50:.3} ms  p99 {d99:.3} ms");
+            println!("  gateway  p50 {g50:.3} ms  p99 {g99:.3} ms");
+            println!("  added    p50 {:.3} ms  p99 {:.3} ms", g50 - d50, g99 - d99);
+            let dur = Duration::from_secs(3);
+            let direct_rps = throughput(&env, Path::DirectHttp, 16, dur).await;
+            let gw_rps = throughput(&env, Path::ProxyHttp, 16, dur).await;
+            println!(
+                "  16 connections: direct {direct_rps:.0} req/s, gateway {gw_rps:.0} req/s, ratio {:.2}",
+                gw_rps / direct_rps
+            );
         }
-        println!("new connection + first request (warm leaf cache), 200 runs:");
-        println!("  direct  p50 {:.3} ms  p99 {:.3} ms", pct(&mut dc, 0.5), pct(&mut dc, 0.99));
-        println!(
-            "  gateway p50 {:.3} ms  p99 {:.3} ms (CONNECT + intercept + upstream TLS) (target p50 <= 3)",
-            pct(&mut nc, 0.5),
-            pct(&mut nc, 0.99)
-        );
+
+        if run("throughput") {
+            let dur = Duration::from_secs(3);
+            let direct_rps = throughput(&env, Path::DirectHttps, 16, dur).await;
+            let gw_rps = throughput(&env, Path::GatewayHttps, 16, dur).await;
+            println!("throughput, intercepted HTTPS, 16 keep-alive connections:");
+            println!(
+                "  direct {direct_rps:.0} req/s, gateway {gw_rps:.0} req/s, ratio {:.2} (target >= 0.5)",
+                gw_rps / direct_rps
+            );
+        }
+
+        if run("newconn") {
+            let mut nc = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                let mut c = connect_tls(&env, &target, HOST).await.unwrap();
+                assert_eq!(send(&mut c, "GET", "/v1/models", &target, "").await.status, 200);
+                nc.push(t.elapsed());
+            }
+            let mut dc = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                let mut c = direct(&env).await;
+                assert_eq!(send(&mut c, "GET", "/v1/models", &target, "").await.status, 200);
+                dc.push(t.elapsed());
+            }
+            println!("new connection + first request (warm leaf cache), 200 runs:");
+            println!("  direct  p50 {:.3} ms  p99 {:.3} ms", pct(&mut dc, 0.5), pct(&mut dc, 0.99));
+            println!(
+                "  gateway p50 {:.3} ms  p99 {:.3} ms (CONNECT + intercept + upstream TLS) (target p50 <= 3)",
+                pct(&mut nc, 0.5),
+                pct(&mut nc, 0.99)
+            );
+        }
     });
 }

@@ -2,6 +2,24 @@
 
 use serde_json::Value;
 
+fn event(kind: &str, profile: &str, decision: &str, rule: Option<&str>, details: Value) -> gvm_audit::NewEvent {
+    gvm_audit::NewEvent {
+        profile: Some(profile.to_string()),
+        kind: kind.to_string(),
+        decision: Some(decision.to_string()),
+        rule: rule.map(str::to_string),
+        details,
+    }
+}
+
+/// Queues one event nobody waits for (a completion record): it rides along with the
+/// next commit. Lost only if gvmd dies before that commit.
+pub(crate) fn append_nowait(audit: &gvm_audit::Audit, ev: gvm_audit::NewEvent) {
+    if let Err(e) = audit.append_nowait(ev) {
+        tracing::warn!("a completion record was not queued: {e}");
+    }
+}
+
 /// Appends one event; returns its sequence number once it is durable.
 pub(crate) async fn append(
     audit: &gvm_audit::Audit,
@@ -11,13 +29,7 @@ pub(crate) async fn append(
     rule: Option<&str>,
     details: Value,
 ) -> Result<u64, String> {
-    let ev = gvm_audit::NewEvent {
-        profile: Some(profile.to_string()),
-        kind: kind.to_string(),
-        decision: Some(decision.to_string()),
-        rule: rule.map(str::to_string),
-        details,
-    };
+    let ev = event(kind, profile, decision, rule, details);
     match audit.append(ev).await {
         Ok(a) => Ok(a.seq),
         Err(e) => Err(format!("the audit store refused the event: {e}")),

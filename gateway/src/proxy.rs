@@ -32,6 +32,8 @@ use crate::Inner;
 
 /// Largest request head accepted from an agent.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// How long the head of a request may take to arrive.
+pub(crate) const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a tunnel waits for the client's first byte before assuming a
 /// server-speaks-first protocol.
 const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
@@ -224,7 +226,13 @@ impl Inner {
                 async move { Ok::<_, Infallible>(this.handle(conn, req).await) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
-            b.max_buf_size(MAX_HEAD).keep_alive(true).title_case_headers(false);
+            // A client that dribbles its request head (slowloris) is cut off: the head of
+            // every request, also on a kept-alive connection, must arrive within 30 s.
+            b.max_buf_size(MAX_HEAD)
+                .keep_alive(true)
+                .title_case_headers(false)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT);
             if let Err(e) = b.serve_connection(TokioIo::new(io), svc).with_upgrades().await {
                 tracing::debug!("agent connection ended: {e}");
             }
@@ -657,28 +665,27 @@ impl Inner {
         start: Instant,
     ) -> Completion {
         let audit = self.audit.clone();
-        let kind = format!("{kind}.done");
-        let profile = profile.to_string();
-        let decision = ruling.audit_decision().to_string();
-        let rule = ruling.rule.clone();
+        let ev = gvm_audit::NewEvent {
+            profile: Some(profile.to_string()),
+            kind: format!("{kind}.done"),
+            decision: Some(ruling.audit_decision().to_string()),
+            rule: ruling.rule.clone(),
+            details,
+        };
         Completion {
             start,
             up: 0.into(),
             down: 0.into(),
             status: 0.into(),
             on_done: Some(Box::new(move |status, up, down, ms| {
-                let mut details = details;
+                let mut ev = ev;
+                let details = &mut ev.details;
                 details["decision_seq"] = json!(seq);
                 details["status"] = json!(status);
                 details["bytes_up"] = json!(up);
                 details["bytes_down"] = json!(down);
                 details["duration_ms"] = json!(ms);
-                if let Ok(h) = tokio::runtime::Handle::try_current() {
-                    h.spawn(async move {
-                        let _ = crate::audit_glue::append(&audit, &kind, &profile, &decision, rule.as_deref(), details)
-                            .await;
-                    });
-                }
+                crate::audit_glue::append_nowait(&audit, ev);
             })),
         }
     }

@@ -173,11 +173,15 @@ impl Sandbox {
         if let Some(e) = self.exit {
             return Ok(Some(e));
         }
-        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => Ok(None),
-            Ok(_) => self.wait().map(Some),
-            Err(e) => Err(sys("waiting for the launcher")(e)),
-        }
+        let exit = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signaled(sig),
+            Ok(_) | Err(Errno::EINTR) => return Ok(None),
+            Err(e) => return Err(sys("waiting for the launcher")(e)),
+        };
+        self.exit = Some(exit);
+        self.teardown()?;
+        Ok(Some(exit))
     }
 
     /// SIGKILL and wait.
@@ -367,8 +371,8 @@ fn launcher(plan: &Plan, netns: &File, err: &OwnedFd, stdio: [Option<OwnedFd>; 3
         }
         k::ForkResult::Parent { child } => {
             // From here on the launcher only relays: the pipe belongs to init and the agent.
-            let _ = k::close_fds_from(3);
             drop(stdio);
+            let _ = k::close_fds_from(3);
             loop {
                 let Ok(sig) = mask.wait() else { continue };
                 if sig == Signal::SIGCHLD {
@@ -510,10 +514,8 @@ fn build_view(plan: &Plan) -> Result<(), String> {
     for step in &plan.steps {
         apply(root, staging, step, &mut hidden).map_err(|e| format!("{step:?}: {e}"))?;
     }
-    for t in hidden {
-        let flags =
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        mount(None::<&str>, &t, None::<&str>, flags, None::<&str>).map_err(fail("making a hiding tmpfs read-only"))?;
+    for (_, fd) in hidden {
+        k::mount_setattr_fd(fd.as_fd(), k::MOUNT_ATTR_RDONLY, 0).map_err(fail("making a hiding tmpfs read-only"))?;
     }
     nix::unistd::chdir(root).map_err(fail("chdir to the new root"))?;
     nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root"))?;
@@ -522,7 +524,7 @@ fn build_view(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-fn apply(root: &Path, staging: &Path, step: &Step, hidden: &mut Vec<PathBuf>) -> Result<(), String> {
+fn apply(root: &Path, staging: &Path, step: &Step, hidden: &mut Vec<(PathBuf, OwnedFd)>) -> Result<(), String> {
     let none = None::<&str>;
     let bind = |src: &Path, dst: &Path, ro: bool| -> Result<(), String> {
         mount(Some(src), dst, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(fail("bind"))?;
@@ -535,7 +537,7 @@ fn apply(root: &Path, staging: &Path, step: &Step, hidden: &mut Vec<PathBuf>) ->
     match step {
         Step::Hide { target } => {
             let Some(t) = existing(root, target, true) else { return Ok(()) };
-            if hidden.contains(&t) {
+            if hidden.iter().any(|(h, _)| *h == t) {
                 return Ok(());
             }
             mount(
@@ -546,7 +548,13 @@ fn apply(root: &Path, staging: &Path, step: &Step, hidden: &mut Vec<PathBuf>) ->
                 Some("mode=0755,size=1m"),
             )
             .map_err(fail("tmpfs"))?;
-            hidden.push(t);
+            let fd = nix::fcntl::open(
+                &t,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(fail("opening a hiding tmpfs"))?;
+            hidden.push((t, fd));
         }
         Step::Tmpfs { target, options, flags } => {
             let t = ensure(root, target, true)?;
@@ -733,23 +741,21 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
         check_path(p, what)?;
     }
     let mut steps = Vec::new();
-    // 1. Hide: fixed host paths, then the state and runtime dirs wherever they are.
+    // 1. Private /tmp and /var/tmp first (a state dir under /tmp is then simply absent),
+    //    then hide: fixed host paths, then the state and runtime dirs wherever they are.
+    for t in ["/tmp", "/var/tmp"] {
+        steps.push(Step::Tmpfs {
+            target: PathBuf::from(t),
+            options: "mode=1777",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        });
+    }
     for d in rules::HIDDEN_DIRS {
         steps.push(Step::Hide { target: PathBuf::from(d) });
     }
     steps.push(Step::Hide { target: paths.state_dir.clone() });
     steps.push(Step::Hide { target: paths.runtime_dir.clone() });
-    // 2. Private /tmp, /dev, /proc, /sys.
-    steps.push(Step::Tmpfs {
-        target: PathBuf::from("/tmp"),
-        options: "mode=1777",
-        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    });
-    steps.push(Step::Tmpfs {
-        target: PathBuf::from("/var/tmp"),
-        options: "mode=1777",
-        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    });
+    // 2. Private /dev, /proc, /sys.
     steps.push(Step::Dev);
     steps.push(Step::Proc);
     for p in rules::PROC_READ_ONLY {

@@ -2,8 +2,10 @@
 //!
 //! [`Netns::create`] unshares a network namespace on a short-lived thread and keeps it
 //! alive with a bind mount at `<runtime-dir>/netns/<profile>` (the `ip netns` convention),
-//! brings `lo` up, adds a dummy interface holding the default route (without a route a
-//! locally generated packet fails before nft's nat/output hook could redirect it), and
+//! brings `lo` up, gives it a link-local address and makes it carry the default route
+//! (without a route a locally generated packet fails before nft's nat/output hook could
+//! redirect it; a `dummy` interface would do too, but not every kernel has that driver —
+//! this VM's does not — and `lo` is always there), and
 //! loads [`rules::NFT_RULESET`] with `nft -f -` run *inside* the namespace: the host's
 //! ruleset is never read or written. gvmd then opens its listeners inside it with
 //! [`Netns::open_listener`]: a thread joins the namespace, binds, and returns the socket,
@@ -57,11 +59,9 @@ impl GatewayPorts {
     }
 }
 
-/// Name of the dummy interface that holds the default route.
-pub const DUMMY_IF: &str = "gvm0";
-/// Address of the dummy interface: the source address of the agent's non-loopback packets
-/// (all of which are redirected to loopback or dropped).
-pub const DUMMY_ADDR: &str = "169.254.254.1/32";
+/// Address added to `lo`: the source address of the agent's non-loopback packets (all of
+/// which are redirected to the gateway on 127.0.0.1 or dropped).
+pub const ROUTE_SRC: &str = "169.254.254.1";
 
 /// A profile's network namespace, bound at `<runtime-dir>/netns/<profile>`.
 #[derive(Debug)]
@@ -123,21 +123,15 @@ impl Netns {
     }
 
     fn configure(&self, ports: GatewayPorts) -> Result<()> {
+        let addr = format!("{ROUTE_SRC}/32");
         let setup = [
             vec!["link", "set", "lo", "up"],
-            vec!["link", "add", DUMMY_IF, "type", "dummy"],
-            vec!["addr", "add", DUMMY_ADDR, "dev", DUMMY_IF],
-            vec!["link", "set", DUMMY_IF, "up"],
-            vec!["route", "replace", "default", "dev", DUMMY_IF],
+            vec!["addr", "replace", addr.as_str(), "dev", "lo"],
+            vec!["route", "replace", "default", "dev", "lo", "src", ROUTE_SRC],
         ];
-        let has_dummy = self.run_in(|| Command::new("ip").args(["link", "show", DUMMY_IF]).output())?;
-        let has_dummy = has_dummy.map(|o| o.status.success()).unwrap_or(false);
         let ruleset = format!("table inet gvm\ndelete table inet gvm\n{}", ports.nft_ruleset());
         self.run_in(move || -> Result<()> {
             for args in &setup {
-                if has_dummy && (args[1] == "add") {
-                    continue;
-                }
                 run("ip", "iproute2", args, None)?;
             }
             run("nft", "nftables", &["-f", "-"], Some(&ruleset))
@@ -217,14 +211,11 @@ fn make_unshared(dir: &Path) -> Result<()> {
     let canon = dir.canonicalize().map_err(io("resolving", dir))?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(io("reading", "/proc/self/mountinfo"))?;
     // The mount holding `dir` is the last listed whose mount point is a prefix of it.
-    let holder = info
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let point = unescape_mountinfo(f.get(4)?);
-            canon.starts_with(&point).then(|| (point, l.contains(" shared:")))
-        })
-        .last();
+    let holder = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let point = unescape_mountinfo(f.get(4)?);
+        canon.starts_with(&point).then(|| (point, l.contains(" shared:")))
+    });
     match holder {
         Some((point, shared)) if shared => {
             if point != canon {

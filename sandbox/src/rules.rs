@@ -193,12 +193,12 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/us
 pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions edns0\n";
 
 /// The nft ruleset loaded inside each profile's network namespace. `{proxy}`,
-/// `{transparent}` and `{dns}` are the gateway's ports. The netns has `lo` and a dummy
-/// interface holding the default route (so that locally generated packets reach the
-/// nat/output hook at all); nothing in it is routable to the outside.
+/// `{transparent}` and `{dns}` are the gateway's ports. The netns has only `lo`, which
+/// also carries the default route (so that locally generated packets reach the nat/output
+/// hook at all); nothing in it is routable to the outside.
 pub const NFT_RULESET: &str = r#"table inet gvm {
 	chain nat_output {
-		type nat hook output priority dstnat; policy accept;
+		type nat hook output priority -100; policy accept;
 		# DNS to any resolver, hard-coded ones included, goes to gvmd's resolver (class 5)
 		meta nfproto ipv4 udp dport 53 redirect to :{dns}
 		meta nfproto ipv4 tcp dport 53 redirect to :{dns}
@@ -208,15 +208,15 @@ pub const NFT_RULESET: &str = r#"table inet gvm {
 		meta nfproto ipv4 meta l4proto tcp redirect to :{transparent}
 	}
 	chain filter_output {
-		type filter hook output priority filter; policy drop;
+		type filter hook output priority 0; policy drop;
+		# replies of connections accepted below (and the RST when no listener is there).
+		# (No `oifname "lo"`: the hook's output device is the one routed *before* the
+		# redirect, e.g. a veth, while the packet itself now goes to 127.0.0.1.)
+		ct state established,related accept
 		# after the redirect, only the gateway's listeners on loopback are reachable
-		oifname "lo" ip daddr 127.0.0.1 tcp dport { {proxy}, {transparent}, {dns} } accept
-		oifname "lo" ip daddr 127.0.0.1 udp dport {dns} accept
-		# the listeners' replies (and RSTs when none listens) back to the agent
-		oifname "lo" ip saddr 127.0.0.1 tcp sport { {proxy}, {transparent}, {dns} } accept
-		oifname "lo" ip saddr 127.0.0.1 udp sport {dns} accept
-		oifname "lo" ip6 daddr ::1 tcp dport { {proxy}, {transparent}, {dns} } accept
-		oifname "lo" ip6 saddr ::1 tcp sport { {proxy}, {transparent}, {dns} } accept
+		ip daddr 127.0.0.1 tcp dport { {proxy}, {transparent}, {dns} } accept
+		ip daddr 127.0.0.1 udp dport {dns} accept
+		ip6 daddr ::1 tcp dport { {proxy}, {transparent}, {dns} } accept
 		# everything else — other UDP, ICMP, IPv6, anything that escaped the redirect — drops (class 4)
 	}
 }

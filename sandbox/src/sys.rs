@@ -71,6 +71,32 @@ pub fn mount_setattr_recursive(path: &Path, set: u64, clear: u64) -> io::Result<
     }
 }
 
+/// `mount_setattr(2)` on the mount an `O_PATH` descriptor points at, that mount only (not
+/// its children). Used to seal a tmpfs read-only after mount points were made in it,
+/// even if other mounts were since stacked on paths inside or on top of it.
+pub fn mount_setattr_fd(fd: std::os::fd::BorrowedFd<'_>, set: u64, clear: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+    // SAFETY: `fd` is a valid open descriptor for the duration of the call (borrowed), the
+    // path is the empty C string, and `attr` is a valid `struct mount_attr` of the size
+    // passed; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `close_range(first, ~0, 0)`: close every descriptor from `first` on, so the agent
 /// inherits nothing but its stdio.
 pub fn close_fds_from(first: u32) -> io::Result<()> {

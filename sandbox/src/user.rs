@@ -17,8 +17,10 @@ pub struct ProfileName(String);
 
 impl ProfileName {
     pub fn new(name: &str) -> Result<Self> {
-        let ok = (1..=24).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
+        // The same rule as gvm-policy's ProfileName: `gvm-<name>` stays a valid system
+        // user name (≤ 31 bytes for useradd and systemd-sysusers).
+        let ok = (1..=27).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if ok {
             Ok(Self(name.to_string()))
@@ -99,7 +101,9 @@ mod tests {
     fn profile_names() {
         assert!(ProfileName::new("coder").is_ok());
         assert!(ProfileName::new("a-1_b").is_ok());
-        for bad in ["", "1abc", "Coder", "a/b", "a.b", "../x", "abcdefghijklmnopqrstuvwxy"] {
+        assert!(ProfileName::new("1abc").is_ok(), "as gvm-policy allows");
+        assert!(ProfileName::new("abcdefghijklmnopqrstuvwxyza").is_ok(), "27 characters");
+        for bad in ["", "-abc", "Coder", "a/b", "a.b", "../x", "abcdefghijklmnopqrstuvwxyzab"] {
             assert!(ProfileName::new(bad).is_err(), "{bad}");
         }
         assert_eq!(ProfileName::new("coder").unwrap().user_name(), "gvm-coder");

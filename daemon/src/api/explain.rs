@@ -50,7 +50,7 @@ pub fn parse_url(url: &str) -> Result<(Scheme, Host, u16, String), String> {
             None => (authority, default_port),
         }
     };
-    let host = Host::parse(&host_text).map_err(|e| format!("bad host in {url:?}: {e}"))?;
+    let host = Host::parse(host_text).map_err(|e| format!("bad host in {url:?}: {e}"))?;
     Ok((scheme, host, port, path))
 }
 

@@ -61,6 +61,32 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     }
 }
 
+/// Does the connection start with `gvm_api::RUN_MAGIC` (a `gvmctl run` session) rather
+/// than HTTP? Peeks without consuming.
+async fn is_run_session(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let magic = gvm_api::RUN_MAGIC.as_bytes();
+    let mut buf = [0u8; 16];
+    loop {
+        if stream.readable().await.is_err() {
+            return false;
+        }
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            nix::sys::socket::recv(stream.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_PEEK)
+                .map_err(std::io::Error::from)
+        });
+        match peeked {
+            Ok(0) => return false,
+            Ok(n) if n >= magic.len() || !magic.starts_with(&buf[..n]) => return buf[..n].starts_with(magic),
+            // A prefix of the magic so far: wait for more. (A peeked message stays
+            // readable, so yield briefly instead of spinning on readiness.)
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
     let peer = match stream.peer_cred() {
         Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
@@ -69,9 +95,13 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
             return;
         }
     };
-    let io = TokioIo::new(stream);
     let mut builder = hyper::server::conn::http1::Builder::new();
     if daemon.admin.admits(&peer) {
+        if is_run_session(&stream).await {
+            crate::supervisor::run::session(stream, daemon, peer).await;
+            return;
+        }
+        let io = TokioIo::new(stream);
         let svc = TowerToHyperService::new(router.layer(axum::Extension(peer)));
         if let Err(e) = builder.serve_connection(io, svc).await {
             tracing::debug!("control connection ended: {e}");
@@ -103,6 +133,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
         )),
     );
     let body = serde_json::to_vec(&refusal.body).unwrap_or_default();
+    let io = TokioIo::new(stream);
     let svc = hyper::service::service_fn(move |_req| {
         let body = body.clone();
         async move {

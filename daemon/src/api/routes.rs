@@ -23,6 +23,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::RELOAD, post(reload))
         .route(paths::HOLDS, get(holds))
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
+        .route("/v1/agents/{profile}/prepare", post(prepare))
         .route("/v1/holds/{id}/{answer}", post(answer_hold))
         .fallback(not_found)
         .with_state(daemon)
@@ -102,6 +103,28 @@ async fn answer_hold(
     })
     .await;
     Ok(Json(HoldAnswer { id, outcome: outcome.into() }))
+}
+
+/// Makes profile P's user, netns (gateway inside) and directories; answers the plan the
+/// launcher builds the sandbox from. Root only: the launcher is a root process.
+async fn prepare(
+    State(d): State<Arc<Daemon>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path(profile): Path<String>,
+) -> Result<Json<gvm_api::LaunchPlan>, ApiFailure> {
+    if peer.uid != 0 {
+        return Err(ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            "only root may prepare a sandbox (the launcher runs as root)",
+            Some("use `gvmctl run` or `gvmctl start`, which ask gvmd to launch for you"),
+        ));
+    }
+    crate::supervisor::prepare::prepare(&d, &profile).await.map(Json).map_err(|e| match e {
+        crate::supervisor::prepare::PrepareError::NoProfile(_) => {
+            ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None)
+        }
+        other => ApiFailure::internal(other),
+    })
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

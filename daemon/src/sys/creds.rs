@@ -41,7 +41,7 @@ impl AdminGroup {
             return true;
         }
         match User::from_uid(Uid::from_raw(peer.uid)) {
-            Ok(Some(user)) => user.gid == Gid::from_raw(gid) || self.members.iter().any(|m| *m == user.name),
+            Ok(Some(user)) => user.gid == Gid::from_raw(gid) || self.members.contains(&user.name),
             _ => false,
         }
     }

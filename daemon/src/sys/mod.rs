@@ -6,4 +6,5 @@
 //! it. No `unsafe` so far: `nix` and `std` give safe wrappers for all of it.
 
 pub mod creds;
+pub mod fdpass;
 pub mod notify;

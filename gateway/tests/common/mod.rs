@@ -150,7 +150,12 @@ pub async fn env_named(name: &str, policy: &str) -> Env {
     // Gateway.
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let audit = Audit::open(&state, AuditConfig::default()).unwrap();
+    // Benches compare the audit store's durability modes (GVM_BENCH_DURABILITY=normal).
+    let durability = match std::env::var("GVM_BENCH_DURABILITY").as_deref() {
+        Ok("normal") => gvm_audit::Durability::Normal,
+        _ => gvm_audit::Durability::Full,
+    };
+    let audit = Audit::open_with_durability(&state, AuditConfig::default(), durability).unwrap();
     let mut static_hosts = HashMap::new();
     static_hosts.insert(HOST.to_string(), vec!["127.0.0.1".parse().unwrap()]);
     static_hosts.insert(OTHER.to_string(), vec!["127.0.0.1".parse().unwrap()]);

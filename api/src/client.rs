@@ -1,4 +1,5 @@
-//! The socket client: one HTTP/1.1 request per connection over gvmd's Unix socket.
+//! The socket client (feature `client`): one HTTP/1.1 request per connection over
+//! gvmd's Unix socket. Used by gvmctl and by the launcher (`gvmd launch`).
 //!
 //! Deliberately tiny and blocking: gvmctl sends one request and prints one answer, so a
 //! plain `UnixStream` and a few lines of HTTP are all it needs (and it starts fast).
@@ -119,7 +120,7 @@ impl Client {
         };
 
         if !(200..300).contains(&status) {
-            return Err(match serde_json::from_slice::<gvm_api::ApiError>(&body) {
+            return Err(match serde_json::from_slice::<crate::ApiError>(&body) {
                 Ok(e) => ClientError::Api { status, error: e.error, hint: e.hint },
                 Err(_) => ClientError::Api {
                     status,

@@ -1,0 +1,117 @@
+//! `gvmctl run --profile P [--watch] -- CMD ARGS...`: a one-off command in a fresh
+//! instance of P's sandbox, with this terminal attached, exiting with CMD's status.
+//!
+//! gvmd does the privileged part: gvmctl hands it its stdin, stdout and stderr over the
+//! control socket (SCM_RIGHTS) and then only relays signals (Ctrl-C, SIGTERM, SIGHUP)
+//! and waits for the exit status. The command runs in a new session without this
+//! terminal as its controlling tty, so it cannot push keystrokes into the shell
+//! (TIOCSTI) after it exits.
+
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+
+use gvm_api::client::{Client, ClientError};
+use gvm_api::{RunMessage, RunRequest, RunSignal, RunSummary};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+pub fn run(client: &Client, profile: String, watch: bool, argv: Vec<String>) -> anyhow::Result<ExitCode> {
+    if argv.is_empty() {
+        anyhow::bail!("no command given — usage: gvmctl run --profile P -- CMD ARGS...");
+    }
+    // Block the signals we forward before any thread exists, so every thread inherits
+    // the mask and only the relay thread receives them (sigwait).
+    let mut forwarded = SigSet::empty();
+    for s in FORWARDED {
+        forwarded.add(s);
+    }
+    forwarded.thread_block()?;
+
+    let socket = client.socket().to_path_buf();
+    let stream = UnixStream::connect(&socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.clone()),
+        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.clone()),
+        _ => ClientError::Io { path: socket.clone(), source: e },
+    })?;
+    let request = RunRequest { profile, argv, watch };
+    let line = format!("{}{}\n", gvm_api::RUN_MAGIC, serde_json::to_string(&request)?);
+    let fds = [std::io::stdin().as_raw_fd(), std::io::stdout().as_raw_fd(), std::io::stderr().as_raw_fd()];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(line.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot hand the terminal to gvmd on {}: {e}", socket.display()))?;
+
+    let mut relay = stream.try_clone()?;
+    std::thread::spawn(move || loop {
+        let Ok(sig) = forwarded.wait() else { return };
+        let line = format!("{}\n", serde_json::to_string(&RunSignal { signal: sig as i32 }).unwrap_or_default());
+        if relay.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+    });
+
+    let mut lines = BufReader::new(stream).lines();
+    loop {
+        let Some(line) = lines.next() else {
+            anyhow::bail!("gvmd closed the session before the command ended — see `journalctl -u gvmd`");
+        };
+        match serde_json::from_str::<RunMessage>(&line?)? {
+            RunMessage::Started { .. } => {}
+            RunMessage::Failed { error, hint } => {
+                return Err(ClientError::Api { status: 500, error, hint }.into());
+            }
+            RunMessage::Exited { code, summary } => {
+                eprintln!("{}", summary_line(&summary, code));
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            }
+        }
+    }
+}
+
+/// `gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (review: gvmctl changes invoices)`
+pub fn summary_line(s: &RunSummary, code: i32) -> String {
+    let mut line = format!(
+        "gvm: {}: exit {code} in {:.1} s; {} requests allowed, {} denied",
+        s.profile,
+        s.duration_ms as f64 / 1000.0,
+        s.allowed,
+        s.denied
+    );
+    if s.held > 0 {
+        line.push_str(&format!(", {} held", s.held));
+    }
+    line.push_str(&format!("; {} files changed", s.files_changed));
+    if s.files_changed > 0 {
+        line.push_str(&format!(" (kept for review: gvmctl changes {})", s.profile));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_is_one_line() {
+        let s = RunSummary {
+            profile: "invoices".into(),
+            allowed: 3,
+            denied: 1,
+            held: 0,
+            files_changed: 2,
+            duration_ms: 1234,
+        };
+        assert_eq!(
+            summary_line(&s, 0),
+            "gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (kept for review: gvmctl changes invoices)"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Preparing profile P for a sandbox: user, netns with the gateway inside, state
+//! directories, CA bundle. Idempotent and cheap the second time: the listeners are
+//! opened once per gvmd process, the rest is checked and left as it is.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use gvm_api::{LaunchPlan, PlannedWorkspace, WorkspaceMode};
+use gvm_sandbox::{AgentPaths, GatewayPorts, Netns};
+use sha2::{Digest, Sha256};
+
+use super::Prepared;
+use crate::state::Daemon;
+
+/// Why a profile could not be prepared. Messages name the profile and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("no profile {0:?} is in force — add /etc/gvm/profiles/{0}.toml (or fix it: `gvmctl status` lists refused files) and run `gvmctl reload`")]
+    NoProfile(String),
+    #[error("preparing the sandbox of profile {profile} failed: {source}")]
+    Sandbox { profile: String, source: gvm_sandbox::Error },
+    #[error("cannot write the CA bundle {path}: {source}")]
+    Bundle { path: PathBuf, source: std::io::Error },
+    #[error("gvmd must run as root to prepare sandboxes (it creates users and network namespaces)")]
+    NotRoot,
+}
+
+/// Where the gateway listens inside every profile's netns.
+pub const PORTS: GatewayPorts = GatewayPorts { proxy: 3128, transparent: 3129, dns: 53 };
+
+/// What allowed names resolve to inside the netns: a local address whose connections
+/// nft redirects to the transparent listener.
+pub fn dns_answer() -> IpAddr {
+    gvm_sandbox::netns::ROUTE_SRC.parse().unwrap_or(IpAddr::V4(Ipv4Addr::new(169, 254, 254, 1)))
+}
+
+/// A stable, readable id for a workspace's overlay directory: `<basename>-<hash>`.
+pub fn workspace_id(path: &Path) -> String {
+    let base: String = path
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .take(40)
+                .collect()
+        })
+        .unwrap_or_default();
+    let hash = hex::encode(&Sha256::digest(path.as_os_str().as_encoded_bytes())[..4]);
+    if base.is_empty() {
+        hash
+    } else {
+        format!("{base}-{hash}")
+    }
+}
+
+/// The PEM bundle agents trust: the system roots plus gvmd's CA. Rewritten when it differs.
+fn write_bundle(state_dir: &Path, ca_pem: &str) -> Result<PathBuf, PrepareError> {
+    let path = state_dir.join("ca").join("bundle.pem");
+    let system = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    let text = format!("{system}\n# gvm interception CA\n{ca_pem}");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        let tmp = path.with_extension("pem.tmp");
+        let fail = |source| PrepareError::Bundle { path: path.clone(), source };
+        std::fs::write(&tmp, &text).map_err(fail)?;
+        std::fs::rename(&tmp, &path).map_err(fail)?;
+    }
+    Ok(path)
+}
+
+/// The sockets of the gateway inside a netns, bound by a thread that entered it.
+struct Sockets {
+    proxy: std::net::TcpListener,
+    transparent: std::net::TcpListener,
+    dns_udp: std::net::UdpSocket,
+    dns_tcp: std::net::TcpListener,
+}
+
+fn bind_inside(netns: &Netns) -> Result<std::io::Result<Sockets>, gvm_sandbox::Error> {
+    netns.run_in(|| {
+        let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let s = Sockets {
+            proxy: std::net::TcpListener::bind(lo(PORTS.proxy))?,
+            transparent: std::net::TcpListener::bind(lo(PORTS.transparent))?,
+            dns_udp: std::net::UdpSocket::bind(lo(PORTS.dns))?,
+            dns_tcp: std::net::TcpListener::bind(lo(PORTS.dns))?,
+        };
+        for l in [&s.proxy, &s.transparent, &s.dns_tcp] {
+            l.set_nonblocking(true)?;
+        }
+        s.dns_udp.set_nonblocking(true)?;
+        Ok(s)
+    })
+}
+
+/// Prepares `name` and returns the plan for its launcher.
+pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(PrepareError::NotRoot);
+    }
+    let profiles = daemon.profiles();
+    let loaded = profiles.profiles.get(name).ok_or_else(|| PrepareError::NoProfile(name.to_string()))?;
+    let profile = loaded.profile.clone();
+    let sandbox_err = |source| PrepareError::Sandbox { profile: name.to_string(), source };
+    let pname = gvm_sandbox::ProfileName::new(name).map_err(sandbox_err)?;
+    let paths = AgentPaths::new(&daemon.paths.state_dir, &daemon.paths.runtime_dir, &pname);
+    let workspaces: Vec<(String, PathBuf, WorkspaceMode)> = profile
+        .agent
+        .workspaces
+        .iter()
+        .map(|w| {
+            let mode = match w.mode {
+                gvm_policy::WorkspaceMode::Overlay => WorkspaceMode::Overlay,
+                gvm_policy::WorkspaceMode::Ro => WorkspaceMode::Ro,
+                gvm_policy::WorkspaceMode::Rw => WorkspaceMode::Rw,
+            };
+            (workspace_id(&w.path), w.path.clone(), mode)
+        })
+        .collect();
+
+    let mut prepared = daemon.agents.prepared.lock().await;
+    let listening = prepared.contains_key(name);
+    let (runtime_dir, ws) = (daemon.paths.runtime_dir.clone(), workspaces.clone());
+    let paths2 = paths.clone();
+    let pname2 = pname.clone();
+    let (uid, gid, netns_path, sockets) = tokio::task::spawn_blocking(move || {
+        let (uid, gid) = gvm_sandbox::ensure_user(&pname2, &paths2.home)?;
+        let overlays: Vec<(&str, &Path)> = ws
+            .iter()
+            .filter(|(_, _, m)| *m == WorkspaceMode::Overlay)
+            .map(|(id, p, _)| (id.as_str(), p.as_path()))
+            .collect();
+        paths2.prepare(uid, gid, &overlays)?;
+        let netns = Netns::create(&runtime_dir, &pname2, PORTS)?;
+        let sockets = if listening { None } else { Some(bind_inside(&netns)?) };
+        Ok::<_, gvm_sandbox::Error>((uid.as_raw(), gid.as_raw(), netns.path().to_path_buf(), sockets))
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    .map_err(sandbox_err)?;
+
+    if let Some(sockets) = sockets {
+        let s = sockets.map_err(|e| {
+            sandbox_err(gvm_sandbox::Error::Setup(format!("binding the gateway inside the netns: {e}")))
+        })?;
+        let gw = &daemon.gateway;
+        let tcp = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
+        let io = |e: std::io::Error| {
+            sandbox_err(gvm_sandbox::Error::Setup(format!("registering the gateway's sockets: {e}")))
+        };
+        let listeners = vec![
+            gw.serve_proxy(tcp(s.proxy).map_err(io)?, name.into()),
+            gw.serve_transparent(tcp(s.transparent).map_err(io)?, name.into()),
+            gw.serve_dns(
+                tokio::net::UdpSocket::from_std(s.dns_udp).map_err(io)?,
+                tcp(s.dns_tcp).map_err(io)?,
+                name.into(),
+                dns_answer(),
+            ),
+        ];
+        tracing::info!(gvm_profile = name, "gateway listening inside {}", netns_path.display());
+        prepared.insert(name.to_string(), Prepared { uid, gid, listeners });
+    }
+    drop(prepared);
+
+    let bundle = write_bundle(&daemon.paths.state_dir, &daemon.gateway.ca_pem())?;
+    Ok(LaunchPlan {
+        profile: name.to_string(),
+        uid,
+        gid,
+        netns: netns_path.display().to_string(),
+        state_dir: daemon.paths.state_dir.display().to_string(),
+        runtime_dir: daemon.paths.runtime_dir.display().to_string(),
+        command: profile.agent.command.clone(),
+        env: profile.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        workspaces: workspaces
+            .into_iter()
+            .map(|(id, path, mode)| PlannedWorkspace { path: path.display().to_string(), mode, id })
+            .collect(),
+        deny_read: profile.files.deny_read.clone(),
+        ca_bundle: bundle.display().to_string(),
+        proxy_port: PORTS.proxy,
+        memory_max: profile.agent.memory_max,
+        tasks_max: profile.agent.tasks_max,
+        cpu_quota: profile.agent.cpu_quota,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_ids_are_stable_readable_and_distinct() {
+        let a = workspace_id(Path::new("/srv/invoices"));
+        assert!(a.starts_with("invoices-") && a.len() == "invoices-".len() + 8, "{a}");
+        assert_eq!(a, workspace_id(Path::new("/srv/invoices")));
+        assert_ne!(a, workspace_id(Path::new("/home/x/invoices")));
+        assert_eq!(workspace_id(Path::new("/")).len(), 8);
+    }
+}

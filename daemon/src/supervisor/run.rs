@@ -1,0 +1,277 @@
+//! A `gvmctl run` session: a one-off command in a fresh instance of a profile's
+//! sandbox, with the caller's terminal attached.
+//!
+//! Wire (after [`gvm_api::RUN_MAGIC`]): the client's first `sendmsg` carries the
+//! [`RunRequest`] line and its stdin, stdout and stderr as SCM_RIGHTS; gvmd answers with
+//! [`RunMessage`] lines (started, then exited or failed); the client may send
+//! [`RunSignal`] lines (Ctrl-C and friends). If the client goes away, the sandbox is
+//! killed. gvmd never reads or writes the caller's terminal itself: the descriptors go
+//! straight to the sandbox.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use gvm_api::{RunMessage, RunRequest, RunSignal, RunSummary};
+use gvm_audit::NewEvent;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::state::Daemon;
+use crate::sys::creds::{user_name, Peer};
+
+const MAX_HEADER: usize = 64 * 1024;
+
+/// Reads the request line and the descriptors that came with it.
+async fn read_request(stream: &UnixStream) -> Result<(RunRequest, Vec<OwnedFd>), String> {
+    let mut buf = vec![0u8; MAX_HEADER];
+    let mut len = 0;
+    let mut fds = Vec::new();
+    loop {
+        stream.readable().await.map_err(|e| e.to_string())?;
+        let got = stream.try_io(tokio::io::Interest::READABLE, || {
+            crate::sys::fdpass::recv_with_fds(stream.as_fd(), &mut buf[len..])
+        });
+        match got {
+            Ok((0, _)) => return Err("the client closed the connection before its request".into()),
+            Ok((n, mut more)) => {
+                len += n;
+                fds.append(&mut more);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+        if let Some(end) = buf[..len].iter().position(|&b| b == b'\n') {
+            let line = std::str::from_utf8(&buf[..end]).map_err(|_| "the run request is not UTF-8".to_string())?;
+            let json = line.strip_prefix(gvm_api::RUN_MAGIC).ok_or("not a run request")?;
+            let req: RunRequest = serde_json::from_str(json).map_err(|e| format!("bad run request: {e}"))?;
+            return Ok((req, fds));
+        }
+        if len == buf.len() {
+            return Err("the run request is larger than 64 KiB".into());
+        }
+    }
+}
+
+async fn send(stream: &mut tokio::net::unix::WriteHalf<'_>, msg: &RunMessage) {
+    if let Ok(mut line) = serde_json::to_vec(msg) {
+        line.push(b'\n');
+        let _ = stream.write_all(&line).await;
+    }
+}
+
+/// Serves one session to its end.
+pub async fn session(mut stream: UnixStream, daemon: Arc<Daemon>, peer: Peer) {
+    let (req, fds) = match read_request(&stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            let (_, mut w) = stream.split();
+            send(&mut w, &RunMessage::Failed { error: e, hint: None }).await;
+            return;
+        }
+    };
+    let (r, mut w) = stream.split();
+    match run(&daemon, peer, &req, fds, r, &mut w).await {
+        Ok(()) => {}
+        Err((error, hint)) => send(&mut w, &RunMessage::Failed { error, hint }).await,
+    }
+}
+
+type Failure = (String, Option<String>);
+
+async fn run(
+    daemon: &Arc<Daemon>,
+    peer: Peer,
+    req: &RunRequest,
+    fds: Vec<OwnedFd>,
+    reader: tokio::net::unix::ReadHalf<'_>,
+    writer: &mut tokio::net::unix::WriteHalf<'_>,
+) -> Result<(), Failure> {
+    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
+        .try_into()
+        .map_err(|_| ("gvmctl must pass its stdin, stdout and stderr with the run request".to_string(), None))?;
+    if req.argv.is_empty() {
+        return Err(("no command given".into(), Some("gvmctl run --profile P -- CMD ARGS...".into())));
+    }
+    let profiles = daemon.profiles();
+    let Some(loaded) = profiles.profiles.get(&req.profile) else {
+        return Err((
+            format!("no profile {:?} is in force", req.profile),
+            Some(format!(
+                "add /etc/gvm/profiles/{}.toml and run `gvmctl reload`; `gvmctl status` lists refused files",
+                req.profile
+            )),
+        ));
+    };
+    let Some(_instance) = daemon.agents.claim(&req.profile) else {
+        return Err((
+            format!("profile {} is already running (its agent or another `gvmctl run`)", req.profile),
+            Some(format!("stop it first (`gvmctl stop {}`) or use another profile", req.profile)),
+        ));
+    };
+    let plan = crate::supervisor::prepare::prepare(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
+    let spec =
+        crate::supervisor::launch::spec_from_plan(&plan, &req.argv, gvm_sandbox::Stdio::Fds { stdin, stdout, stderr })
+            .map_err(|e| (e, None))?;
+
+    // --watch: for this run the gateway allows everything and records what enforce would do.
+    let watch_guard = req.watch.then(|| WatchMode::enter(daemon, &loaded.profile));
+
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let start_seq = daemon
+        .record(NewEvent {
+            profile: Some(req.profile.clone()),
+            kind: "run_started".into(),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({
+                "argv": req.argv, "watch": req.watch, "by_uid": peer.uid, "by_user": user_name(peer.uid),
+            }),
+        })
+        .await
+        .ok_or(("the audit store cannot record the run; nothing was started".to_string(), None))?;
+
+    let mut sandbox = tokio::task::spawn_blocking(move || gvm_sandbox::launch(spec))
+        .await
+        .map_err(|e| (format!("the launcher panicked: {e}"), None))?
+        .map_err(|e| (format!("the sandbox of {} could not start: {e}", req.profile), None))?;
+    let pid = sandbox.pid();
+    send(writer, &RunMessage::Started { pid: pid.as_raw() as u32 }).await;
+
+    let mut waiter = tokio::task::spawn_blocking(move || {
+        let exit = sandbox.wait();
+        (sandbox, exit)
+    });
+    let mut lines = BufReader::new(reader).lines();
+    let mut client_gone = false;
+    let exit = loop {
+        tokio::select! {
+            done = &mut waiter => break done.map_err(|e| (format!("waiting for the sandbox failed: {e}"), None))?,
+            line = lines.next_line(), if !client_gone => match line {
+                Ok(Some(line)) => {
+                    if let Ok(RunSignal { signal }) = serde_json::from_str(&line) {
+                        if let Ok(sig) = Signal::try_from(signal) {
+                            let _ = nix::sys::signal::kill(pid, sig);
+                        }
+                    }
+                }
+                // The caller went away (closed terminal, killed gvmctl): nobody watches
+                // this run any more, so it ends.
+                _ => {
+                    client_gone = true;
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+            },
+        }
+    };
+    let (sandbox, exit) = exit;
+    drop(sandbox);
+    drop(watch_guard);
+    let code = match exit {
+        Ok(gvm_sandbox::Exit::Code(c)) => c,
+        Ok(gvm_sandbox::Exit::Signaled(s)) => 128 + s as i32,
+        Err(e) => return Err((format!("waiting for the sandbox failed: {e}"), None)),
+    };
+
+    let summary =
+        summarize(daemon, &req.profile, start_seq, started_at, clock.elapsed().as_millis() as u64, &plan).await;
+    daemon
+        .record(NewEvent {
+            profile: Some(req.profile.clone()),
+            kind: "run_finished".into(),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({
+                "exit_code": code, "allowed": summary.allowed, "denied": summary.denied, "held": summary.held,
+                "files_changed": summary.files_changed, "duration_ms": summary.duration_ms, "run_started_seq": start_seq,
+            }),
+        })
+        .await;
+    send(writer, &RunMessage::Exited { code, summary }).await;
+    Ok(())
+}
+
+/// Counts the run's requests (from the audit log) and changed files (in the overlays).
+async fn summarize(
+    daemon: &Daemon,
+    profile: &str,
+    start_seq: u64,
+    started_at: SystemTime,
+    duration_ms: u64,
+    plan: &gvm_api::LaunchPlan,
+) -> RunSummary {
+    let mut s = RunSummary { profile: profile.to_string(), duration_ms, ..RunSummary::default() };
+    let audit = daemon.audit.clone();
+    let q =
+        gvm_api::EventsQuery { profile: Some(profile.to_string()), after_seq: Some(start_seq), ..Default::default() };
+    if let Ok(Ok(events)) = tokio::task::spawn_blocking(move || audit.events(&q)).await {
+        for e in events.iter().filter(|e| e.kind == "http" || e.kind == "connect") {
+            match e.decision.as_deref() {
+                Some("allow" | "watch") => s.allowed += 1,
+                Some("deny" | "limit") => s.denied += 1,
+                Some("hold") => s.held += 1,
+                _ => {}
+            }
+        }
+    }
+    let overlay = Path::new(&plan.state_dir).join("agents").join(profile).join("overlay");
+    let uppers: Vec<_> = plan
+        .workspaces
+        .iter()
+        .filter(|w| w.mode == gvm_api::WorkspaceMode::Overlay)
+        .map(|w| overlay.join(&w.id).join("upper"))
+        .collect();
+    s.files_changed = tokio::task::spawn_blocking(move || uppers.iter().map(|u| changed_since(u, started_at)).sum())
+        .await
+        .unwrap_or(0);
+    s
+}
+
+/// Entries (files, links, whiteouts) under `dir` changed at or after `since`.
+fn changed_since(dir: &Path, since: SystemTime) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else { continue };
+        if meta.is_dir() {
+            n += changed_since(&e.path(), since);
+        } else if meta.modified().map(|m| m >= since).unwrap_or(false) || ctime_since(&meta, since) {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn ctime_since(meta: &std::fs::Metadata, since: SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let since = since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    meta.ctime() >= since
+}
+
+/// The profile in watch mode for the length of a run; the version in force comes back
+/// when dropped (unless a reload replaced it meanwhile).
+struct WatchMode<'a> {
+    daemon: &'a Daemon,
+    profile: Arc<gvm_policy::Profile>,
+}
+
+impl<'a> WatchMode<'a> {
+    fn enter(daemon: &'a Daemon, profile: &Arc<gvm_policy::Profile>) -> WatchMode<'a> {
+        let mut watched = (**profile).clone();
+        watched.agent.mode = gvm_policy::Mode::Watch;
+        watched.compiled =
+            Arc::new(gvm_policy::CompiledPolicy::compile(&watched.file, gvm_policy::Mode::Watch, &watched.network));
+        daemon.gateway.set_profile(&watched);
+        WatchMode { daemon, profile: profile.clone() }
+    }
+}
+
+impl Drop for WatchMode<'_> {
+    fn drop(&mut self) {
+        let current = self.daemon.profiles().profiles.get(self.profile.name.as_str()).map(|p| p.profile.clone());
+        self.daemon.gateway.set_profile(current.as_deref().unwrap_or(&self.profile));
+    }
+}
