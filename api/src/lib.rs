@@ -25,6 +25,10 @@ pub mod paths {
     pub fn prepare(profile: &str) -> String {
         format!("/v1/agents/{profile}/prepare")
     }
+    /// `POST /v1/agents/{profile}/teardown`
+    pub fn teardown(profile: &str) -> String {
+        format!("/v1/agents/{profile}/teardown")
+    }
     /// `POST /v1/holds/{id}/approve`
     pub fn approve(id: u64) -> String {
         format!("/v1/holds/{id}/approve")

@@ -43,6 +43,26 @@ pub struct DaemonConfig {
     pub audit: AuditSection,
     #[serde(default)]
     pub gateway: GatewaySection,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Members of this group may use the control socket besides root.
+    #[serde(default = "default_admin_group")]
+    pub admin_group: String,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection { admin_group: default_admin_group() }
+    }
+}
+
+fn default_admin_group() -> String {
+    gvm_api::ADMIN_GROUP.to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod launcher;
 pub mod logging;
 pub mod profiles;
 pub mod run;

@@ -63,11 +63,7 @@ fn bind_control_socket(path: &Path, admin: &AdminGroup) -> Result<UnixListener, 
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(listen)?;
     if let Some(gid) = admin.gid {
         if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))) {
-            tracing::warn!(
-                "cannot give {} to group {}: {e}; only root can use it",
-                path.display(),
-                gvm_api::ADMIN_GROUP
-            );
+            tracing::warn!("cannot give {} to group {}: {e}; only root can use it", path.display(), admin.name);
         }
     }
     Ok(listener)
@@ -118,7 +114,7 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
         })?;
         host_listeners.push((profile.clone(), listener));
     }
-    let admin = AdminGroup::lookup(gvm_api::ADMIN_GROUP);
+    let admin = AdminGroup::lookup(&config.control.admin_group);
     let listener = bind_control_socket(&paths.socket(), &admin)?;
 
     let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;

@@ -64,6 +64,7 @@ fn main() {
             stdio: Stdio::Null,
             cwd: None,
             landlock: true,
+            own_cgroup: true,
         };
         let t = Instant::now();
         let mut sb = launch(spec).unwrap();

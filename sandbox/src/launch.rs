@@ -110,6 +110,10 @@ pub struct LaunchSpec {
     pub cwd: Option<PathBuf>,
     /// Apply landlock when the kernel has it (default true).
     pub landlock: bool,
+    /// Put the agent in a cgroup of its own with `limits` (true: gvmd's foreground mode,
+    /// `gvmctl run`), or leave it in the caller's cgroup (false: a systemd unit whose
+    /// resource properties carry the limits).
+    pub own_cgroup: bool,
 }
 
 /// How the agent ended.
@@ -283,8 +287,11 @@ pub fn launch(spec: LaunchSpec) -> Result<Sandbox> {
     crate::netns::require_root("launching a sandbox")?;
     let plan = plan(&spec)?;
     let name = format!("{}-{}-{}", spec.profile, std::process::id(), LAUNCHES.fetch_add(1, Ordering::Relaxed));
-    let cgroup = Cgroup::create(&name, &spec.limits)?;
-    let plan = Plan { cgroup_procs: cgroup.procs_files(), ..plan };
+    // Under a service manager that delegated a cgroup to the caller (gvm-agent@P.service,
+    // `Delegate=yes`), the agent stays in that unit's cgroup: the unit's limits apply,
+    // `systemctl stop` kills it, and journald files its output under the unit.
+    let cgroup = if spec.own_cgroup { Some(Cgroup::create(&name, &spec.limits)?) } else { None };
+    let plan = Plan { cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(), ..plan };
     let netns = File::open(&plan.netns).map_err(io("opening the profile's netns", &plan.netns))?;
     let (stdin, stdout, stderr) = match spec.stdio {
         Stdio::Inherit => (None, None, None),
@@ -309,7 +316,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Sandbox> {
         k::ForkResult::Parent { child } => {
             drop(err_w);
             drop((stdin, stdout, stderr));
-            let mut sandbox = Sandbox { pid: child, exit: None, cgroup: Some(cgroup) };
+            let mut sandbox = Sandbox { pid: child, exit: None, cgroup };
             let mut msg = Vec::new();
             let mut buf = [0u8; 4096];
             loop {

@@ -124,12 +124,11 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
         StatusCode::FORBIDDEN,
         format!(
             "user {who} (uid {}) may not control gvmd: only root and members of the {} group may",
-            peer.uid,
-            gvm_api::ADMIN_GROUP
+            peer.uid, daemon.admin.name
         ),
         Some(&format!(
             "run gvmctl with sudo, or ask an administrator: `sudo usermod -aG {} {who}` (then log in again)",
-            gvm_api::ADMIN_GROUP
+            daemon.admin.name
         )),
     );
     let body = serde_json::to_vec(&refusal.body).unwrap_or_default();

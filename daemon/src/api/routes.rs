@@ -24,6 +24,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::HOLDS, get(holds))
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
         .route("/v1/agents/{profile}/prepare", post(prepare))
+        .route("/v1/agents/{profile}/teardown", post(teardown))
         .route("/v1/holds/{id}/{answer}", post(answer_hold))
         .fallback(not_found)
         .with_state(daemon)
@@ -125,6 +126,26 @@ async fn prepare(
         }
         other => ApiFailure::internal(other),
     })
+}
+
+/// Removes what `prepare` made but the user and the agent's state. Root only.
+async fn teardown(
+    State(d): State<Arc<Daemon>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path(profile): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiFailure> {
+    if peer.uid != 0 {
+        return Err(ApiFailure::new(StatusCode::FORBIDDEN, "only root may tear a sandbox down", None));
+    }
+    if d.agents.is_active(&profile) {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            format!("profile {profile} is running; stop it first"),
+            Some(&format!("gvmctl stop {profile}")),
+        ));
+    }
+    crate::supervisor::prepare::teardown(&d, &profile).await.map_err(ApiFailure::internal)?;
+    Ok(Json(serde_json::json!({ "profile": profile, "torn_down": true })))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// gvmd — the gvm daemon: supervises sandboxed AI agents, checks every request they
 /// send out against their profile, and records every decision in a tamper-evident log.
@@ -19,6 +19,8 @@ use clap::Parser;
     after_help = "Signals: SIGHUP reloads the profiles (a refused file keeps its last good version in force); SIGTERM or SIGINT stops cleanly.\nLogs: to journald when started by systemd, else to stderr; set GVM_LOG=debug for more.\nControl it with gvmctl (`gvmctl status`)."
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Run in the foreground (the only mode; accepted so unit files and scripts can say so).
     #[arg(long)]
     foreground: bool,
@@ -33,9 +35,42 @@ struct Args {
     runtime_dir: PathBuf,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Launch profile P's agent in its sandbox (what gvm-agent@P.service runs): ask
+    /// gvmd to prepare P, build the sandbox, exec the agent, exit with its status.
+    Launch {
+        /// The profile to launch.
+        #[arg(long)]
+        profile: String,
+        /// gvmd's control socket.
+        #[arg(long, value_name = "PATH", env = "GVM_SOCKET", default_value = "/run/gvm/gvmd.sock")]
+        socket: PathBuf,
+        /// Only prepare the profile (user, network namespace, directories), then exit.
+        #[arg(long)]
+        prepare_only: bool,
+        /// Remove the profile's network namespace and stop its gateway, then exit.
+        #[arg(long, conflicts_with = "prepare_only")]
+        teardown: bool,
+        /// The command, instead of the profile's `[agent] command`.
+        #[arg(last = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     gvm_daemon::logging::init();
+    if let Some(Command::Launch { profile, socket, prepare_only, teardown, argv }) = args.command {
+        let launch = gvm_daemon::launcher::LaunchArgs { profile, socket, prepare_only, teardown, argv };
+        return match gvm_daemon::launcher::launch(launch) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("gvmd launch: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -8,8 +8,15 @@ use gvm_api::{LaunchPlan, WorkspaceMode};
 use gvm_sandbox::{AgentPaths, LaunchSpec, Limits, Stdio, Workspace};
 use nix::unistd::{Gid, Uid};
 
-/// `argv` overrides the profile's `[agent] command` when not empty.
-pub fn spec_from_plan(plan: &LaunchPlan, argv: &[String], stdio: Stdio) -> Result<LaunchSpec, String> {
+/// `argv` overrides the profile's `[agent] command` when not empty. `own_cgroup`: give
+/// the agent a cgroup of its own with the profile's limits (false inside a systemd unit,
+/// whose properties carry them).
+pub fn spec_from_plan(
+    plan: &LaunchPlan,
+    argv: &[String],
+    stdio: Stdio,
+    own_cgroup: bool,
+) -> Result<LaunchSpec, String> {
     let argv: Vec<String> = if argv.is_empty() { plan.command.clone().unwrap_or_default() } else { argv.to_vec() };
     let Some((command, args)) = argv.split_first() else {
         return Err(format!(
@@ -52,5 +59,6 @@ pub fn spec_from_plan(plan: &LaunchPlan, argv: &[String], stdio: Stdio) -> Resul
         stdio,
         cwd: None,
         landlock: true,
+        own_cgroup,
     })
 }

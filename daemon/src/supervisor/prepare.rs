@@ -186,6 +186,35 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
     })
 }
 
+/// Undoes [`prepare`] but for the user and the state directories (the agent's work):
+/// the gateway stops listening for P and P's network namespace is removed, with its nft
+/// rules. Idempotent; a profile that was never prepared is fine.
+pub async fn teardown(daemon: &Daemon, name: &str) -> Result<(), PrepareError> {
+    let sandbox_err = |source| PrepareError::Sandbox { profile: name.to_string(), source };
+    let pname = gvm_sandbox::ProfileName::new(name).map_err(sandbox_err)?;
+    if let Some(prepared) = daemon.agents.prepared.lock().await.remove(name) {
+        let handles: Vec<_> = prepared.listeners.iter().map(|h| h.abort_handle()).collect();
+        drop(prepared);
+        // Wait until the listening sockets are really closed.
+        for _ in 0..100 {
+            if handles.iter().all(|h| h.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let runtime_dir = daemon.paths.runtime_dir.clone();
+    tokio::task::spawn_blocking(move || match Netns::open(&runtime_dir, &pname) {
+        Ok(netns) => netns.destroy(),
+        Err(_) => Ok(()), // not bound: nothing to remove
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    .map_err(sandbox_err)?;
+    tracing::info!(gvm_profile = name, "profile {name} torn down: gateway stopped, network namespace removed");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

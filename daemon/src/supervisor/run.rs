@@ -112,9 +112,13 @@ async fn run(
         ));
     };
     let plan = crate::supervisor::prepare::prepare(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
-    let spec =
-        crate::supervisor::launch::spec_from_plan(&plan, &req.argv, gvm_sandbox::Stdio::Fds { stdin, stdout, stderr })
-            .map_err(|e| (e, None))?;
+    let spec = crate::supervisor::launch::spec_from_plan(
+        &plan,
+        &req.argv,
+        gvm_sandbox::Stdio::Fds { stdin, stdout, stderr },
+        true,
+    )
+    .map_err(|e| (e, None))?;
 
     // --watch: for this run the gateway allows everything and records what enforce would do.
     let watch_guard = req.watch.then(|| WatchMode::enter(daemon, &loaded.profile));
@@ -170,6 +174,10 @@ async fn run(
     let (sandbox, exit) = exit;
     drop(sandbox);
     drop(watch_guard);
+    // Nothing of the instance stays but the agent's state: no netns, no nft table.
+    if let Err(e) = crate::supervisor::prepare::teardown(daemon, &req.profile).await {
+        tracing::warn!(gvm_profile = %req.profile, "teardown after the run failed: {e}");
+    }
     let code = match exit {
         Ok(gvm_sandbox::Exit::Code(c)) => c,
         Ok(gvm_sandbox::Exit::Signaled(s)) => 128 + s as i32,

@@ -18,6 +18,8 @@ pub struct Peer {
 /// The group that may use the control socket, resolved once at start.
 #[derive(Debug, Clone)]
 pub struct AdminGroup {
+    /// The group's name (`gvm-admin` unless gvmd.toml says otherwise).
+    pub name: String,
     pub gid: Option<u32>,
     members: Vec<String>,
 }
@@ -26,8 +28,8 @@ impl AdminGroup {
     /// Looks `name` up in the group database; a missing group means "root only".
     pub fn lookup(name: &str) -> AdminGroup {
         match Group::from_name(name) {
-            Ok(Some(g)) => AdminGroup { gid: Some(g.gid.as_raw()), members: g.mem },
-            _ => AdminGroup { gid: None, members: Vec::new() },
+            Ok(Some(g)) => AdminGroup { name: name.to_string(), gid: Some(g.gid.as_raw()), members: g.mem },
+            _ => AdminGroup { name: name.to_string(), gid: None, members: Vec::new() },
         }
     }
 
@@ -61,10 +63,10 @@ mod tests {
 
     #[test]
     fn root_is_always_admitted_and_strangers_never_without_a_group() {
-        let none = AdminGroup { gid: None, members: vec![] };
+        let none = AdminGroup { name: "gvm-admin".into(), gid: None, members: vec![] };
         assert!(none.admits(&Peer { uid: 0, gid: 0, pid: None }));
         assert!(!none.admits(&Peer { uid: 4242, gid: 4242, pid: None }));
-        let g = AdminGroup { gid: Some(4343), members: vec![] };
+        let g = AdminGroup { name: "gvm-admin".into(), gid: Some(4343), members: vec![] };
         assert!(g.admits(&Peer { uid: 4242, gid: 4343, pid: None }));
         assert!(!g.admits(&Peer { uid: 4242, gid: 4242, pid: None }));
     }

@@ -91,6 +91,7 @@ impl Fixture {
             stdio: Stdio::Inherit,
             cwd: None,
             landlock: true,
+            own_cgroup: true,
         }
     }
 

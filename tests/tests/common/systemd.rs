@@ -210,7 +210,13 @@ impl Systemd {
     pub fn sh(&self, script: &str) -> String {
         let out = self.exec(&["sh", "-c", script]);
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "`{script}` failed inside the systemd instance:\n{text}");
+        if !out.status.success() {
+            let journal = self.exec(&["journalctl", "--no-pager", "-n", "40", "-o", "short-monotonic"]);
+            panic!(
+                "`{script}` failed inside the systemd instance:\n{text}\n--- the journal's last lines ---\n{}",
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
