@@ -25,6 +25,10 @@ pub mod paths {
     pub fn prepare(profile: &str) -> String {
         format!("/v1/agents/{profile}/prepare")
     }
+    /// `POST /v1/agents/{profile}/{start|stop|restart}`
+    pub fn agent_action(profile: &str, action: &str) -> String {
+        format!("/v1/agents/{profile}/{action}")
+    }
     /// `POST /v1/agents/{profile}/teardown`
     pub fn teardown(profile: &str) -> String {
         format!("/v1/agents/{profile}/teardown")
@@ -72,6 +76,44 @@ pub struct StatusResponse {
     /// Profile files that were refused at the last (re)load, sorted by file.
     pub refused: Vec<ProfileRefusal>,
     pub audit: AuditStatus,
+    /// Agents gvmd knows of (profiles with an `[agent] command`, and any that ran).
+    #[serde(default)]
+    pub agents: Vec<AgentStatus>,
+    /// `systemd` (agents are gvm-agent@P units) or `gvmd` (foreground mode: gvmd
+    /// supervises the launchers itself).
+    #[serde(default)]
+    pub supervisor: String,
+}
+
+/// One agent, as `gvmctl status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub profile: String,
+    /// `running`, `starting`, `stopping`, `stopped`, `failed`, `restarting`.
+    pub state: String,
+    pub main_pid: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub restarts: u32,
+    pub uptime_secs: Option<u64>,
+    /// Requests since the agent started.
+    pub allowed: u64,
+    pub denied: u64,
+    pub held: u64,
+    /// `deny GET http://x/y`, the newest decision of this agent.
+    pub last_decision: Option<String>,
+    /// The profile's `[agent]` section changed since the agent started (command,
+    /// workspaces, limits...): network rules apply at once, these only after a restart.
+    pub restart_required: bool,
+}
+
+/// `POST /v1/agents/{profile}/start|stop|restart`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentAction {
+    pub profile: String,
+    /// `start`, `stop` or `restart`.
+    pub action: String,
+    /// The agent's state afterwards.
+    pub state: String,
 }
 
 /// One profile in force.

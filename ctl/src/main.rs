@@ -1,6 +1,7 @@
 //! gvmctl: talk to gvmd. `main` parses the arguments and hands each subcommand to its
 //! own module; errors end as one line on stderr and a non-zero exit code.
 
+mod agents;
 mod approvals;
 mod audit;
 mod output;
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
     version,
     about,
     long_about,
-    after_help = "Examples:\n  gvmctl status\n  gvmctl audit log --profile invoices --since 1h\n  gvmctl audit verify\n  gvmctl reload"
+    after_help = "Examples:\n  gvmctl status\n  gvmctl start invoices && journalctl -u gvm-agent@invoices -f\n  gvmctl audit log --profile invoices --since 1h\n  gvmctl audit verify\n  gvmctl reload"
 )]
 struct Cli {
     /// gvmd's control socket.
@@ -38,6 +39,24 @@ enum Command {
     /// Show whether gvmd runs, the profiles in force and the files it refused.
     Status {
         /// Print JSON for scripts instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a profile's agent (its `[agent] command`, in its sandbox).
+    Start {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a profile's agent (SIGTERM, then SIGKILL after 20 s).
+    Stop {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart a profile's agent (picks up changes to its [agent] section).
+    Restart {
+        profile: String,
         #[arg(long)]
         json: bool,
     },
@@ -142,6 +161,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Status { json } => status::run(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Reload { json } => reload::run(&client, json),
+        Command::Start { profile, json } => agents::act(&client, &profile, "start", json).map(|()| ExitCode::SUCCESS),
+        Command::Stop { profile, json } => agents::act(&client, &profile, "stop", json).map(|()| ExitCode::SUCCESS),
+        Command::Restart { profile, json } => {
+            agents::act(&client, &profile, "restart", json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Run { profile, watch, argv } => run::run(&client, profile, watch, argv),
         Command::Approvals { json } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Approve { id, json } => approvals::answer(&client, id, true, json).map(|()| ExitCode::SUCCESS),

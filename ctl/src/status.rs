@@ -42,6 +42,31 @@ pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
             .collect();
         output::table(&["PROFILE", "MODE", "RULES", "LOADED", "STATE", "FILE"], &rows);
     }
+    if !s.agents.is_empty() {
+        println!();
+        let dash = || "-".to_string();
+        let rows: Vec<Vec<String>> = s
+            .agents
+            .iter()
+            .map(|a| {
+                vec![
+                    a.profile.clone(),
+                    if a.restart_required { format!("{} (restart required)", a.state) } else { a.state.clone() },
+                    a.main_pid.map(|p| p.to_string()).unwrap_or_else(dash),
+                    a.memory_bytes.map(|m| format!("{:.1}M", m as f64 / 1048576.0)).unwrap_or_else(dash),
+                    a.restarts.to_string(),
+                    a.uptime_secs.map(output::duration).unwrap_or_else(dash),
+                    format!("{}/{}/{}", a.allowed, a.denied, a.held),
+                    a.last_decision.clone().unwrap_or_else(dash),
+                ]
+            })
+            .collect();
+        println!("Agents (supervised by {}):", s.supervisor);
+        output::table(
+            &["AGENT", "STATE", "PID", "MEMORY", "RESTARTS", "UP", "ALLOW/DENY/HOLD", "LAST DECISION"],
+            &rows,
+        );
+    }
     if !s.refused.is_empty() {
         println!();
         println!("Refused profile files (fix them, then `gvmctl reload`):");

@@ -121,7 +121,11 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
-    let daemon = Arc::new(Daemon::new(paths, config, audit, gateway, admin));
+    let supervisor = match crate::supervisor::units::Systemd::connect().await {
+        Some(sd) => crate::supervisor::Backend::Systemd(sd),
+        None => crate::supervisor::Backend::Gvmd(Default::default()),
+    };
+    let daemon = Arc::new(Daemon::new(paths, config, audit, gateway, supervisor, admin));
     daemon
         .record(NewEvent {
             profile: None,
@@ -146,6 +150,12 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
         tracing::warn!(gvm_profile = %profile, "host listener {addr} speaks as profile {profile}: any local process that reaches it does");
         daemon.gateway.serve_proxy(listener, profile.as_str().into());
     }
+    // Agents with `autostart = true` start now; under systemd, running units are found
+    // as they are (they outlive gvmd restarts).
+    tokio::spawn({
+        let d = daemon.clone();
+        async move { crate::supervisor::control::reconcile(&d).await }
+    });
     let status = summary(&daemon);
     tracing::info!("gvmd {} ready: {status}", env!("CARGO_PKG_VERSION"));
     notifier.ready(&status);

@@ -20,6 +20,7 @@ pub struct Daemon {
     pub audit: Audit,
     pub gateway: gvm_gateway::Gateway,
     pub agents: crate::supervisor::Agents,
+    pub supervisor: crate::supervisor::Backend,
     pub admin: AdminGroup,
     pub started_at: OffsetDateTime,
     started: Instant,
@@ -34,6 +35,7 @@ impl Daemon {
         config: DaemonConfig,
         audit: Audit,
         gateway: gvm_gateway::Gateway,
+        supervisor: crate::supervisor::Backend,
         admin: AdminGroup,
     ) -> Daemon {
         Daemon {
@@ -42,6 +44,7 @@ impl Daemon {
             audit,
             gateway,
             agents: crate::supervisor::Agents::default(),
+            supervisor,
             admin,
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
@@ -159,7 +162,7 @@ impl Daemon {
         }
     }
 
-    pub fn status(&self) -> Result<StatusResponse, gvm_audit::AuditError> {
+    pub async fn status(&self) -> Result<StatusResponse, gvm_audit::AuditError> {
         let profiles = self.profiles();
         Ok(StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -172,6 +175,8 @@ impl Daemon {
             profiles: profiles.statuses(),
             refused: profiles.refused.iter().map(Into::into).collect(),
             audit: self.audit.status()?,
+            agents: crate::supervisor::control::statuses(self).await,
+            supervisor: self.supervisor.name().to_string(),
         })
     }
 }

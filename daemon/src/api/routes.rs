@@ -25,13 +25,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
         .route("/v1/agents/{profile}/prepare", post(prepare))
         .route("/v1/agents/{profile}/teardown", post(teardown))
+        .route("/v1/agents/{profile}/{action}", post(agent_action))
         .route("/v1/holds/{id}/{answer}", post(answer_hold))
         .fallback(not_found)
         .with_state(daemon)
 }
 
 async fn status(State(d): State<Arc<Daemon>>) -> Result<Json<StatusResponse>, ApiFailure> {
-    d.status().map(Json).map_err(ApiFailure::internal)
+    d.status().await.map(Json).map_err(ApiFailure::internal)
 }
 
 async fn audit_events(
@@ -146,6 +147,22 @@ async fn teardown(
     }
     crate::supervisor::prepare::teardown(&d, &profile).await.map_err(ApiFailure::internal)?;
     Ok(Json(serde_json::json!({ "profile": profile, "torn_down": true })))
+}
+
+/// `gvmctl start|stop|restart P`.
+async fn agent_action(
+    State(d): State<Arc<Daemon>>,
+    Path((profile, action)): Path<(String, String)>,
+) -> Result<Json<gvm_api::AgentAction>, ApiFailure> {
+    use crate::supervisor::control::{act, ActError};
+    act(&d, &profile, &action).await.map(Json).map_err(|e| {
+        let status = match e {
+            ActError::NoProfile(_) | ActError::Action(_) => StatusCode::NOT_FOUND,
+            ActError::NoCommand(_) | ActError::Busy(_) => StatusCode::CONFLICT,
+            ActError::Systemd { .. } => StatusCode::BAD_GATEWAY,
+        };
+        ApiFailure::new(status, e.to_string(), None)
+    })
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

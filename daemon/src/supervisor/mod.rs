@@ -11,12 +11,15 @@
 //! upper directories (which overlayfs does not allow) and the same identity on the
 //! gateway (their requests could not be told apart).
 
+pub mod children;
+pub mod control;
 pub mod launch;
 pub mod prepare;
 pub mod run;
+pub mod units;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
@@ -27,6 +30,9 @@ pub struct Prepared {
     pub gid: u32,
     /// The gateway's tasks serving the listeners inside the profile's netns.
     pub listeners: Vec<JoinHandle<()>>,
+    /// The profile's `[agent]` section when it was prepared, to tell when a change
+    /// needs a restart of the agent.
+    pub agent: String,
 }
 
 impl Drop for Prepared {
@@ -41,21 +47,23 @@ impl Drop for Prepared {
 #[derive(Debug, Default)]
 pub struct Agents {
     pub prepared: tokio::sync::Mutex<HashMap<String, Prepared>>,
-    active: Mutex<HashSet<String>>,
+    active: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Held while an instance of a profile runs; frees the profile when dropped.
 #[derive(Debug)]
-pub struct Instance<'a> {
-    agents: &'a Agents,
+pub struct Instance {
+    active: Arc<Mutex<HashSet<String>>>,
     profile: String,
 }
 
 impl Agents {
     /// Claims the profile for one instance, or says it is taken.
-    pub fn claim(&self, profile: &str) -> Option<Instance<'_>> {
+    pub fn claim(&self, profile: &str) -> Option<Instance> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active.insert(profile.to_string()).then(|| Instance { agents: self, profile: profile.to_string() })
+        active
+            .insert(profile.to_string())
+            .then(|| Instance { active: self.active.clone(), profile: profile.to_string() })
     }
 
     pub fn is_active(&self, profile: &str) -> bool {
@@ -63,8 +71,26 @@ impl Agents {
     }
 }
 
-impl Drop for Instance<'_> {
+impl Drop for Instance {
     fn drop(&mut self) {
-        self.agents.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.profile);
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.profile);
+    }
+}
+
+/// Who runs the agents.
+#[derive(Debug)]
+pub enum Backend {
+    /// PID 1 is systemd: agents are `gvm-agent@P.service` units.
+    Systemd(units::Systemd),
+    /// Foreground mode: gvmd spawns and supervises the launchers itself.
+    Gvmd(children::Children),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Systemd(_) => "systemd",
+            Backend::Gvmd(_) => "gvmd",
+        }
     }
 }

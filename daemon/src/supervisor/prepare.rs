@@ -159,7 +159,10 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
             ),
         ];
         tracing::info!(gvm_profile = name, "gateway listening inside {}", netns_path.display());
-        prepared.insert(name.to_string(), Prepared { uid, gid, listeners });
+        prepared.insert(name.to_string(), Prepared { uid, gid, listeners, agent: String::new() });
+    }
+    if let Some(p) = prepared.get_mut(name) {
+        p.agent = format!("{:?}", profile.agent);
     }
     drop(prepared);
 

@@ -1,0 +1,231 @@
+//! `gvmctl start|stop|restart P` and the agents part of `gvmctl status`, the same
+//! whichever backend runs the agents.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gvm_api::{AgentAction, AgentStatus};
+
+use super::children::LaunchCommand;
+use super::Backend;
+use crate::state::Daemon;
+
+/// Why an agent could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error("no profile {0:?} is in force — add /etc/gvm/profiles/{0}.toml and run `gvmctl reload`")]
+    NoProfile(String),
+    #[error("profile {0} has no [agent] command to start — add `command = [...]` to its [agent] section, or use `gvmctl run --profile {0} -- CMD`")]
+    NoCommand(String),
+    #[error("profile {0} is already running (its agent or a `gvmctl run`)")]
+    Busy(String),
+    #[error("systemd could not {action} {unit}: {detail} — see `journalctl -u {unit}`")]
+    Systemd { action: String, unit: String, detail: String },
+    #[error("unknown action {0:?}: use start, stop or restart")]
+    Action(String),
+}
+
+/// Starts, stops or restarts the agent of `profile`.
+pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: &str) -> Result<AgentAction, ActError> {
+    if !["start", "stop", "restart"].contains(&action) {
+        return Err(ActError::Action(action.to_string()));
+    }
+    let loaded = daemon.profiles().profiles.get(profile).map(|p| p.profile.clone());
+    if action != "stop" {
+        let p = loaded.as_ref().ok_or_else(|| ActError::NoProfile(profile.to_string()))?;
+        if p.agent.command.as_ref().is_none_or(|c| c.is_empty()) {
+            return Err(ActError::NoCommand(profile.to_string()));
+        }
+    }
+    match &daemon.supervisor {
+        Backend::Systemd(sd) => {
+            let unit = super::units::unit_name(profile);
+            let fail = |detail: String| ActError::Systemd { action: action.to_string(), unit: unit.clone(), detail };
+            if let (Some(p), true) = (&loaded, action != "stop") {
+                sd.set_limits(profile, &p.agent).await.map_err(|e| fail(e.to_string()))?;
+            }
+            let result = sd.act(profile, action).await.map_err(|e| fail(e.to_string()))?;
+            if result != "done" {
+                return Err(fail(format!("the job ended with {result:?}")));
+            }
+        }
+        Backend::Gvmd(children) => {
+            if action != "start" {
+                children.stop(profile).await;
+            }
+            if action != "stop" && !children.is_running(profile) {
+                let instance = daemon.agents.claim(profile).ok_or_else(|| ActError::Busy(profile.to_string()))?;
+                let cmd = LaunchCommand {
+                    exe: std::env::current_exe().unwrap_or_else(|_| "gvmd".into()),
+                    socket: daemon.paths.socket(),
+                    log: daemon.paths.state_dir.join("agents").join(profile).join("agent.log"),
+                };
+                if let Some(dir) = cmd.log.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let (d, name) = (daemon.clone(), profile.to_string());
+                children.start(profile, cmd, instance, async move {
+                    if let Err(e) = super::prepare::teardown(&d, &name).await {
+                        tracing::warn!(gvm_profile = %name, "teardown after the agent stopped failed: {e}");
+                    }
+                });
+                // Report the state once the launcher had a moment to start.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let state = status_of(daemon, profile).await.state;
+    daemon
+        .record(gvm_audit::NewEvent {
+            profile: Some(profile.to_string()),
+            kind: format!("agent_{action}"),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({ "state": state, "supervisor": daemon.supervisor.name() }),
+        })
+        .await;
+    Ok(AgentAction { profile: profile.to_string(), action: action.to_string(), state })
+}
+
+/// At start: re-opens the gateway inside the network namespace of every agent that
+/// outlived a gvmd restart (their requests failed closed meanwhile), then starts every
+/// profile with `autostart = true` and a command.
+pub async fn reconcile(daemon: &Arc<Daemon>) {
+    let profiles = daemon.profiles();
+    for name in profiles.profiles.keys() {
+        if daemon.paths.runtime_dir.join("netns").join(name).exists() {
+            match super::prepare::prepare(daemon, name).await {
+                Ok(_) => tracing::info!(gvm_profile = %name, "gateway re-opened for the running agent {name}"),
+                Err(e) => tracing::error!(gvm_profile = %name, "cannot re-open the gateway of {name}: {e}"),
+            }
+        }
+    }
+    for (name, p) in &profiles.profiles {
+        if p.profile.agent.autostart
+            && p.profile.agent.command.is_some()
+            && status_of(daemon, name).await.state != "running"
+        {
+            match act(daemon, name, "start").await {
+                Ok(a) => tracing::info!(gvm_profile = %name, "autostart: agent {name} is {}", a.state),
+                Err(e) => tracing::error!(gvm_profile = %name, "autostart of {name} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// One agent's status: the backend's view plus what the audit log says it did.
+pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
+    let mut s = AgentStatus { profile: profile.to_string(), state: "stopped".into(), ..Default::default() };
+    let mut since: Option<SystemTime> = None;
+    match &daemon.supervisor {
+        Backend::Systemd(sd) => {
+            if let Ok(u) = sd.state(profile).await {
+                s.state = match (u.active_state.as_str(), u.sub_state.as_str()) {
+                    ("active", _) => "running",
+                    ("activating", "auto-restart") => "restarting",
+                    ("activating", _) => "starting",
+                    ("deactivating", _) => "stopping",
+                    ("failed", _) => "failed",
+                    _ => "stopped",
+                }
+                .into();
+                s.main_pid = (u.main_pid != 0).then_some(u.main_pid);
+                s.memory_bytes = u.memory;
+                s.restarts = u.restarts;
+                if u.active_enter_usec > 0 && s.state == "running" {
+                    since = Some(SystemTime::UNIX_EPOCH + Duration::from_micros(u.active_enter_usec));
+                }
+            }
+        }
+        Backend::Gvmd(children) => {
+            if let Some(c) = children.status(profile) {
+                s.state = c.state;
+                s.main_pid = c.pid;
+                s.restarts = c.restarts;
+                since = c.since.filter(|_| s.state == "running");
+                s.memory_bytes = c.pid.and_then(tree_rss);
+            }
+        }
+    }
+    if let Some(since) = since {
+        s.uptime_secs = since.elapsed().ok().map(|d| d.as_secs());
+        count_requests(daemon, profile, since, &mut s).await;
+    }
+    if s.state == "running" {
+        let prepared = daemon.agents.prepared.lock().await;
+        let current = daemon.profiles().profiles.get(profile).map(|p| format!("{:?}", p.profile.agent));
+        s.restart_required = match (prepared.get(profile), current) {
+            (Some(p), Some(now)) => !p.agent.is_empty() && p.agent != now,
+            _ => false,
+        };
+    }
+    s
+}
+
+/// Every agent gvmd knows of: profiles with a command, and any running.
+pub async fn statuses(daemon: &Daemon) -> Vec<AgentStatus> {
+    let profiles = daemon.profiles();
+    let mut out = Vec::new();
+    for (name, p) in &profiles.profiles {
+        let s = status_of(daemon, name).await;
+        if p.profile.agent.command.is_some() || s.state != "stopped" {
+            out.push(s);
+        }
+    }
+    out
+}
+
+async fn count_requests(daemon: &Daemon, profile: &str, since: SystemTime, s: &mut AgentStatus) {
+    let q = gvm_api::EventsQuery {
+        profile: Some(profile.to_string()),
+        since: Some(crate::rfc3339(time::OffsetDateTime::from(since))),
+        ..Default::default()
+    };
+    let audit = daemon.audit.clone();
+    let Ok(Ok(events)) = tokio::task::spawn_blocking(move || audit.events(&q)).await else { return };
+    for e in events.iter().filter(|e| e.kind == "http" || e.kind == "connect") {
+        match e.decision.as_deref() {
+            Some("allow" | "watch") => s.allowed += 1,
+            Some("deny" | "limit") => s.denied += 1,
+            Some("hold") => s.held += 1,
+            _ => continue,
+        }
+        let what = e.details.get("url").and_then(|u| u.as_str()).map(str::to_string).unwrap_or_else(|| {
+            let d = &e.details;
+            format!(
+                "{}://{}{}",
+                d.get("scheme").and_then(|v| v.as_str()).unwrap_or("http"),
+                d.get("host").and_then(|v| v.as_str()).unwrap_or("?"),
+                d.get("path").and_then(|v| v.as_str()).unwrap_or("")
+            )
+        });
+        let method = e.details.get("method").and_then(|v| v.as_str()).unwrap_or("");
+        s.last_decision = Some(format!("{} {method} {what}", e.decision.as_deref().unwrap_or("")));
+    }
+}
+
+/// Resident memory of a process and its descendants (foreground mode has no cgroup
+/// accounting to ask).
+fn tree_rss(pid: u32) -> Option<u64> {
+    let rss = |p: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+            .map_or(0, |kb| kb * 1024)
+    };
+    let children = |p: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    };
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        total += rss(p);
+        stack.extend(children(p));
+    }
+    (total > 0).then_some(total)
+}
