@@ -65,7 +65,8 @@ pub fn log(client: &Client, query: EventsQuery, json: bool) -> anyhow::Result<()
                 e.profile.clone().unwrap_or_else(dash),
                 e.kind.clone(),
                 e.decision.clone().unwrap_or_else(dash),
-                e.rule.clone().unwrap_or_else(dash),
+                // A decision without a rule was made by the profile's [network] default.
+                e.rule.clone().unwrap_or_else(|| if e.decision.is_some() { "default".into() } else { dash() }),
                 summarize(&e.details),
             ]
         })
