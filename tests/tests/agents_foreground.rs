@@ -1,0 +1,123 @@
+//! Agents in gvmd's foreground mode (no systemd): `gvmctl start|stop|restart`, restart
+//! on failure, rule changes applied to a running agent at once by `gvmctl reload`, and
+//! "restart required" when the [agent] section changes. Privileged (root).
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn profile(upstream: u16, allow_secret: bool, tag: &str) -> String {
+    let secret_rule = if allow_secret {
+        format!(
+            "[[network.rule]]\nhost = \"127.0.0.1\"\nport = {upstream}\npath = \"/secret.txt\"\naction = \"allow\"\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[agent]
+command = ["/bin/sh", "-c", "echo start-{tag}; while true; do curl -s -o /dev/null -w '%{{http_code}}\n' http://127.0.0.1:{upstream}/secret.txt; sleep 0.2; done"]
+
+[network]
+default = "deny"
+
+{secret_rule}"#
+    )
+}
+
+fn agent(dirs: &Dirs, name: &str) -> serde_json::Value {
+    let out = gvmctl(dirs, &["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    s["agents"].as_array().unwrap().iter().find(|a| a["profile"] == name).cloned().unwrap_or_default()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn start_reload_live_restart_required_crash_restart_and_stop() {
+    require_root!();
+    let dirs = Dirs::new();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in upstream.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    let name = format!("fg{}", std::process::id() % 100_000);
+    let file = dirs.write_profile(&name, &profile(port, false, "a"));
+    let gvmd = Gvmd::start(&dirs);
+    let log = dirs.state.join("agents").join(&name).join("agent.log");
+    let cleanup = Cleanup { name: name.clone(), runtime: dirs.runtime.clone() };
+
+    let out = gvmctl(&dirs, &["start", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("{name}: start (agent is running)"));
+    wait_until("403s in the agent's log", || std::fs::read_to_string(&log).unwrap_or_default().contains("403"));
+    let a = agent(&dirs, &name);
+    assert_eq!(a["state"], "running");
+    let pid = a["main_pid"].as_u64().unwrap();
+
+    // A rule change reaches the running agent at once: same process, now 200s.
+    std::fs::write(&file, profile(port, true, "a")).unwrap();
+    assert!(gvmctl(&dirs, &["reload"]).status.success());
+    wait_until("200s after the reload", || std::fs::read_to_string(&log).unwrap_or_default().contains("200"));
+    assert_eq!(agent(&dirs, &name)["main_pid"].as_u64(), Some(pid), "the agent was not restarted");
+    assert_eq!(agent(&dirs, &name)["restart_required"], false);
+
+    // An [agent] change needs a restart, and says so.
+    std::fs::write(&file, profile(port, true, "b")).unwrap();
+    assert!(gvmctl(&dirs, &["reload"]).status.success());
+    assert_eq!(agent(&dirs, &name)["restart_required"], true);
+    assert!(stdout(&gvmctl(&dirs, &["status"])).contains("running (restart required)"));
+    let out = gvmctl(&dirs, &["restart", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the new command", || std::fs::read_to_string(&log).unwrap_or_default().contains("start-b"));
+    let a = agent(&dirs, &name);
+    assert_eq!(a["restart_required"], false, "{a:#}");
+    assert_ne!(a["main_pid"].as_u64(), Some(pid));
+
+    // A crash (SIGKILL of the launcher) is followed by a restart.
+    let pid = agent(&dirs, &name)["main_pid"].as_u64().unwrap();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    wait_until("the restart", || {
+        let a = agent(&dirs, &name);
+        a["restarts"] == 1 && a["state"] == "running" && a["main_pid"].as_u64() != Some(pid)
+    });
+
+    // Stop: stopped, and the netns is gone.
+    let out = gvmctl(&dirs, &["stop", &name]);
+    assert_eq!(stdout(&out).trim(), format!("{name}: stop (agent is stopped)"), "{}", stderr(&out));
+    assert!(!dirs.runtime.join("netns").join(&name).exists(), "the netns bind is left");
+    let kinds = kinds(&events_json(&dirs));
+    for k in ["agent_start", "agent_restart", "agent_stop"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} not audited: {kinds:?}");
+    }
+    drop(gvmd);
+    drop(cleanup);
+}
+
+/// Removes what a failed run may leave: the profile's user and netns bind.
+struct Cleanup {
+    name: String,
+    runtime: std::path::PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ns = self.runtime.join("netns").join(&self.name);
+        let _ = std::process::Command::new("umount").arg("-l").arg(&ns).status();
+        let _ = std::fs::remove_file(&ns);
+        let _ = std::process::Command::new("userdel").arg(format!("gvm-{}", self.name)).output();
+    }
+}
