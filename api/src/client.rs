@@ -18,7 +18,7 @@ pub enum ClientError {
         "gvmd is not running (nothing answers on {0}) — start it with `systemctl start gvmd` or `gvmd --foreground`"
     )]
     NotRunning(PathBuf),
-    #[error("permission denied on {0} — gvmctl must run as root or as a member of the gvm-admin group (`sudo usermod -aG gvm-admin $USER`, then log in again)")]
+    #[error("permission denied on {0} — gvmctl must run as root or as a member of the group that owns that socket (gvm-admin unless gvmd.toml's [control] admin_group says otherwise: `sudo usermod -aG gvm-admin $USER`, then log in again)")]
     PermissionDenied(PathBuf),
     #[error("cannot talk to gvmd on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

@@ -421,6 +421,9 @@ pub struct LaunchPlan {
     pub netns: String,
     pub state_dir: String,
     pub runtime_dir: String,
+    /// gvmd's config dir: hidden from the agent like the state and runtime dirs.
+    #[serde(default)]
+    pub config_dir: String,
     /// The profile's `[agent] command`, if it has one.
     pub command: Option<Vec<String>>,
     pub env: Vec<(String, String)>,

@@ -762,6 +762,9 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
     }
     steps.push(Step::Hide { target: paths.state_dir.clone() });
     steps.push(Step::Hide { target: paths.runtime_dir.clone() });
+    if let Some(config) = &paths.config_dir {
+        steps.push(Step::Hide { target: config.clone() });
+    }
     // 2. Private /dev, /proc, /sys.
     steps.push(Step::Dev);
     steps.push(Step::Proc);

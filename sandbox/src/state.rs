@@ -21,6 +21,9 @@ pub struct AgentPaths {
     pub home: PathBuf,
     /// `<state>/agents/<P>/overlay`.
     pub overlay: PathBuf,
+    /// gvmd's config dir when it is not `/etc/gvm` (`--config-dir`): hidden like it, so
+    /// no agent reads its own or other profiles' rules.
+    pub config_dir: Option<PathBuf>,
 }
 
 impl AgentPaths {
@@ -31,7 +34,14 @@ impl AgentPaths {
             runtime_dir: runtime_dir.to_path_buf(),
             home: agent.join("home"),
             overlay: agent.join("overlay"),
+            config_dir: None,
         }
+    }
+
+    /// The same paths, with gvmd's config dir to hide.
+    pub fn with_config_dir(mut self, config_dir: &Path) -> Self {
+        self.config_dir = Some(config_dir.to_path_buf());
+        self
     }
 
     /// `(upper, work)` of a workspace.

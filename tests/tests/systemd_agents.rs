@@ -163,9 +163,9 @@ action = "allow"
     // work again after.
     let agent_pid = sd.sh("systemctl show -p MainPID --value gvm-agent@invoices.service");
     sd.sh("systemctl stop gvmd.service");
-    let probe = format!(
-        "nsenter --net=/run/gvm/netns/invoices curl -s -m 3 -x http://127.0.0.1:3128 http://api.test.example:8089/ok.txt; echo \" rc=$?\""
-    );
+    let probe = "nsenter --net=/run/gvm/netns/invoices curl -s -m 3 -x http://127.0.0.1:3128 \
+                 http://api.test.example:8089/ok.txt; echo \" rc=$?\""
+        .to_string();
     let down = sd.sh(&probe);
     assert!(!down.contains("hello") && down.contains("rc=7"), "with gvmd down the request must fail: {down}");
     sd.sh("systemctl start gvmd.service");

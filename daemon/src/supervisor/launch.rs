@@ -25,7 +25,10 @@ pub fn spec_from_plan(
         ));
     };
     let profile = gvm_sandbox::ProfileName::new(&plan.profile).map_err(|e| e.to_string())?;
-    let paths = AgentPaths::new(&PathBuf::from(&plan.state_dir), &PathBuf::from(&plan.runtime_dir), &profile);
+    let mut paths = AgentPaths::new(&PathBuf::from(&plan.state_dir), &PathBuf::from(&plan.runtime_dir), &profile);
+    if !plan.config_dir.is_empty() {
+        paths = paths.with_config_dir(&PathBuf::from(&plan.config_dir));
+    }
     Ok(LaunchSpec {
         profile,
         uid: Uid::from_raw(plan.uid),

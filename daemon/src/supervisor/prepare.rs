@@ -174,6 +174,7 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
         netns: netns_path.display().to_string(),
         state_dir: daemon.paths.state_dir.display().to_string(),
         runtime_dir: daemon.paths.runtime_dir.display().to_string(),
+        config_dir: daemon.paths.config_dir.display().to_string(),
         command: profile.agent.command.clone(),
         env: profile.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         workspaces: workspaces

@@ -253,10 +253,12 @@ fn changed_since(dir: &Path, since: SystemTime) -> u64 {
     n
 }
 
+/// ctime (an overlay copy-up or a whiteout changes it without touching mtime), to the
+/// nanosecond: a run that only reads must not count files an earlier run wrote.
 fn ctime_since(meta: &std::fs::Metadata, since: SystemTime) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let since = since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    meta.ctime() >= since
+    let Ok(since) = since.duration_since(SystemTime::UNIX_EPOCH) else { return true };
+    (meta.ctime(), meta.ctime_nsec()) >= (since.as_secs() as i64, i64::from(since.subsec_nanos()))
 }
 
 /// The profile in watch mode for the length of a run; the version in force comes back

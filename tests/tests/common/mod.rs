@@ -3,6 +3,7 @@
 //! starts is stopped in `Drop`, also when the test fails.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
@@ -58,7 +59,13 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
-        let root = tempfile::Builder::new().prefix("gvm-test-").tempdir().expect("tempdir");
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// The same under `parent` (e.g. outside /tmp, which every sandbox replaces with a
+    /// private one: there the agent sees the directories only as gvm masks them).
+    pub fn new_in(parent: &Path) -> Dirs {
+        let root = tempfile::Builder::new().prefix("gvm-test-").tempdir_in(parent).expect("tempdir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = root.path().join("etc");
         let state = root.path().join("state");
