@@ -4,6 +4,8 @@
 //! socket listens before systemd hears READY=1; the start event is the first thing
 //! recorded and the stop event the last; the socket file is removed on the way out.
 
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,7 +82,7 @@ fn summary(d: &Daemon) -> String {
 }
 
 /// Runs gvmd until SIGTERM or SIGINT. Returns once everything is flushed and closed.
-pub async fn run(paths: Paths) -> Result<(), StartError> {
+pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Result<(), StartError> {
     let notifier = Notifier::from_env();
     let config = DaemonConfig::load(&paths.config_file())?;
     ensure_dir(&paths.state_dir, 0o755)?;
@@ -125,7 +127,20 @@ pub async fn run(paths: Paths) -> Result<(), StartError> {
         Some(sd) => crate::supervisor::Backend::Systemd(sd),
         None => crate::supervisor::Backend::Gvmd(Default::default()),
     };
-    let daemon = Arc::new(Daemon::new(paths, config, audit, gateway, supervisor, admin));
+    if !stored_fds.is_empty() {
+        tracing::info!("{} sockets came back from systemd's fd store", stored_fds.len());
+    }
+    let daemon = Arc::new(Daemon::new(crate::state::Parts {
+        paths,
+        config,
+        audit,
+        gateway,
+        supervisor,
+        notifier,
+        stored_fds,
+        admin,
+    }));
+    let notifier = &daemon.notifier;
     daemon
         .record(NewEvent {
             profile: None,

@@ -21,6 +21,11 @@ pub struct Daemon {
     pub gateway: gvm_gateway::Gateway,
     pub agents: crate::supervisor::Agents,
     pub supervisor: crate::supervisor::Backend,
+    /// systemd's notification socket (READY, STATUS, WATCHDOG, the fd store).
+    pub notifier: crate::sys::notify::Notifier,
+    /// Sockets systemd kept in its fd store across a gvmd restart, by name, until the
+    /// profile they belong to is prepared again.
+    pub stored_fds: std::sync::Mutex<std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>>,
     pub admin: AdminGroup,
     pub started_at: OffsetDateTime,
     started: Instant,
@@ -29,23 +34,31 @@ pub struct Daemon {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
+/// What gvmd has opened by the time it builds its shared state.
+#[derive(Debug)]
+pub struct Parts {
+    pub paths: Paths,
+    pub config: DaemonConfig,
+    pub audit: Audit,
+    pub gateway: gvm_gateway::Gateway,
+    pub supervisor: crate::supervisor::Backend,
+    pub notifier: crate::sys::notify::Notifier,
+    pub stored_fds: std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>,
+    pub admin: AdminGroup,
+}
+
 impl Daemon {
-    pub fn new(
-        paths: Paths,
-        config: DaemonConfig,
-        audit: Audit,
-        gateway: gvm_gateway::Gateway,
-        supervisor: crate::supervisor::Backend,
-        admin: AdminGroup,
-    ) -> Daemon {
+    pub fn new(p: Parts) -> Daemon {
         Daemon {
-            paths,
-            config,
-            audit,
-            gateway,
+            paths: p.paths,
+            config: p.config,
+            audit: p.audit,
+            gateway: p.gateway,
             agents: crate::supervisor::Agents::default(),
-            supervisor,
-            admin,
+            supervisor: p.supervisor,
+            notifier: p.notifier,
+            stored_fds: std::sync::Mutex::new(p.stored_fds),
+            admin: p.admin,
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
             profiles: RwLock::new(Arc::new(ProfileSet::default())),

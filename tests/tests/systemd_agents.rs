@@ -177,6 +177,15 @@ action = "allow"
     let up = wait_for(&sd, &probe, "the gateway back", |t| t.contains("hello"));
     assert!(up.contains("rc=0"), "{up}");
 
+    // A crash of gvmd: systemd restarts it (RestartSec=1s) and hands back the sockets
+    // it kept in its fd store, so a request made while gvmd is dead waits and succeeds.
+    sd.sh("systemctl kill -s KILL gvmd.service");
+    let during = sd.sh(&probe.replace("-m 3", "-m 20"));
+    assert!(during.contains("hello") && during.contains("rc=0"), "the request made during the restart: {during}");
+    assert_eq!(sd.sh("systemctl show -p NRestarts --value gvmd.service").trim(), "1");
+    let journal = sd.sh("journalctl -u gvmd.service -o cat --no-pager");
+    assert!(journal.contains("sockets came back from systemd's fd store"), "{journal}");
+
     // SIGKILL: systemd restarts the agent; the overlay changes are intact.
     let pid_before = sd.sh("systemctl show -p MainPID --value gvm-agent@invoices.service");
     sd.sh("systemctl kill -s KILL gvm-agent@invoices.service");

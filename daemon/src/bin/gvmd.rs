@@ -71,6 +71,8 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Before any thread exists: the sockets systemd kept for us across a restart.
+    let stored_fds = gvm_daemon::sys::listenfds::take();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -85,7 +87,7 @@ fn main() -> ExitCode {
         state_dir: absolute(args.state_dir),
         runtime_dir: absolute(args.runtime_dir),
     };
-    match runtime.block_on(gvm_daemon::run(paths)) {
+    match runtime.block_on(gvm_daemon::run(paths, stored_fds)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gvmd: {e}");

@@ -100,6 +100,12 @@ pub async fn reconcile(daemon: &Arc<Daemon>) {
             }
         }
     }
+    // Sockets systemd kept for profiles whose agent is gone: let go of them.
+    let stale: Vec<String> =
+        daemon.stored_fds.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(k, _)| k).collect();
+    for name in stale {
+        daemon.notifier.remove_fds(&name);
+    }
     for (name, p) in &profiles.profiles {
         if p.profile.agent.autostart
             && p.profile.agent.command.is_some()

@@ -76,6 +76,45 @@ struct Sockets {
     dns_tcp: std::net::TcpListener,
 }
 
+/// Names of a profile's sockets in systemd's fd store.
+fn fd_names(profile: &str) -> [String; 4] {
+    ["proxy", "transparent", "dns-udp", "dns-tcp"].map(|s| format!("{profile}.{s}"))
+}
+
+impl Sockets {
+    /// The profile's sockets kept in systemd's fd store across a gvmd restart, if all
+    /// four came back: agents' connections waited in their backlogs meanwhile.
+    fn from_store(daemon: &Daemon, profile: &str) -> Option<Sockets> {
+        let mut stored = daemon.stored_fds.lock().unwrap_or_else(|e| e.into_inner());
+        let names = fd_names(profile);
+        if !names.iter().all(|n| stored.get(n).is_some_and(|v| !v.is_empty())) {
+            return None;
+        }
+        let mut take = |i: usize| stored.remove(&names[i]).and_then(|mut v| v.pop());
+        let (p, t, u, d) = (take(0)?, take(1)?, take(2)?, take(3)?);
+        let s = Sockets {
+            proxy: std::net::TcpListener::from(p),
+            transparent: std::net::TcpListener::from(t),
+            dns_udp: std::net::UdpSocket::from(u),
+            dns_tcp: std::net::TcpListener::from(d),
+        };
+        s.proxy.set_nonblocking(true).ok()?;
+        s.transparent.set_nonblocking(true).ok()?;
+        s.dns_tcp.set_nonblocking(true).ok()?;
+        s.dns_udp.set_nonblocking(true).ok()?;
+        Some(s)
+    }
+
+    /// Puts the sockets in systemd's fd store (no-op without systemd).
+    fn store(&self, daemon: &Daemon, profile: &str) {
+        use std::os::fd::AsFd;
+        let fds = [self.proxy.as_fd(), self.transparent.as_fd(), self.dns_udp.as_fd(), self.dns_tcp.as_fd()];
+        for (name, fd) in fd_names(profile).iter().zip(fds) {
+            daemon.notifier.store_fds(name, &[fd]);
+        }
+    }
+}
+
 fn bind_inside(netns: &Netns) -> Result<std::io::Result<Sockets>, gvm_sandbox::Error> {
     netns.run_in(|| {
         let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -120,6 +159,8 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
 
     let mut prepared = daemon.agents.prepared.lock().await;
     let listening = prepared.contains_key(name);
+    let from_store = if listening { None } else { Sockets::from_store(daemon, name) };
+    let reused = from_store.is_some();
     let (runtime_dir, ws) = (daemon.paths.runtime_dir.clone(), workspaces.clone());
     let paths2 = paths.clone();
     let pname2 = pname.clone();
@@ -132,17 +173,24 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
             .collect();
         paths2.prepare(uid, gid, &overlays)?;
         let netns = Netns::create(&runtime_dir, &pname2, PORTS)?;
-        let sockets = if listening { None } else { Some(bind_inside(&netns)?) };
+        let sockets = if listening || reused { None } else { Some(bind_inside(&netns)?) };
         Ok::<_, gvm_sandbox::Error>((uid.as_raw(), gid.as_raw(), netns.path().to_path_buf(), sockets))
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     .map_err(sandbox_err)?;
 
+    let sockets = match from_store {
+        Some(stored) => Some(Ok(stored)),
+        None => sockets,
+    };
     if let Some(sockets) = sockets {
         let s = sockets.map_err(|e| {
             sandbox_err(gvm_sandbox::Error::Setup(format!("binding the gateway inside the netns: {e}")))
         })?;
+        if !reused {
+            s.store(daemon, name);
+        }
         let gw = &daemon.gateway;
         let tcp = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
         let io = |e: std::io::Error| {
@@ -196,6 +244,11 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
 pub async fn teardown(daemon: &Daemon, name: &str) -> Result<(), PrepareError> {
     let sandbox_err = |source| PrepareError::Sandbox { profile: name.to_string(), source };
     let pname = gvm_sandbox::ProfileName::new(name).map_err(sandbox_err)?;
+    let names = fd_names(name);
+    for n in &names {
+        daemon.notifier.remove_fds(n);
+    }
+    daemon.stored_fds.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| !names.contains(k));
     if let Some(prepared) = daemon.agents.prepared.lock().await.remove(name) {
         let handles: Vec<_> = prepared.listeners.iter().map(|h| h.abort_handle()).collect();
         drop(prepared);

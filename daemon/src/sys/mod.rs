@@ -7,4 +7,5 @@
 
 pub mod creds;
 pub mod fdpass;
+pub mod listenfds;
 pub mod notify;

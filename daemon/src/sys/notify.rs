@@ -3,6 +3,8 @@
 //! systemd when gvmd is ready, what it is doing and that it is alive; without systemd
 //! every call is a no-op.
 
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -78,6 +80,42 @@ impl Notifier {
     }
     pub fn watchdog(&self) {
         self.send("WATCHDOG=1");
+    }
+
+    /// Hands `fds` to systemd's file-descriptor store under `name` (`FDSTORE=1`): they
+    /// come back in `$LISTEN_FDS` when gvmd restarts, so sockets bound inside agents'
+    /// network namespaces outlive gvmd. Returns false without a service manager.
+    pub fn store_fds(&self, name: &str, fds: &[BorrowedFd<'_>]) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        let Some((sock, addr)) = &self.target else { return false };
+        let to = match (addr.as_abstract_name(), addr.as_pathname()) {
+            (Some(n), _) => UnixAddr::new_abstract(n),
+            (None, Some(p)) => UnixAddr::new(p),
+            (None, None) => return false,
+        };
+        let msg = format!("FDSTORE=1\nFDNAME={name}");
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let sent = to.and_then(|to| {
+            sendmsg(
+                sock.as_raw_fd(),
+                &[IoSlice::new(msg.as_bytes())],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::empty(),
+                Some(&to),
+            )
+        });
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("cannot store {name} in systemd's fd store: {e}");
+                false
+            }
+        }
+    }
+
+    /// Drops what `store_fds` stored under `name`.
+    pub fn remove_fds(&self, name: &str) {
+        self.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
     }
 }
 
