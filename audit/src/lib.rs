@@ -12,6 +12,12 @@
 //!   everything queued, and each caller is answered only after that commit. An `Ok` from
 //!   [`Audit::append`] therefore means "on disk, survives a crash and a power loss"; any
 //!   failure is an `Err` and nothing of that batch is on disk.
+//! - [`Audit::append_nowait`] is for records whose loss in a crash is acceptable (the
+//!   gateway's completion records, whose decision was appended and awaited): they wait
+//!   in memory for the next commit (at most 50 ms), so they add no commit, no fsync and
+//!   no thread wake-up of their own. Their `Ok` only means "queued".
+//! - The caller's thread renders an event's details to canonical JSON before queueing
+//!   it; the writer thread does only what must be serial (seq, time, hash, SQL, head).
 //!
 //! # The chain
 //!
@@ -82,7 +88,7 @@ pub use error::AuditError;
 pub use keys::{key_dir, private_key_path, public_key_path, KEY_DIR, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use schema::{Durability, SCHEMA_VERSION};
 
-use writer::{Lazy, Reply, Request, Snapshot, Writer};
+use writer::{Lazy, Prepared, Reply, Request, Snapshot, Writer};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "audit.db";
@@ -120,6 +126,17 @@ pub struct NewEvent {
     pub rule: Option<String>,
     /// Stored as canonical JSON (sorted keys, compact).
     pub details: serde_json::Value,
+}
+
+/// [`NewEvent`] borrowed: for callers that keep the details (nothing is cloned; the
+/// canonical text is rendered straight from them).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub profile: Option<&'a str>,
+    pub kind: &'a str,
+    pub decision: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub details: &'a serde_json::Value,
 }
 
 /// A committed event.
@@ -264,7 +281,14 @@ impl Audit {
     /// Records `ev`; returns once it is committed durably (or with the reason it is not).
     pub async fn append(&self, ev: NewEvent) -> Result<Appended, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Request::Append(ev, Reply::Async(tx)))?;
+        self.send(Request::Append(Prepared::from(ev), Reply::Async(tx)))?;
+        rx.await.unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// [`Audit::append`] of a borrowed event.
+    pub async fn append_ref(&self, ev: EventRef<'_>) -> Result<Appended, AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Append(Prepared::from(ev), Reply::Async(tx)))?;
         rx.await.unwrap_or_else(|_| Err(self.gone()))
     }
 
@@ -278,7 +302,7 @@ impl Audit {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(AuditError::Closed);
         }
-        if self.inner.lazy.push(ev) {
+        if self.inner.lazy.push(Prepared::from(ev)) {
             self.send(Request::Nudge)?;
         }
         Ok(())
@@ -287,7 +311,7 @@ impl Audit {
     /// [`Audit::append`] for threads outside an async runtime (it blocks the thread).
     pub fn append_blocking(&self, ev: NewEvent) -> Result<Appended, AuditError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Request::Append(ev, Reply::Blocking(tx)))?;
+        self.send(Request::Append(Prepared::from(ev), Reply::Blocking(tx)))?;
         rx.recv().unwrap_or_else(|_| Err(self.gone()))
     }
 

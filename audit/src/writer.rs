@@ -4,9 +4,11 @@
 //! Group commit: it blocks for one request, drains whatever else is queued (up to
 //! [`MAX_BATCH`]), writes the events, any checkpoint that became due and the signed head
 //! in ONE transaction, commits (fsync with `synchronous=FULL`), and only then answers
-//! every caller. If anything in that transaction fails, it is rolled back, every caller
-//! of the batch gets an error, and the writer re-reads its state from the database
-//! before taking the next batch, so no sequence number is skipped or reused.
+//! every caller. Unawaited events ([`Lazy`]) are written in the same transaction as the
+//! next awaited batch, or on their own at most [`LAZY_DELAY`] after the last commit.
+//! If anything in that transaction fails, it is rolled back, every caller of the batch
+//! gets an error, and the writer re-reads its state from the database before taking the
+//! next batch, so no sequence number is skipped or reused.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,20 +34,51 @@ pub(crate) const LAZY_DELAY: Duration = Duration::from_millis(50);
 /// Unawaited events queued that make the writer commit them without waiting.
 const LAZY_FLUSH_AT: usize = 1024;
 
+/// An event as the writer takes it: `details` already rendered as canonical JSON, on
+/// the caller's thread (the writer is the one serial part of the pipeline, so the work
+/// that can be done beside it is done there, and the caller's allocations are freed
+/// where they were made).
+pub(crate) struct Prepared {
+    profile: Option<String>,
+    kind: String,
+    decision: Option<String>,
+    rule: Option<String>,
+    details: String,
+}
+
+impl From<NewEvent> for Prepared {
+    fn from(ev: NewEvent) -> Self {
+        let details = canonical_json(&ev.details);
+        Prepared { profile: ev.profile, kind: ev.kind, decision: ev.decision, rule: ev.rule, details }
+    }
+}
+
+impl From<crate::EventRef<'_>> for Prepared {
+    fn from(ev: crate::EventRef<'_>) -> Self {
+        Prepared {
+            profile: ev.profile.map(str::to_owned),
+            kind: ev.kind.to_owned(),
+            decision: ev.decision.map(str::to_owned),
+            rule: ev.rule.map(str::to_owned),
+            details: canonical_json(ev.details),
+        }
+    }
+}
+
 /// Events nobody waits for ([`crate::Audit::append_nowait`]). They are not sent through
 /// the channel: the writer takes them with the next commit, so queueing one costs a
 /// lock and no thread wake-up, and they add no commit (no fsync) of their own. Only a
 /// writer parked with no deadline is woken (`Request::Nudge`), to arm one.
 #[derive(Default)]
 pub(crate) struct Lazy {
-    queue: Mutex<Vec<NewEvent>>,
+    queue: Mutex<Vec<Prepared>>,
     /// The writer is parked without a deadline: the next unawaited event must wake it.
     parked: AtomicBool,
 }
 
 impl Lazy {
     /// Queues `ev`; true when the writer must be nudged.
-    pub(crate) fn push(&self, ev: NewEvent) -> bool {
+    pub(crate) fn push(&self, ev: Prepared) -> bool {
         let len = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.push(ev);
@@ -56,7 +89,7 @@ impl Lazy {
         self.parked.swap(false, Ordering::SeqCst) || len == LAZY_FLUSH_AT
     }
 
-    fn take(&self) -> Vec<NewEvent> {
+    fn take(&self) -> Vec<Prepared> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -97,7 +130,7 @@ impl<T> Reply<T> {
 }
 
 pub(crate) enum Request {
-    Append(NewEvent, Reply<Result<Appended, AuditError>>),
+    Append(Prepared, Reply<Result<Appended, AuditError>>),
     /// Unawaited events are queued in [`Lazy`]: arm a deadline for them (or commit
     /// them now if many are queued).
     Nudge,
@@ -135,7 +168,7 @@ pub(crate) struct Writer {
     pub lazy: Arc<Lazy>,
 }
 
-type Batch = Vec<(NewEvent, Reply<Result<Appended, AuditError>>)>;
+type Batch = Vec<(Prepared, Reply<Result<Appended, AuditError>>)>;
 
 impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
@@ -238,7 +271,7 @@ impl Writer {
             return;
         }
         let due_by_time = self.checkpoint_deadline().is_some_and(|d| d <= Instant::now());
-        let events: Vec<&NewEvent> = lazy.iter().collect();
+        let events: Vec<&Prepared> = lazy.iter().collect();
         if let Err(e) = self.commit(&events, due_by_time) {
             tracing::error!(target: "gvm::audit", error = %e, db = %self.path.display(),
                 events = lazy.len(), "audit commit failed; unawaited events were not recorded");
@@ -261,7 +294,7 @@ impl Writer {
         }
         let lazy = self.lazy.take();
         let due_by_time = self.checkpoint_deadline().is_some_and(|d| d <= Instant::now());
-        let events: Vec<&NewEvent> = lazy.iter().chain(batch.iter().map(|(ev, _)| ev)).collect();
+        let events: Vec<&Prepared> = lazy.iter().chain(batch.iter().map(|(ev, _)| ev)).collect();
         let n = events.len();
         match self.commit(&events, due_by_time) {
             Ok(appended) => {
@@ -310,7 +343,7 @@ impl Writer {
     /// One transaction: `events`, the checkpoints that are due (all pending events when
     /// `checkpoint_all`), the signed head. Updates `self.chain` as it goes; on error the
     /// caller must `resync()`.
-    fn commit(&mut self, events: &[&NewEvent], checkpoint_all: bool) -> rusqlite::Result<Vec<Appended>> {
+    fn commit(&mut self, events: &[&Prepared], checkpoint_all: bool) -> rusqlite::Result<Vec<Appended>> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let appended = insert_events(&tx, &mut self.chain, events)?;
         let logs = insert_checkpoints(&tx, &mut self.chain, &self.key, self.cfg.checkpoint_every, checkpoint_all)?;
@@ -373,7 +406,7 @@ const INSERT_EVENT: &str = "INSERT INTO events
 fn insert_events(
     tx: &Transaction<'_>,
     chain: &mut ChainState,
-    events: &[&NewEvent],
+    events: &[&Prepared],
 ) -> rusqlite::Result<Vec<Appended>> {
     let mut out = Vec::with_capacity(events.len());
     if events.is_empty() {
@@ -384,7 +417,7 @@ fn insert_events(
     for ev in events {
         let seq = chain.last_seq + 1;
         let time = format_time(OffsetDateTime::now_utc());
-        let details = canonical_json(&ev.details);
+        let details = &ev.details;
         let fields = EventFields {
             seq,
             time: time.as_bytes(),

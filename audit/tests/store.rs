@@ -317,3 +317,50 @@ fn an_empty_store_verifies() {
     let audit = Audit::open(dir.path(), AuditConfig::default()).unwrap();
     assert_eq!(audit.status().unwrap().last_seq, 0);
 }
+
+/// Unawaited events ride along with the next awaited append (before it, in seq order),
+/// or are committed on their own within a short delay, or by `close()`, or when the last
+/// handle is dropped; the chain stays whole either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unawaited_events_are_committed_with_the_next_append_or_soon_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Audit::open(dir.path(), cfg20()).unwrap();
+    let count = |a: &Audit| a.events(&EventsQuery::default()).unwrap().len();
+
+    let first = audit.append(event(1)).await.unwrap();
+    audit.append_nowait(event(2)).unwrap();
+    audit.append_nowait(event(3)).unwrap();
+    let next = audit.append(event(4)).await.unwrap();
+    assert_eq!((first.seq, next.seq), (1, 4), "the queued events went first, in one commit");
+    assert_eq!(count(&audit), 4);
+
+    // Alone: committed within the delay, without any awaited append to carry it.
+    audit.append_nowait(event(5)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count(&audit) < 5 {
+        assert!(std::time::Instant::now() < deadline, "the unawaited event was never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Many at once: nothing is lost, seqs stay contiguous.
+    for i in 0..3000 {
+        audit.append_nowait(event(100 + i)).unwrap();
+    }
+    audit.append_nowait(event(9999)).unwrap();
+    audit.close().unwrap();
+    assert_eq!(count(&audit), 5 + 3001, "close() commits what is queued");
+    assert!(matches!(audit.append_nowait(event(7)), Err(AuditError::Closed)));
+    let r = audit.verify();
+    assert!(r.ok, "{r:?}");
+
+    // Dropping every handle without close() commits what is queued too.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let audit = Audit::open(dir.path(), cfg20()).unwrap();
+        audit.append(event(1)).await.unwrap();
+        audit.append_nowait(event(2)).unwrap();
+    }
+    let r = verify_db(&db_path(dir.path()), &public_key_path(dir.path()));
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.events, 2);
+}

@@ -9,7 +9,9 @@
 //! 5. `newconn`: new intercepted connection cost with a warm leaf cache.
 //!
 //! `GVM_BENCH_DURABILITY=normal` opens the gateway's audit store with
-//! `synchronous=NORMAL` (parts 2-5); `GVM_BENCH_ONLY=append,https,...` runs some parts.
+//! `synchronous=NORMAL` (parts 2-5); `GVM_BENCH_ONLY=append,https,...` runs some parts;
+//! `GVM_BENCH_VERBOSE=1` adds p99.9/max to part 1. Throughput lines also print CPU time
+//! per request (all parties), which is steadier than req/s on a shared machine.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -81,11 +83,23 @@ enum Path {
     ProxyHttp,
 }
 
-async fn throughput(env: &Env, path: Path, conns: usize, dur: Duration) -> f64 {
+/// CPU time (user + system) this process used so far, in seconds (/proc/self/stat).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Requests per second, and CPU microseconds per request (client, server and gateway
+/// together: on a loaded machine the CPU cost is the steadier measure).
+async fn throughput(env: &Env, path: Path, conns: usize, dur: Duration) -> (f64, f64) {
     let target = format!("{HOST}:{}", env.up_https);
     let http_host = format!("{HOST}:{}", env.up_http);
     let mut tasks = Vec::new();
-    let deadline = Instant::now() + dur;
+    let mut conns_ready = Vec::new();
     for _ in 0..conns {
         let (mut c, uri, host) = match path {
             Path::DirectHttps => (direct(env).await, "/v1/models".to_string(), target.clone()),
@@ -95,6 +109,13 @@ async fn throughput(env: &Env, path: Path, conns: usize, dur: Duration) -> f64 {
             Path::DirectHttp => (direct_http(env).await, "/v1/models".to_string(), http_host.clone()),
             Path::ProxyHttp => (proxy_conn(env).await, format!("http://{http_host}/v1/models"), http_host.clone()),
         };
+        // Warm: the gateway's upstream pool, the TLS sessions.
+        assert_eq!(send(&mut c, "GET", &uri, &host, "").await.status, 200);
+        conns_ready.push((c, uri, host));
+    }
+    let cpu0 = cpu_seconds();
+    let deadline = Instant::now() + dur;
+    for (mut c, uri, host) in conns_ready {
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -109,7 +130,8 @@ async fn throughput(env: &Env, path: Path, conns: usize, dur: Duration) -> f64 {
     for t in tasks {
         total += t.await.unwrap();
     }
-    total as f64 / dur.as_secs_f64()
+    let cpu = cpu_seconds() - cpu0;
+    (total as f64 / dur.as_secs_f64(), cpu * 1e6 / total.max(1) as f64)
 }
 
 /// One caller appending alone: what one durable decision costs by itself.
@@ -136,6 +158,11 @@ async fn append_alone(durability: gvm_audit::Durability, n: usize) -> (f64, f64)
         }
     }
     audit.close().unwrap();
+    let max = pct(&mut v, 1.0);
+    let p999 = pct(&mut v, 0.999);
+    if std::env::var_os("GVM_BENCH_VERBOSE").is_some() {
+        println!("    (p99.9 {p999:.3} ms, max {max:.3} ms)");
+    }
     (pct(&mut v, 0.5), pct(&mut v, 0.99))
 }
 
@@ -186,23 +213,32 @@ fn main() {
             println!("  gateway  p50 {g50:.3} ms  p99 {g99:.3} ms");
             println!("  added    p50 {:.3} ms  p99 {:.3} ms", g50 - d50, g99 - d99);
             let dur = Duration::from_secs(3);
-            let direct_rps = throughput(&env, Path::DirectHttp, 16, dur).await;
-            let gw_rps = throughput(&env, Path::ProxyHttp, 16, dur).await;
+            let (direct_rps, dcpu) = throughput(&env, Path::DirectHttp, 16, dur).await;
+            let (gw_rps, gcpu) = throughput(&env, Path::ProxyHttp, 16, dur).await;
             println!(
                 "  16 connections: direct {direct_rps:.0} req/s, gateway {gw_rps:.0} req/s, ratio {:.2}",
                 gw_rps / direct_rps
             );
+            println!("  CPU per request (all parties): direct {dcpu:.0} us, gateway {gcpu:.0} us");
         }
 
         if run("throughput") {
             let dur = Duration::from_secs(3);
-            let direct_rps = throughput(&env, Path::DirectHttps, 16, dur).await;
-            let gw_rps = throughput(&env, Path::GatewayHttps, 16, dur).await;
+            let (direct_rps, dcpu) = throughput(&env, Path::DirectHttps, 16, dur).await;
+            let (gw_rps, gcpu) = throughput(&env, Path::GatewayHttps, 16, dur).await;
             println!("throughput, intercepted HTTPS, 16 keep-alive connections:");
             println!(
                 "  direct {direct_rps:.0} req/s, gateway {gw_rps:.0} req/s, ratio {:.2} (target >= 0.5)",
                 gw_rps / direct_rps
             );
+            println!("  CPU per request (all parties): direct {dcpu:.0} us, gateway {gcpu:.0} us");
+        }
+
+        // For profiling: one side only, longer.
+        if only == "profile-proxy-http" || only == "profile-https" {
+            let p = if only == "profile-https" { Path::GatewayHttps } else { Path::ProxyHttp };
+            let (rps, cpu) = throughput(&env, p, 16, Duration::from_secs(6)).await;
+            println!("{only}: {rps:.0} req/s, {cpu:.0} us CPU per request");
         }
 
         if run("newconn") {

@@ -2,16 +2,6 @@
 
 use serde_json::Value;
 
-fn event(kind: &str, profile: &str, decision: &str, rule: Option<&str>, details: Value) -> gvm_audit::NewEvent {
-    gvm_audit::NewEvent {
-        profile: Some(profile.to_string()),
-        kind: kind.to_string(),
-        decision: Some(decision.to_string()),
-        rule: rule.map(str::to_string),
-        details,
-    }
-}
-
 /// Queues one event nobody waits for (a completion record): it rides along with the
 /// next commit. Lost only if gvmd dies before that commit.
 pub(crate) fn append_nowait(audit: &gvm_audit::Audit, ev: gvm_audit::NewEvent) {
@@ -27,10 +17,10 @@ pub(crate) async fn append(
     profile: &str,
     decision: &str,
     rule: Option<&str>,
-    details: Value,
+    details: &Value,
 ) -> Result<u64, String> {
-    let ev = event(kind, profile, decision, rule, details);
-    match audit.append(ev).await {
+    let ev = gvm_audit::EventRef { profile: Some(profile), kind, decision: Some(decision), rule, details };
+    match audit.append_ref(ev).await {
         Ok(a) => Ok(a.seq),
         Err(e) => Err(format!("the audit store refused the event: {e}")),
     }

@@ -23,9 +23,10 @@
 //! `dns`), appended and awaited before anything is forwarded or answered: the decision
 //! is never lost. For forwarded requests and tunnels a *completion* event
 //! (`http.done` / `connect.done`, `details.decision_seq` pointing at the decision)
-//! follows when the exchange ends, with status, bytes up/down and duration; it is not
-//! awaited by the agent (it would add a disk flush to every response), so a crash
-//! mid-exchange can lose the completion, never the decision.
+//! follows when the exchange ends, with status, bytes up/down and duration. It is
+//! queued with `Audit::append_nowait`, not awaited (it would add a disk flush to every
+//! response): it is committed together with the next decision, or at most 50 ms later,
+//! so a crash mid-exchange or just after it can lose the completion, never the decision.
 //!
 //! **HTTP/2 to the agent is not offered** (ALPN advertises only `http/1.1`): every
 //! agent HTTP client speaks HTTP/1.1 through a proxy, and one HTTP/1 parser keeps the

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -168,15 +168,15 @@ fn check_framing(headers: &HeaderMap) -> Result<(), String> {
 }
 
 /// Headers that describe one hop and are never forwarded.
-const HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -187,18 +187,25 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .filter(|t| !t.is_empty() && t != "upgrade")
-        .collect();
-    for h in HOP {
+    // Names the Connection header lists are hop-by-hop too (read before it is removed).
+    let listed: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("upgrade"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for h in &HOP {
         headers.remove(h);
     }
-    for h in listed {
-        headers.remove(h.as_str());
+    for h in &listed {
+        headers.remove(h);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -240,17 +247,18 @@ impl Inner {
     }
 
     async fn handle(self: Arc<Self>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
-        let described = Described { method: req.method().to_string(), url: req.uri().to_string() };
-        let head_len: usize = req.uri().to_string().len()
-            + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+        // Only refusals describe the request: built when one is needed.
+        let described = || Described { method: req.method().to_string(), url: req.uri().to_string() };
+        let head_len: usize =
+            uri_len(req.uri()) + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
         if head_len > MAX_HEAD {
             let reason = format!("request head larger than {} KiB", MAX_HEAD / 1024);
             return self
-                .refuse(&conn.profile, "http", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &described, &reason, None)
+                .refuse(&conn.profile, "http", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &described(), &reason, None)
                 .await;
         }
         if let Err(reason) = check_framing(req.headers()) {
-            return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None).await;
+            return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described(), &reason, None).await;
         }
         let host_hdr = match req.headers().get(header::HOST) {
             None => None,
@@ -262,7 +270,7 @@ impl Inner {
                             &conn.profile,
                             "http",
                             StatusCode::BAD_REQUEST,
-                            &described,
+                            &described(),
                             &format!("bad Host header: {reason}"),
                             None,
                         )
@@ -273,14 +281,14 @@ impl Inner {
         let uri_target = match uri_target(req.uri()) {
             Ok(t) => t,
             Err(reason) => {
-                return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described, &reason, None).await
+                return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described(), &reason, None).await
             }
         };
         if req.method() == Method::CONNECT {
             return match &conn.kind {
                 ConnKind::Proxy => self.connect(conn.clone(), req, host_hdr).await,
                 _ => {
-                    self.refuse(&conn.profile, "connect", StatusCode::FORBIDDEN, &described,
+                    self.refuse(&conn.profile, "connect", StatusCode::FORBIDDEN, &described(),
                         "CONNECT inside a tunnel or a transparent connection is never allowed (relay through an allowed host)", None)
                         .await
                 }
@@ -295,7 +303,7 @@ impl Inner {
                             &conn.profile,
                             "http",
                             StatusCode::BAD_REQUEST,
-                            &described,
+                            &described(),
                             "the proxy needs absolute-form requests (`GET http://host/path`) or CONNECT",
                             None,
                         )
@@ -311,7 +319,7 @@ impl Inner {
                             &conn.profile,
                             "http",
                             StatusCode::BAD_REQUEST,
-                            &described,
+                            &described(),
                             "no Host header: the transparent gateway cannot tell which host this is for",
                             None,
                         )
@@ -333,7 +341,7 @@ impl Inner {
                             &conn.profile,
                             "http",
                             StatusCode::MISDIRECTED_REQUEST,
-                            &described,
+                            &described(),
                             "a second host on the same transparent connection",
                             None,
                         )
@@ -345,7 +353,7 @@ impl Inner {
                             &conn.profile,
                             "http",
                             StatusCode::MISDIRECTED_REQUEST,
-                            &described,
+                            &described(),
                             "the Host header's port is not the port the connection went to",
                             None,
                         )
@@ -363,7 +371,7 @@ impl Inner {
                         &conn.profile,
                         "http",
                         StatusCode::MISDIRECTED_REQUEST,
-                        &described,
+                        &described(),
                         &format!("the Host header names `{}` but the request goes to `{}`", h, target.authority()),
                         None,
                     )
@@ -375,7 +383,7 @@ impl Inner {
                     &conn.profile,
                     "http",
                     StatusCode::BAD_REQUEST,
-                    &described,
+                    &described(),
                     "HTTP/1.1 request without a Host header",
                     None,
                 )
@@ -389,7 +397,7 @@ impl Inner {
                             &conn.profile,
                             "http",
                             StatusCode::MISDIRECTED_REQUEST,
-                            &described,
+                            &described(),
                             &format!(
                                 "the URL names `{}://{}` but this connection goes to `{}://{}`",
                                 u.scheme(),
@@ -426,16 +434,17 @@ impl Inner {
         answer::refused(status, profile, what, reason)
     }
 
-    /// Appends one event and waits until it is durable.
+    /// Appends one event and waits until it is durable. (`details` by value or by
+    /// reference: it is rendered to its canonical text here, never cloned.)
     pub(crate) async fn record(
         &self,
         kind: &str,
         profile: &str,
         decision: &str,
         rule: Option<&str>,
-        details: Value,
+        details: impl std::borrow::Borrow<Value>,
     ) -> Result<u64, String> {
-        crate::audit_glue::append(&self.audit, kind, profile, decision, rule, details).await
+        crate::audit_glue::append(&self.audit, kind, profile, decision, rule, details.borrow()).await
     }
 
     /// Decides a request on a known target, then (if allowed) forwards it.
@@ -468,12 +477,10 @@ impl Inner {
             Err(resp) => return resp,
         };
         // Durable before anything is forwarded.
-        let seq =
-            match self.record("http", &profile, ruling.audit_decision(), ruling.rule.as_deref(), details.clone()).await
-            {
-                Ok(s) => s,
-                Err(e) => return answer::unavailable(&profile, &what, &e),
-            };
+        let seq = match self.record("http", &profile, ruling.audit_decision(), ruling.rule.as_deref(), &details).await {
+            Ok(s) => s,
+            Err(e) => return answer::unavailable(&profile, &what, &e),
+        };
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let done = Arc::new(self.completion("http", &profile, &ruling, details, seq, start));
@@ -570,7 +577,7 @@ impl Inner {
                 let (id, wait) =
                     self.holds.hold(&profile, &what.method, what.url.clone(), ruling.rule.clone(), ruling.hold_timeout);
                 details["hold_id"] = json!(id);
-                if let Err(e) = self.record(kind, &profile, "hold", rule, details.clone()).await {
+                if let Err(e) = self.record(kind, &profile, "hold", rule, &*details).await {
                     return Err(answer::unavailable(&profile, what, &e));
                 }
                 match wait.await {
@@ -616,7 +623,7 @@ impl Inner {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 details["status"] = json!(429);
                 details["retry_after"] = json!(secs);
-                if let Err(e) = self.record(kind, &profile, "limit", rule, details.clone()).await {
+                if let Err(e) = self.record(kind, &profile, "limit", rule, &*details).await {
                     return Err(answer::unavailable(&profile, what, &e));
                 }
                 return Err(answer::rate_limited(&profile, &rule_key, what, secs));
@@ -777,7 +784,7 @@ impl Inner {
             ConnectRuling::Decided(ruling) => {
                 let addr = self.admit("connect", &state, &ruling, target, what, &mut details).await?;
                 let seq = match self
-                    .record("connect", profile, ruling.audit_decision(), ruling.rule.as_deref(), details.clone())
+                    .record("connect", profile, ruling.audit_decision(), ruling.rule.as_deref(), &details)
                     .await
                 {
                     Ok(s) => s,
@@ -901,6 +908,14 @@ where
         done.up.fetch_add(a, Ordering::Relaxed);
         done.down.fetch_add(b, Ordering::Relaxed);
     }
+}
+
+/// The length of `uri` as written (without formatting it).
+fn uri_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let auth = uri.authority().map_or(0, |a| a.as_str().len());
+    let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + auth + pq
 }
 
 /// The target named by an absolute-form request URI (`None` for origin-form).
