@@ -33,7 +33,7 @@ use crate::Inner;
 /// Largest request head accepted from an agent.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// How long the head of a request may take to arrive.
-pub(crate) const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const HEAD_TIMEOUT: std::time::Duration = crate::stream::STALL_LIMIT;
 /// How long a tunnel waits for the client's first byte before assuming a
 /// server-speaks-first protocol.
 const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
@@ -874,7 +874,8 @@ impl Inner {
             }
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        let Ok(tls) = acceptor.accept(io).await else { return };
+        // A client that stops in the middle of the handshake is cut off too.
+        let Ok(Ok(tls)) = tokio::time::timeout(crate::stream::STALL_LIMIT, acceptor.accept(io)).await else { return };
         let kind = ConnKind::Inner {
             host: target.host,
             port: target.port,

@@ -76,7 +76,21 @@ const MAX_HELLO: usize = 16 * 1024 + 5;
 
 /// Reads the first bytes of `s` (returned, to be replayed) and classifies them.
 /// `wait`: how long to wait for the client's first byte (`None`: forever).
+/// Longest a client may take to send what the gateway needs to decide (a request head,
+/// a whole ClientHello, a TLS handshake): a client that stalls is cut off, so stalled
+/// connections cannot pile up in gvmd (ATTACKS class 17, slowloris).
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Sniffs within [`STALL_LIMIT`]; a client still silent or mid-record by then gets
+/// `TimedOut`.
 pub(crate) async fn sniff<S: AsyncRead + Unpin>(s: &mut S, wait: Option<Duration>) -> io::Result<(Sniffed, Vec<u8>)> {
+    match tokio::time::timeout(STALL_LIMIT, sniff_within(s, wait)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn sniff_within<S: AsyncRead + Unpin>(s: &mut S, wait: Option<Duration>) -> io::Result<(Sniffed, Vec<u8>)> {
     let mut buf = Vec::with_capacity(2048);
     let first = async {
         let mut tmp = [0u8; 2048];

@@ -994,10 +994,6 @@ fn admin_group_members_may_run_and_others_are_refused() {
 /// gvmd's own: 16384 under gvmd.service) and starves every other profile and the
 /// control socket.
 #[test]
-#[ignore = "BUG: gateway/src/stream.rs sniff() applies its wait only to the first read: a client that \
-            sends the first bytes of a TLS record (0x16 ...) and stalls is held forever on the transparent \
-            listener; and tunnel() sniffs an intercepted CONNECT with no wait at all (`TunnelPlan::Intercept \
-            => None`), so CONNECT to an allowed host followed by silence is held forever too"]
 fn stalled_clients_are_cut_off_by_the_gateway() {
     require_root!();
     let mut sb = Sandboxed::new("slow");

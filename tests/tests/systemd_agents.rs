@@ -156,8 +156,7 @@ action = "allow"
 
     // journald: gvmd's denial carries the structured fields.
     let denials = sd.sh("journalctl -u gvmd.service GVM_PROFILE=invoices GVM_DECISION=deny -o cat --no-pager");
-    let _ = denials; // TEMP: asserted once the gateway logs its decisions
-                     // assert!(denials.contains("/secret.txt"), "no denial in gvmd's journal:\n{denials}");
+    assert!(denials.contains("/secret.txt"), "no denial in gvmd's journal:\n{denials}");
 
     // gvmd restarts; the agent keeps running, its requests fail closed meanwhile and
     // work again after.
