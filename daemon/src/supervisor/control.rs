@@ -181,33 +181,52 @@ pub async fn statuses(daemon: &Daemon) -> Vec<AgentStatus> {
     out
 }
 
+/// A profile's requests, counted from the audit log (its decision events).
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub allowed: u64,
+    pub denied: u64,
+    pub held: u64,
+    /// `deny GET http://x/y`, the newest decision.
+    pub last: Option<String>,
+}
+
+pub(crate) async fn tally(daemon: &Daemon, q: gvm_api::EventsQuery) -> Tally {
+    let audit = daemon.audit.clone();
+    let mut t = Tally::default();
+    let Ok(Ok(events)) = tokio::task::spawn_blocking(move || audit.events(&q)).await else { return t };
+    let mut last = None;
+    for e in events.iter().filter(|e| e.kind == "http" || e.kind == "connect") {
+        match e.decision.as_deref() {
+            Some("allow" | "watch") => t.allowed += 1,
+            Some("deny" | "limit") => t.denied += 1,
+            Some("hold") => t.held += 1,
+            _ => continue,
+        }
+        last = Some(e);
+    }
+    t.last = last.map(|e| {
+        let d = &e.details;
+        let field = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let what = match (d.get("url").and_then(|u| u.as_str()), field("scheme")) {
+            (Some(url), _) => url.to_string(),
+            // A CONNECT names a host and a port only.
+            (None, "") => format!("{}:{}", field("host"), d.get("port").map(|p| p.to_string()).unwrap_or_default()),
+            (None, scheme) => format!("{scheme}://{}{}", field("host"), field("path")),
+        };
+        format!("{} {} {what}", e.decision.as_deref().unwrap_or(""), field("method"))
+    });
+    t
+}
+
 async fn count_requests(daemon: &Daemon, profile: &str, since: SystemTime, s: &mut AgentStatus) {
     let q = gvm_api::EventsQuery {
         profile: Some(profile.to_string()),
         since: Some(crate::rfc3339(time::OffsetDateTime::from(since))),
         ..Default::default()
     };
-    let audit = daemon.audit.clone();
-    let Ok(Ok(events)) = tokio::task::spawn_blocking(move || audit.events(&q)).await else { return };
-    for e in events.iter().filter(|e| e.kind == "http" || e.kind == "connect") {
-        match e.decision.as_deref() {
-            Some("allow" | "watch") => s.allowed += 1,
-            Some("deny" | "limit") => s.denied += 1,
-            Some("hold") => s.held += 1,
-            _ => continue,
-        }
-        let what = e.details.get("url").and_then(|u| u.as_str()).map(str::to_string).unwrap_or_else(|| {
-            let d = &e.details;
-            format!(
-                "{}://{}{}",
-                d.get("scheme").and_then(|v| v.as_str()).unwrap_or("http"),
-                d.get("host").and_then(|v| v.as_str()).unwrap_or("?"),
-                d.get("path").and_then(|v| v.as_str()).unwrap_or("")
-            )
-        });
-        let method = e.details.get("method").and_then(|v| v.as_str()).unwrap_or("");
-        s.last_decision = Some(format!("{} {method} {what}", e.decision.as_deref().unwrap_or("")));
-    }
+    let t = tally(daemon, q).await;
+    (s.allowed, s.denied, s.held, s.last_decision) = (t.allowed, t.denied, t.held, t.last);
 }
 
 /// Resident memory of a process and its descendants (foreground mode has no cgroup

@@ -212,19 +212,10 @@ async fn summarize(
     plan: &gvm_api::LaunchPlan,
 ) -> RunSummary {
     let mut s = RunSummary { profile: profile.to_string(), duration_ms, ..RunSummary::default() };
-    let audit = daemon.audit.clone();
     let q =
         gvm_api::EventsQuery { profile: Some(profile.to_string()), after_seq: Some(start_seq), ..Default::default() };
-    if let Ok(Ok(events)) = tokio::task::spawn_blocking(move || audit.events(&q)).await {
-        for e in events.iter().filter(|e| e.kind == "http" || e.kind == "connect") {
-            match e.decision.as_deref() {
-                Some("allow" | "watch") => s.allowed += 1,
-                Some("deny" | "limit") => s.denied += 1,
-                Some("hold") => s.held += 1,
-                _ => {}
-            }
-        }
-    }
+    let t = crate::supervisor::control::tally(daemon, q).await;
+    (s.allowed, s.denied, s.held) = (t.allowed, t.denied, t.held);
     let overlay = Path::new(&plan.state_dir).join("agents").join(profile).join("overlay");
     let uppers: Vec<_> = plan
         .workspaces
