@@ -112,8 +112,47 @@ async fn run(
         ));
     };
     let plan = crate::supervisor::prepare::prepare(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
+    let ran = run_prepared(daemon, peer, req, &loaded.profile, &plan, [stdin, stdout, stderr], reader, writer).await;
+    // Nothing of the instance stays but the agent's state: no netns, no nft table —
+    // also when the sandbox failed to start.
+    if let Err(e) = crate::supervisor::prepare::teardown(daemon, &req.profile).await {
+        tracing::warn!(gvm_profile = %req.profile, "teardown after the run failed: {e}");
+    }
+    let (code, start_seq, started_at, clock) = ran?;
+
+    let summary =
+        summarize(daemon, &req.profile, start_seq, started_at, clock.elapsed().as_millis() as u64, &plan).await;
+    daemon
+        .record(NewEvent {
+            profile: Some(req.profile.clone()),
+            kind: "run_finished".into(),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({
+                "exit_code": code, "allowed": summary.allowed, "denied": summary.denied, "held": summary.held,
+                "files_changed": summary.files_changed, "duration_ms": summary.duration_ms, "run_started_seq": start_seq,
+            }),
+        })
+        .await;
+    send(writer, &RunMessage::Exited { code, summary }).await;
+    Ok(())
+}
+
+/// From a prepared profile to the command's exit: audit, launch, relay signals, wait.
+/// Returns the exit code, the `run_started` event's seq and when the run began.
+#[allow(clippy::too_many_arguments)]
+async fn run_prepared(
+    daemon: &Arc<Daemon>,
+    peer: Peer,
+    req: &RunRequest,
+    profile: &Arc<gvm_policy::Profile>,
+    plan: &gvm_api::LaunchPlan,
+    [stdin, stdout, stderr]: [OwnedFd; 3],
+    reader: tokio::net::unix::ReadHalf<'_>,
+    writer: &mut tokio::net::unix::WriteHalf<'_>,
+) -> Result<(i32, u64, SystemTime, Instant), Failure> {
     let spec = crate::supervisor::launch::spec_from_plan(
-        &plan,
+        plan,
         &req.argv,
         gvm_sandbox::Stdio::Fds { stdin, stdout, stderr },
         true,
@@ -121,7 +160,7 @@ async fn run(
     .map_err(|e| (e, None))?;
 
     // --watch: for this run the gateway allows everything and records what enforce would do.
-    let watch_guard = req.watch.then(|| WatchMode::enter(daemon, &loaded.profile));
+    let watch_guard = req.watch.then(|| WatchMode::enter(daemon, profile));
 
     let started_at = SystemTime::now();
     let clock = Instant::now();
@@ -174,32 +213,12 @@ async fn run(
     let (sandbox, exit) = exit;
     drop(sandbox);
     drop(watch_guard);
-    // Nothing of the instance stays but the agent's state: no netns, no nft table.
-    if let Err(e) = crate::supervisor::prepare::teardown(daemon, &req.profile).await {
-        tracing::warn!(gvm_profile = %req.profile, "teardown after the run failed: {e}");
-    }
     let code = match exit {
         Ok(gvm_sandbox::Exit::Code(c)) => c,
         Ok(gvm_sandbox::Exit::Signaled(s)) => 128 + s as i32,
         Err(e) => return Err((format!("waiting for the sandbox failed: {e}"), None)),
     };
-
-    let summary =
-        summarize(daemon, &req.profile, start_seq, started_at, clock.elapsed().as_millis() as u64, &plan).await;
-    daemon
-        .record(NewEvent {
-            profile: Some(req.profile.clone()),
-            kind: "run_finished".into(),
-            decision: None,
-            rule: None,
-            details: serde_json::json!({
-                "exit_code": code, "allowed": summary.allowed, "denied": summary.denied, "held": summary.held,
-                "files_changed": summary.files_changed, "duration_ms": summary.duration_ms, "run_started_seq": start_seq,
-            }),
-        })
-        .await;
-    send(writer, &RunMessage::Exited { code, summary }).await;
-    Ok(())
+    Ok((code, start_seq, started_at, clock))
 }
 
 /// Counts the run's requests (from the audit log) and changed files (in the overlays).
