@@ -55,7 +55,7 @@ pub fn launch(args: LaunchArgs) -> Result<i32, LaunchError> {
     // its properties hold the limits, so the agent stays in it.
     let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
     let spec =
-        crate::supervisor::launch::spec_from_plan(&plan, &args.argv, gvm_sandbox::Stdio::Inherit, !under_systemd)
+        crate::supervisor::launch::spec_from_plan(&plan, &args.argv, gvm_sandbox::Stdio::Inherit, !under_systemd, true)
             .map_err(LaunchError::Spec)?;
 
     // Forwarded signals are blocked before the sandbox forks (it resets the mask in its

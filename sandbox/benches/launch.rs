@@ -65,6 +65,7 @@ fn main() {
             cwd: None,
             landlock: true,
             own_cgroup: true,
+            die_with_parent: false,
         };
         let t = Instant::now();
         let mut sb = launch(spec).unwrap();

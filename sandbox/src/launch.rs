@@ -114,6 +114,11 @@ pub struct LaunchSpec {
     /// `gvmctl run`), or leave it in the caller's cgroup (false: a systemd unit whose
     /// resource properties carry the limits).
     pub own_cgroup: bool,
+    /// SIGKILL the sandbox when the calling process dies (the `gvmd launch` process of a
+    /// unit or of foreground supervision: its death must not leave an orphaned agent).
+    /// Only for a caller whose calling thread lives as long as the process: the signal
+    /// is tied to the thread that forked.
+    pub die_with_parent: bool,
 }
 
 /// How the agent ended.
@@ -262,6 +267,9 @@ enum Step {
 
 /// What the children execute: all decided and allocated up front.
 struct Plan {
+    /// Kill the launcher (and with it everything) when the process that called
+    /// `launch` dies; the pid it must keep as parent.
+    die_with: Option<nix::unistd::Pid>,
     netns: PathBuf,
     /// Where init mounts its staging tmpfs (the runtime dir: it exists, it is hidden from
     /// the agent anyway, and no source path lives under it).
@@ -351,6 +359,13 @@ fn fail<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 
 /// The launcher (host pid ns, root). Child side: syscalls and allocation only.
 fn launcher(plan: &Plan, netns: &File, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never, String> {
+    if let Some(parent) = plan.die_with {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail("setting the launcher's parent-death signal"))?;
+        // The parent may have died between the fork and the prctl.
+        if nix::unistd::getppid() != parent {
+            return Err("the process that launched the sandbox is gone".into());
+        }
+    }
     for procs in &plan.cgroup_procs {
         std::fs::write(procs, nix::unistd::getpid().to_string())
             .map_err(fail(&format!("joining {}", procs.display())))?;
@@ -414,6 +429,9 @@ fn init(plan: &Plan, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never
     drop(stdio);
     // Init keeps no privilege either: same uid, no capabilities, same seccomp filter.
     drop_privileges(plan)?;
+    // Changing credentials cleared the parent-death signal: re-arm it, or a SIGKILLed
+    // launcher would leave init (and the agent's whole pid namespace) orphaned.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail("re-arming init's parent-death signal"))?;
     // Init is a fork of gvmd: its memory and /proc/1/environ are gvmd's. Not dumpable
     // means /proc/1/{environ,mem,maps...} stay root-owned and unreadable to the agent
     // (class 8). (The uid change already reset it; this makes it explicit.)
@@ -897,6 +915,7 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
         netns: spec.netns.clone(),
         staging: paths.runtime_dir.clone(),
         cgroup_procs: Vec::new(),
+        die_with: spec.die_with_parent.then(nix::unistd::getpid),
         hostname: user,
         steps,
         uid: spec.uid,

@@ -152,7 +152,9 @@ fn setuid_binary_does_not_elevate() {
     }
     let fx = Fixture::new("suid");
     let id = fx.workspace.join("id");
-    std::fs::copy("/usr/bin/id", &id).unwrap();
+    // Copied by cp(1), not std::fs::copy: a write descriptor open in this multi-threaded
+    // test process could leak into another test's fork and make the exec fail (ETXTBSY).
+    assert!(std::process::Command::new("cp").arg("/usr/bin/id").arg(&id).status().unwrap().success());
     std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let mut spec = fx.spec("/bin/sh", &[]);
     spec.workspaces[0].mode = gvm_sandbox::WorkspaceMode::ReadWrite;

@@ -99,6 +99,9 @@ fn start_reload_live_restart_required_crash_restart_and_stop() {
     let out = gvmctl(&dirs, &["stop", &name]);
     assert_eq!(stdout(&out).trim(), format!("{name}: stop (agent is stopped)"), "{}", stderr(&out));
     assert!(!dirs.runtime.join("netns").join(&name).exists(), "the netns bind is left");
+    // Nothing of any generation of the agent is left, the SIGKILLed one included.
+    let left = std::process::Command::new("pgrep").args(["-f", "--", &format!("--profile {name} ")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
     let kinds = kinds(&events_json(&dirs));
     for k in ["agent_start", "agent_restart", "agent_stop"] {
         assert!(kinds.iter().any(|x| x == k), "{k} not audited: {kinds:?}");

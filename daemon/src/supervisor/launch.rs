@@ -16,6 +16,7 @@ pub fn spec_from_plan(
     argv: &[String],
     stdio: Stdio,
     own_cgroup: bool,
+    die_with_parent: bool,
 ) -> Result<LaunchSpec, String> {
     let argv: Vec<String> = if argv.is_empty() { plan.command.clone().unwrap_or_default() } else { argv.to_vec() };
     let Some((command, args)) = argv.split_first() else {
@@ -63,5 +64,6 @@ pub fn spec_from_plan(
         cwd: None,
         landlock: true,
         own_cgroup,
+        die_with_parent,
     })
 }

@@ -156,6 +156,9 @@ async fn run_prepared(
         &req.argv,
         gvm_sandbox::Stdio::Fds { stdin, stdout, stderr },
         true,
+        // Forked from one of gvmd's blocking threads, which may exit: the Sandbox
+        // handle (dropped on every path) kills it instead.
+        false,
     )
     .map_err(|e| (e, None))?;
 

@@ -92,6 +92,7 @@ impl Fixture {
             cwd: None,
             landlock: true,
             own_cgroup: true,
+            die_with_parent: false,
         }
     }
 
