@@ -36,8 +36,17 @@ pub struct LaunchArgs {
     pub argv: Vec<String>,
 }
 
+/// Set by gvmd's foreground supervision to its own pid: the launcher then dies with it.
+pub const PARENT_ENV: &str = "GVM_LAUNCH_PARENT";
+
 /// Runs the launcher; returns the exit code for the process.
 pub fn launch(args: LaunchArgs) -> Result<i32, LaunchError> {
+    if let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(LaunchError::Signals)?;
+        if nix::unistd::getppid().as_raw() != parent {
+            return Err(LaunchError::Spec("gvmd, which started this launcher, is gone".into()));
+        }
+    }
     let client = gvm_api::client::Client::new(args.socket);
     if args.teardown {
         let _: serde_json::Value = client

@@ -124,3 +124,40 @@ impl Drop for Cleanup {
         let _ = std::process::Command::new("userdel").arg(format!("gvm-{}", self.name)).output();
     }
 }
+
+/// gvmd dies (SIGKILL) while a `gvmctl run` is going on: the sandbox goes with it
+/// instead of running on unsupervised, and gvmctl says gvmd went away.
+#[test]
+fn a_run_does_not_outlive_a_killed_gvmd() {
+    require_root!();
+    let dirs = Dirs::new();
+    let name = format!("rk{}", std::process::id() % 100_000);
+    dirs.write_profile(&name, "[network]\ndefault = \"deny\"\n");
+    let gvmd = Gvmd::start(&dirs);
+    let cleanup = Cleanup { name: name.clone(), runtime: dirs.runtime.clone() };
+    let run = gvmctl_cmd(&dirs, &["run", "--profile", &name, "--", "/bin/sleep", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let user = format!("gvm-{name}");
+    let pgrep = || std::process::Command::new("pgrep").args(["-u", &user]).output().unwrap().stdout;
+    wait_until("the sleeping agent", || !pgrep().is_empty());
+    // A foreground agent of another profile, started by gvmd, must go too.
+    let fg = format!("rkfg{}", std::process::id() % 100_000);
+    dirs.write_profile(&fg, "[agent]\ncommand = [\"/bin/sleep\", \"30\"]\n");
+    assert!(gvmctl(&dirs, &["reload"]).status.success());
+    assert!(gvmctl(&dirs, &["start", &fg]).status.success());
+    let fg_user = format!("gvm-{fg}");
+    let fg_pgrep = || std::process::Command::new("pgrep").args(["-u", &fg_user]).output().unwrap().stdout;
+    let fg_cleanup = Cleanup { name: fg.clone(), runtime: dirs.runtime.clone() };
+    wait_until("the foreground agent", || !fg_pgrep().is_empty());
+    gvmd.kill();
+    wait_until("the sandbox to go with gvmd", || pgrep().is_empty());
+    wait_until("the foreground agent to go with gvmd", || fg_pgrep().is_empty());
+    drop(fg_cleanup);
+    let out = run.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gvmd closed the session"), "{out:?}");
+    drop(cleanup);
+}

@@ -103,6 +103,9 @@ async fn supervise<F>(
         let spawned = tokio::process::Command::new(&cmd.exe)
             .args(["launch", "--profile", &profile, "--socket"])
             .arg(&cmd.socket)
+            // The launcher dies with gvmd (it arms its parent-death signal): a SIGKILLed
+            // gvmd must not leave agents running that nobody supervises.
+            .env(crate::launcher::PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

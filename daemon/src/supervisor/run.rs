@@ -156,9 +156,7 @@ async fn run_prepared(
         &req.argv,
         gvm_sandbox::Stdio::Fds { stdin, stdout, stderr },
         true,
-        // Forked from one of gvmd's blocking threads, which may exit: the Sandbox
-        // handle (dropped on every path) kills it instead.
-        false,
+        true,
     )
     .map_err(|e| (e, None))?;
 
@@ -180,22 +178,36 @@ async fn run_prepared(
         .await
         .ok_or(("the audit store cannot record the run; nothing was started".to_string(), None))?;
 
-    let mut sandbox = tokio::task::spawn_blocking(move || gvm_sandbox::launch(spec))
+    // One thread launches and waits: the sandbox's parent-death signal is tied to the
+    // thread that forked it, so a gvmd that dies (even SIGKILLed) takes the sandbox with
+    // it, and no tokio thread exiting while the run goes on can kill it by mistake.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gvm-run-{}", req.profile))
+        .spawn(move || match gvm_sandbox::launch(spec) {
+            Err(e) => {
+                let _ = started_tx.send(Err(e));
+            }
+            Ok(mut sandbox) => {
+                let _ = started_tx.send(Ok(sandbox.pid()));
+                let exit = sandbox.wait();
+                drop(sandbox);
+                let _ = done_tx.send(exit);
+            }
+        })
+        .map_err(|e| (format!("cannot start the run's thread: {e}"), None))?;
+    let pid = started_rx
         .await
-        .map_err(|e| (format!("the launcher panicked: {e}"), None))?
+        .map_err(|_| ("the launcher thread ended before the sandbox started".to_string(), None))?
         .map_err(|e| (format!("the sandbox of {} could not start: {e}", req.profile), None))?;
-    let pid = sandbox.pid();
     send(writer, &RunMessage::Started { pid: pid.as_raw() as u32 }).await;
 
-    let mut waiter = tokio::task::spawn_blocking(move || {
-        let exit = sandbox.wait();
-        (sandbox, exit)
-    });
     let mut lines = BufReader::new(reader).lines();
     let mut client_gone = false;
     let exit = loop {
         tokio::select! {
-            done = &mut waiter => break done.map_err(|e| (format!("waiting for the sandbox failed: {e}"), None))?,
+            done = &mut done_rx => break done.map_err(|_| ("the run's thread ended without an exit status".to_string(), None))?,
             line = lines.next_line(), if !client_gone => match line {
                 Ok(Some(line)) => {
                     if let Ok(RunSignal { signal }) = serde_json::from_str(&line) {
@@ -213,8 +225,6 @@ async fn run_prepared(
             },
         }
     };
-    let (sandbox, exit) = exit;
-    drop(sandbox);
     drop(watch_guard);
     let code = match exit {
         Ok(gvm_sandbox::Exit::Code(c)) => c,
