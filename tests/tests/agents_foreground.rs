@@ -161,3 +161,44 @@ fn a_run_does_not_outlive_a_killed_gvmd() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("gvmd closed the session"), "{out:?}");
     drop(cleanup);
 }
+
+/// `gvmctl run --watch`: what the rules would refuse goes through, recorded as `watch`
+/// with what enforce mode would have done; without --watch it is refused.
+#[test]
+fn watch_mode_runs_allow_and_record_what_enforce_would_do() {
+    require_root!();
+    let dirs = Dirs::new();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in upstream.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    let name = format!("wm{}", std::process::id() % 100_000);
+    dirs.write_profile(
+        &name,
+        &format!("[network]\ndefault = \"deny\"\n\n[[network.rule]]\nhost = \"127.0.0.1\"\nport = {port}\npath = \"/ok\"\naction = \"allow\"\n"),
+    );
+    let _gvmd = Gvmd::start(&dirs);
+    let _cleanup = Cleanup { name: name.clone(), runtime: dirs.runtime.clone() };
+    let probe = format!("curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/secret");
+    let out = gvmctl(&dirs, &["run", "--profile", &name, "--", "sh", "-c", &probe]);
+    assert_eq!(stdout(&out), "403", "{}", stderr(&out));
+    let out = gvmctl(&dirs, &["run", "--profile", &name, "--watch", "--", "sh", "-c", &probe]);
+    assert_eq!(stdout(&out), "200", "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 requests allowed, 0 denied"), "{}", stderr(&out));
+    let events = events_json(&dirs);
+    let decisions: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "http" && e["details"]["path"] == "/secret")
+        .map(|e| e["decision"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(decisions, ["deny", "watch"]);
+    // After the watched run the profile is enforced again.
+    let out = gvmctl(&dirs, &["run", "--profile", &name, "--", "sh", "-c", &probe]);
+    assert_eq!(stdout(&out), "403");
+}
