@@ -5,6 +5,7 @@
 mod common;
 use std::time::{Duration, Instant};
 
+use common::agent::Upstream;
 use common::*;
 
 fn profile(upstream: u16, allow_secret: bool, tag: &str) -> String {
@@ -44,16 +45,8 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 fn start_reload_live_restart_required_crash_restart_and_stop() {
     require_root!();
     let dirs = Dirs::new();
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut c in upstream.incoming().flatten() {
-            let mut buf = [0u8; 2048];
-            let _ = c.read(&mut buf);
-            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
+    let upstream = Upstream::start(None);
+    let port = upstream.port();
     let name = format!("fg{}", std::process::id() % 100_000);
     let file = dirs.write_profile(&name, &profile(port, false, "a"));
     let gvmd = Gvmd::start(&dirs);
@@ -168,16 +161,8 @@ fn a_run_does_not_outlive_a_killed_gvmd() {
 fn watch_mode_runs_allow_and_record_what_enforce_would_do() {
     require_root!();
     let dirs = Dirs::new();
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut c in upstream.incoming().flatten() {
-            let mut buf = [0u8; 2048];
-            let _ = c.read(&mut buf);
-            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
+    let upstream = Upstream::start(None);
+    let port = upstream.port();
     let name = format!("wm{}", std::process::id() % 100_000);
     dirs.write_profile(
         &name,

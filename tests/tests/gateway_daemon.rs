@@ -7,71 +7,13 @@
 //! 127.0.0.1 that gvmd reaches through a `[gateway.hosts]` override.
 
 mod common;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::agent::Upstream;
 use common::*;
-
-/// A plain HTTP/1.1 server on 127.0.0.1 that answers `ok <path>` and closes.
-struct Upstream {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(mut conn) = conn else { continue };
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(conn.try_clone().unwrap());
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                        let mut length = 0usize;
-                        loop {
-                            let mut h = String::new();
-                            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                                break;
-                            }
-                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        let _ = reader.read_exact(&mut body);
-                        let text = format!("ok {path}");
-                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len());
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Upstream { addr, stop }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -122,7 +64,7 @@ methods = ["POST"]
 path = "/charges"
 action = "hold"
 "#,
-            port = upstream.addr.port()
+            port = upstream.port()
         ),
     );
 }
@@ -130,11 +72,11 @@ action = "hold"
 #[test]
 fn allow_deny_and_hold_through_gvmd_are_decided_and_audited() {
     let dirs = Dirs::new();
-    let upstream = Upstream::start();
+    let upstream = Upstream::start(None);
     let proxy = free_port();
     setup(&dirs, &upstream, proxy);
     let gvmd = Gvmd::start(&dirs);
-    let base = format!("http://api.test.example:{}", upstream.addr.port());
+    let base = format!("http://api.test.example:{}", upstream.port());
 
     let (status, body) = through_proxy(proxy, "GET", &format!("{base}/ok/1")).unwrap();
     assert_eq!((status, body.as_str()), (200, "ok /ok/1"));
@@ -191,11 +133,11 @@ fn allow_deny_and_hold_through_gvmd_are_decided_and_audited() {
 #[test]
 fn sigkill_under_load_loses_no_answered_request() {
     let dirs = Dirs::new();
-    let upstream = Upstream::start();
+    let upstream = Upstream::start(None);
     let proxy = free_port();
     setup(&dirs, &upstream, proxy);
     let gvmd = Gvmd::start(&dirs);
-    let base = format!("http://api.test.example:{}", upstream.addr.port());
+    let base = format!("http://api.test.example:{}", upstream.port());
 
     let answered = Arc::new(Mutex::new(Vec::<String>::new()));
     let clients: Vec<_> = (0..8)
