@@ -49,6 +49,7 @@ mod decide;
 mod dns;
 mod dnswire;
 mod holds;
+mod limit;
 mod proxy;
 mod rate;
 mod resolve;
@@ -117,6 +118,7 @@ pub(crate) struct Inner {
     upstreams: Arc<upstream::Upstreams>,
     holds: holds::Holds,
     rate: rate::RateLimiter,
+    conns: limit::ConnLimits,
 }
 
 impl Inner {
@@ -204,6 +206,7 @@ impl Gateway {
                 upstreams: Arc::new(upstream::Upstreams::new(client)),
                 holds: holds::Holds::default(),
                 rate: rate::RateLimiter::default(),
+                conns: limit::ConnLimits::default(),
             }),
         })
     }
@@ -235,9 +238,14 @@ impl Gateway {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 };
+                let Some(permit) = inner.conns.admit(&profile) else { continue };
                 let _ = tcp.set_nodelay(true);
                 let conn = Arc::new(ConnCtx { profile: profile.clone(), kind: ConnKind::Proxy });
-                tokio::spawn(inner.clone().serve_http(tcp, conn));
+                let serve = inner.clone().serve_http(tcp, conn);
+                tokio::spawn(async move {
+                    serve.await;
+                    drop(permit);
+                });
             }
         })
     }

@@ -48,10 +48,14 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, profile: Arc
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
+        let Some(permit) = inner.conns.admit(&profile) else { continue };
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
         let profile = profile.clone();
-        tokio::spawn(async move { one(inner, tcp, profile, dst).await });
+        tokio::spawn(async move {
+            one(inner, tcp, profile, dst).await;
+            drop(permit);
+        });
     }
 }
 
