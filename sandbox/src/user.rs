@@ -80,17 +80,13 @@ fn retry_locked(mut f: impl FnMut() -> Result<()>) -> Result<()> {
     for attempt in 0..50 {
         match f() {
             Err(Error::Command { ref stderr, .. }) if stderr.contains("lock") || stderr.contains("try again") => {
-                last = Some(f_err_placeholder(stderr));
+                last = Some(format!("the user database stayed locked: {stderr}"));
                 std::thread::sleep(std::time::Duration::from_millis(20 + attempt * 10));
             }
             other => return other,
         }
     }
     Err(Error::Setup(last.unwrap_or_default()))
-}
-
-fn f_err_placeholder(stderr: &str) -> String {
-    format!("the user database stayed locked: {stderr}")
 }
 
 #[cfg(test)]
