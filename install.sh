@@ -53,7 +53,17 @@ if [ "$uninstall" = 1 ]; then
     rm -f "$BIN/gvmd" "$BIN/gvmctl" "$UNITS/gvmd.service" "$UNITS/gvm-agent@.service" /etc/gvm/profiles/demo.toml \
           /usr/lib/sysusers.d/gvm.conf /usr/lib/tmpfiles.d/gvm.conf
     systemd_is_pid1 && systemctl daemon-reload || true
+    # gvm-admin goes when nobody was put in it.
+    if getent group gvm-admin >/dev/null && [ -z "$(getent group gvm-admin | cut -d: -f4)" ]; then
+        groupdel gvm-admin || true
+    fi
     if [ "$purge" = 1 ]; then
+        # The agents' users (gvm-<profile>, made by gvmd on first use) go with their data.
+        for d in /var/lib/gvm/agents/*/; do
+            [ -d "$d" ] || continue
+            user=gvm-$(basename "$d")
+            getent passwd "$user" >/dev/null && userdel "$user" 2>/dev/null || true
+        done
         rm -rf /var/lib/gvm /run/gvm "$LOG"
         say "removed gvm and its data (/var/lib/gvm)"
     else

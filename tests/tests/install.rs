@@ -46,4 +46,6 @@ fn install_runs_the_demo_and_uninstall_removes_everything() {
         assert!(sd.exec(&["test", "-e", gone]).status.code() == Some(1), "{gone} is still there");
     }
     assert_ne!(sd.exec(&["systemctl", "is-active", "gvmd.service"]).stdout, b"active\n");
+    assert!(!sd.exec(&["getent", "passwd", "gvm-demo"]).status.success(), "the demo agent's user is left");
+    assert!(!sd.exec(&["getent", "group", "gvm-admin"]).status.success(), "the gvm-admin group is left");
 }
