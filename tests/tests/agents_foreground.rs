@@ -152,6 +152,10 @@ fn a_run_does_not_outlive_a_killed_gvmd() {
     let out = run.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gvmd closed the session"), "{out:?}");
+    // The next gvmd removes what the killed one left (its netns binds).
+    let gvmd = Gvmd::start(&dirs);
+    wait_until("the stale netns removed", || !dirs.runtime.join("netns").join(&name).exists());
+    drop(gvmd);
     drop(cleanup);
 }
 

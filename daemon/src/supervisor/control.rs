@@ -93,11 +93,22 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: &str) -> Result<Ag
 pub async fn reconcile(daemon: &Arc<Daemon>) {
     let profiles = daemon.profiles();
     for name in profiles.profiles.keys() {
-        if daemon.paths.runtime_dir.join("netns").join(name).exists() {
+        if !daemon.paths.runtime_dir.join("netns").join(name).exists() {
+            continue;
+        }
+        // Only a systemd unit outlives gvmd; in foreground mode every sandbox died with
+        // the previous gvmd, and what it left is removed.
+        let running = match &daemon.supervisor {
+            Backend::Systemd(sd) => sd.state(name).await.is_ok_and(|u| u.active_state == "active"),
+            Backend::Gvmd(_) => false,
+        };
+        if running {
             match super::prepare::prepare(daemon, name).await {
                 Ok(_) => tracing::info!(gvm_profile = %name, "gateway re-opened for the running agent {name}"),
                 Err(e) => tracing::error!(gvm_profile = %name, "cannot re-open the gateway of {name}: {e}"),
             }
+        } else if let Err(e) = super::prepare::teardown(daemon, name).await {
+            tracing::warn!(gvm_profile = %name, "cannot remove what a previous gvmd left for {name}: {e}");
         }
     }
     // Sockets systemd kept for profiles whose agent is gone: let go of them.
