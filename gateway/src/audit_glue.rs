@@ -34,6 +34,11 @@ pub(crate) async fn append(
 /// holds and rate limits at info, allowed requests at debug (`GVM_LOG=debug`; the
 /// audit log has them all either way).
 fn log_decision(seq: u64, kind: &str, profile: &str, decision: &str, rule: Option<&str>, details: &Value) {
+    let allowed = decision == "allow" || decision == "intercept" || decision == "watch";
+    // The request path: nothing is looked up for an allowed request unless debug is on.
+    if allowed && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let field = |k: &str| details.get(k).and_then(Value::as_str).unwrap_or("");
     let (host, path, method) = (field("host"), field("path"), field("method"));
     let rule = rule.unwrap_or("default");
@@ -49,7 +54,7 @@ fn log_decision(seq: u64, kind: &str, profile: &str, decision: &str, rule: Optio
             )
         };
     }
-    if decision == "allow" || decision == "intercept" || decision == "watch" {
+    if allowed {
         emit!(debug);
     } else {
         emit!(info);

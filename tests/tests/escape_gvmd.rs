@@ -182,17 +182,24 @@ fn py(body: &str) -> String {
 // 1. Proxy-aware clients: plain HTTP and HTTPS (CONNECT + interception).
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn proxy_aware_http_and_https_are_decided_and_audited() {
-    require_root!();
-    let mut sb = Sandboxed::new("px");
+/// Starts gvmd for `sb` with two local upstreams: plain HTTP, and TLS with a test CA of
+/// its own that gvmd trusts through `[gateway] extra_roots`.
+fn start_with_upstreams(sb: &mut Sandboxed) -> (Upstream, Upstream) {
     let up = Upstream::start(None);
     let ca = TestCa::new(&["tls.test.example"]);
     let tls = Upstream::start(Some(ca.server.clone()));
     let ca_file = sb.dirs.root.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let profile = profile_toml(&sb, up.port(), Some(tls.port()), "");
+    let profile = profile_toml(sb, up.port(), Some(tls.port()), "");
     sb.start(&gvmd_toml(Some(&ca_file)), &profile, &[]);
+    (up, tls)
+}
+
+#[test]
+fn proxy_aware_http_and_https_are_decided_and_audited() {
+    require_root!();
+    let mut sb = Sandboxed::new("px");
+    let (up, tls) = start_with_upstreams(&mut sb);
     let (p, t) = (up.port(), tls.port());
 
     let curl = |name: &str, url: &str| {
@@ -256,13 +263,7 @@ fn proxy_aware_http_and_https_are_decided_and_audited() {
 fn proxy_unaware_clients_go_through_the_transparent_gateway() {
     require_root!();
     let mut sb = Sandboxed::new("tp");
-    let up = Upstream::start(None);
-    let ca = TestCa::new(&["tls.test.example"]);
-    let tls = Upstream::start(Some(ca.server.clone()));
-    let ca_file = sb.dirs.root.path().join("upstream-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let profile = profile_toml(&sb, up.port(), Some(tls.port()), "");
-    sb.start(&gvmd_toml(Some(&ca_file)), &profile, &[]);
+    let (up, tls) = start_with_upstreams(&mut sb);
     let (p, t) = (up.port(), tls.port());
 
     let body = format!(

@@ -111,18 +111,20 @@ impl Ran {
     }
 }
 
+/// Reads a pipe to its end on a thread of its own (so a full pipe never blocks the child).
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
 /// Runs `cmd` with stdout and stderr piped, killed (and the test failed) after `limit`.
 pub fn output_within(mut cmd: Command, limit: Duration) -> Ran {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let read = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
     let status = wait_timeout(&mut child, limit);
     if status.is_none() {
         let _ = child.kill();
@@ -206,15 +208,8 @@ impl Sandboxed {
         args.extend_from_slice(argv);
         let mut cmd = gvmctl_cmd(&self.dirs, &args);
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-        let read = |mut r: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = r.read_to_end(&mut v);
-                String::from_utf8_lossy(&v).into_owned()
-            })
-        };
-        let out = read(Box::new(child.stdout.take().unwrap()));
-        let err = read(Box::new(child.stderr.take().unwrap()));
+        let out = drain(child.stdout.take().unwrap());
+        let err = drain(child.stderr.take().unwrap());
         let stdin = child.stdin.take();
         let running = Running { child, stdin, out: Some(out), err: Some(err) };
         let user = format!("gvm-{}", self.profile);
