@@ -142,6 +142,23 @@ pub(crate) fn split_authority(s: &str) -> Result<(Host, Option<u16>), String> {
 }
 
 /// Refuses requests whose framing two parsers could read differently.
+/// Methods are case-sensitive (RFC 9110 §9.1) and every registered one (RFC 9110,
+/// WebDAV, PATCH...) is upper case; rules must name them so. But upstreams disagree on
+/// what `delete` means: Werkzeug and others upper-case the method they read, so a
+/// `delete` would slip past a rule on `DELETE` and still run the DELETE handler. No
+/// client sends lower-case methods, so one is ambiguity and is refused, whatever its
+/// letters spell; the decision then only ever sees the canonical upper-case form.
+fn check_method(method: &Method) -> Result<(), String> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(format!(
+            "the method `{}` is not upper case: methods are case-sensitive and upstreams read case variants differently; send `{}`",
+            method.as_str().escape_debug(),
+            method.as_str().to_ascii_uppercase().escape_debug()
+        ));
+    }
+    Ok(())
+}
+
 fn check_framing(headers: &HeaderMap) -> Result<(), String> {
     if headers.get_all(header::HOST).iter().count() > 1 {
         return Err("more than one Host header".into());
@@ -165,6 +182,25 @@ fn check_framing(headers: &HeaderMap) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Removes client headers that an upstream could read as one of the injected ones:
+/// CGI, WSGI (Werkzeug, gunicorn before 22) and PHP map `x_api_key` and `x-api-key`
+/// to the same variable, so an agent's `X_Api_Key` could stand in for the credential
+/// gvm injects. (Header names are already case-insensitive in the map.)
+fn remove_twins(headers: &mut HeaderMap, inject: &[(HeaderName, HeaderValue)]) {
+    let dash = |b: &u8| if *b == b'_' { b'-' } else { *b };
+    let twin = |n: &HeaderName| {
+        let n = n.as_str().as_bytes();
+        inject.iter().any(|(i, _)| {
+            let i = i.as_str().as_bytes();
+            i.len() == n.len() && i.iter().map(dash).eq(n.iter().map(dash))
+        })
+    };
+    let twins: Vec<HeaderName> = headers.keys().filter(|n| twin(n)).cloned().collect();
+    for n in &twins {
+        headers.remove(n);
+    }
 }
 
 /// Headers that describe one hop and are never forwarded.
@@ -257,7 +293,7 @@ impl Inner {
                 .refuse(&conn.profile, "http", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &described(), &reason, None)
                 .await;
         }
-        if let Err(reason) = check_framing(req.headers()) {
+        if let Err(reason) = check_method(req.method()).and_then(|()| check_framing(req.headers())) {
             return self.refuse(&conn.profile, "http", StatusCode::BAD_REQUEST, &described(), &reason, None).await;
         }
         let host_hdr = match req.headers().get(header::HOST) {
@@ -491,6 +527,9 @@ impl Inner {
             header::HOST,
             HeaderValue::from_str(&target.authority()).unwrap_or(HeaderValue::from_static("invalid")),
         );
+        if !ruling.inject.is_empty() {
+            remove_twins(&mut parts.headers, &ruling.inject);
+        }
         for (name, value) in &ruling.inject {
             // A client-sent value never travels beside the injected one (class 9).
             parts.headers.remove(name);

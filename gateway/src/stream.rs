@@ -126,7 +126,9 @@ async fn sniff_within<S: AsyncRead + Unpin>(s: &mut S, wait: Option<Duration>) -
             buf.extend_from_slice(&tmp[..n]);
         }
     }
-    let token_len = buf.iter().take_while(|b| b.is_ascii_uppercase() || **b == b'-').count();
+    // Any letters, so that a case variant of a method (`delete /x`) is answered with a
+    // 400 that says why, not just closed as an unknown protocol.
+    let token_len = buf.iter().take_while(|b| b.is_ascii_alphabetic() || **b == b'-').count();
     if token_len > 0 && token_len < buf.len() && buf[token_len] == b' ' {
         return Ok((Sniffed::Http, buf));
     }

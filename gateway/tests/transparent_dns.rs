@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gvm_gateway::OriginalDst;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -30,15 +28,6 @@ action = "allow"
 host = "*.blocked.example"
 action = "deny"
 "#;
-
-async fn transparent(env: &Env, port: u16) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    // The agent "dialled" some address on `port`; the gateway uses only the port.
-    let dst = OriginalDst::Fixed(SocketAddr::from(([127, 0, 0, 1], port)));
-    env.gw.serve_transparent_with(l, Arc::from(env.profile.as_str()), dst);
-    a
-}
 
 #[tokio::test]
 async fn transparent_http_uses_host_header_and_policy() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::host::Host;
-use crate::path::{PathPattern, ReqPath};
+use crate::path::{Fold, ReqPath};
 use crate::profile::{DefaultAction, Mode, Network};
 use crate::rule::{Action, HostPattern, Injection, Rule};
 use crate::units::Rate;
@@ -186,7 +186,7 @@ pub struct CompiledPolicy {
     default: DefaultAction,
     hold_timeout: Duration,
     rules: Vec<CRule>,
-    /// Per rule: [`PathPattern::first_key`] of its path, 0 = none. Dense, so that
+    /// Per rule: [`crate::path::PathPattern::first_key`] of its path, 0 = none. Dense, so that
     /// path rules on a busy host are skipped without reading the rule.
     first_key: Box<[u64]>,
     exact: FnvMap<Box<str>, Box<[u32]>>,
@@ -249,7 +249,14 @@ impl CompiledPolicy {
             .map(|((std::cmp::Reverse(prefix), v6), nets)| CidrGroup { prefix, v6, nets: finish(nets, &order) })
             .collect();
         order(&mut any);
-        let first_key = rules.iter().map(|r| r.rule.path.as_ref().map_or(0, PathPattern::first_key)).collect();
+        // Deny rules compare paths without regard to case: no exact fingerprint for them.
+        let first_key = rules
+            .iter()
+            .map(|r| match &r.rule.path {
+                Some(p) if r.rule.action != Action::Deny => p.first_key(),
+                _ => 0,
+            })
+            .collect();
         CompiledPolicy {
             first_key,
             file,
@@ -498,7 +505,9 @@ fn path_matches(rule: &Rule, path: &ReqPath<'_>) -> bool {
         // Fail closed: an ambiguous path is caught by deny path rules and never
         // allowed by allow/hold path rules.
         Some(_) if path.ambiguous => rule.action == Action::Deny,
-        Some(p) => p.matches_req(path),
+        // A deny rule also catches case variants (see `Fold`): fails closed.
+        Some(p) if rule.action == Action::Deny => p.matches_req(path, Fold::AnyCase),
+        Some(p) => p.matches_req(path, Fold::Exact),
     }
 }
 
@@ -611,7 +620,7 @@ mod tests {
             "fd00::/8",
             "c.net",
         ];
-        let paths = ["/", "/v1", "/v1/x", "/v1/x/y", "/v2/x", "/v1/../v2", "/v1/%78"];
+        let paths = ["/", "/v1", "/v1/x", "/v1/x/y", "/v2/x", "/v1/../v2", "/v1/%78", "/V1/X", "/v1/%58", "/V2/x/y"];
         let path_pats = [None, Some("/v1/**"), Some("/v1/x"), Some("/*/x"), Some("/v2/**")];
         let actions = ["allow", "deny", "hold"];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -654,5 +663,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn deny_path_rules_catch_case_variants_and_allow_rules_do_not_widen() {
+        let text = "[[network.rule]]\nhost = \"a.com\"\npath = \"/v1/**\"\naction = \"allow\"\n\
+                    [[network.rule]]\nhost = \"a.com\"\npath = \"/v1/admin/**\"\naction = \"deny\"\n";
+        let p = parse_profile(Path::new("r.toml"), text).unwrap();
+        let host = Host::parse("a.com").unwrap();
+        let verdict = |path: &str| {
+            let req = Request { scheme: Scheme::Https, host: &host, port: 443, method: "GET", path };
+            p.compiled.decide(&req, SystemTime::UNIX_EPOCH).policy_verdict
+        };
+        assert_eq!(verdict("/v1/chat"), Verdict::Allow);
+        for bypass in ["/v1/admin/x", "/v1/ADMIN/x", "/v1/Admin", "/V1/aDmIn/users", "/v1/%41dmin/x", "/v1/%61DMIN"] {
+            assert_eq!(verdict(bypass), Verdict::Deny, "{bypass}");
+        }
+        // The allow rule names `/v1`, not `/V1`: the variant falls to the default.
+        assert_eq!(verdict("/V1/chat"), Verdict::Deny);
     }
 }

@@ -126,29 +126,30 @@ impl PathPattern {
         }
     }
 
-    /// Matches an unambiguous request path (see [`ReqPath`]).
+    /// Matches an unambiguous request path (see [`ReqPath`]). With `fold`, ASCII
+    /// letters match whatever their case (how deny rules match: see [`Fold`]).
     #[inline]
-    pub(crate) fn matches_req(&self, req: &ReqPath<'_>) -> bool {
+    pub(crate) fn matches_req(&self, req: &ReqPath<'_>, fold: Fold) -> bool {
         match req.segments() {
-            Some(segs) => self.matches_segs(segs, req.pct),
-            None => self.matches(req.path),
+            Some(segs) => self.matches_segs(segs, req.pct, fold),
+            None => self.matches(req.path, fold),
         }
     }
 
     #[inline]
-    fn matches_segs(&self, req: &[&str], pct: bool) -> bool {
+    fn matches_segs(&self, req: &[&str], pct: bool, fold: Fold) -> bool {
         if req.len() < self.segs.len() || (!self.prefix && req.len() != self.segs.len()) {
             return false;
         }
         self.segs.iter().zip(req).all(|(seg, r)| match seg {
             Seg::One => !r.is_empty(),
-            Seg::Lit(lit) if pct => eq_decoded(r, lit),
+            Seg::Lit(lit) if pct || fold == Fold::AnyCase => eq_decoded(r, lit, fold),
             Seg::Lit(lit) => **lit == **r,
         })
     }
 
     /// Slow path for very deep request paths.
-    pub(crate) fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str, fold: Fold) -> bool {
         let body = path.strip_prefix('/').unwrap_or(path);
         let body = body.strip_suffix('/').unwrap_or(body);
         let mut req = body.split('/').filter(|_| !body.is_empty());
@@ -161,7 +162,7 @@ impl PathPattern {
                     }
                 }
                 Seg::Lit(lit) => {
-                    if !eq_decoded(r, lit) {
+                    if !eq_decoded(r, lit, fold) {
                         return false;
                     }
                 }
@@ -193,9 +194,22 @@ impl fmt::Display for PathPattern {
     }
 }
 
+/// How the letters of a request path compare with a pattern's.
+///
+/// Paths are case-sensitive (RFC 3986 §6.2.2.1), but many upstreams route without
+/// regard to case: Express by default, ASP.NET, IIS, anything on a case-insensitive
+/// file system. A deny rule on `/admin/**` must then also catch `/ADMIN/x`, or it is
+/// bypassed by a shift key. Allow and hold rules compare exactly: a case variant they
+/// do not name falls to a less specific rule or the default, which fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fold {
+    Exact,
+    AnyCase,
+}
+
 /// Compares a raw request segment (percent-escapes allowed) with a literal pattern
 /// segment, decoding escapes on the fly. Never allocates.
-fn eq_decoded(raw: &str, lit: &str) -> bool {
+fn eq_decoded(raw: &str, lit: &str, fold: Fold) -> bool {
     let raw = raw.as_bytes();
     let lit = lit.as_bytes();
     let (mut i, mut j) = (0, 0);
@@ -209,7 +223,12 @@ fn eq_decoded(raw: &str, lit: &str) -> bool {
             i += 1;
             raw[i - 1]
         };
-        if lit.get(j) != Some(&b) {
+        let same = match (lit.get(j), fold) {
+            (Some(l), Fold::Exact) => *l == b,
+            (Some(l), Fold::AnyCase) => l.eq_ignore_ascii_case(&b),
+            (None, _) => false,
+        };
+        if !same {
             return false;
         }
         j += 1;
@@ -341,8 +360,8 @@ mod tests {
         let p = PathPattern::parse(pat).unwrap();
         let r = ReqPath::new(path);
         assert!(!r.ambiguous, "{path} is ambiguous");
-        assert_eq!(p.matches(r.path), p.matches_req(&r), "{pat} {path}");
-        p.matches_req(&r)
+        assert_eq!(p.matches(r.path, Fold::Exact), p.matches_req(&r, Fold::Exact), "{pat} {path}");
+        p.matches_req(&r, Fold::Exact)
     }
 
     #[test]

@@ -73,6 +73,11 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
         "host": h("host"),
         "authorization": h("authorization"),
         "proxy_authorization": h("proxy-authorization"),
+        // Every header as received, repeated names joined with "\n".
+        "headers": req.headers().keys().map(|k| {
+            let all: Vec<&str> = req.headers().get_all(k).iter().filter_map(|v| v.to_str().ok()).collect();
+            (k.as_str().to_string(), serde_json::Value::from(all.join("\n")))
+        }).collect::<serde_json::Map<_, _>>(),
     });
     let (_, body) = req.into_parts();
     let got = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
@@ -280,4 +285,22 @@ pub fn events(env: &Env) -> Vec<gvm_audit::AuditEvent> {
 /// The newest event of `kind` whose details mention `needle`.
 pub fn find_event(env: &Env, kind: &str, needle: &str) -> Option<gvm_audit::AuditEvent> {
     events(env).into_iter().rev().find(|e| e.kind == kind && e.details.to_string().contains(needle))
+}
+
+/// A transparent listener of the gateway for a connection the agent "dialled" to some
+/// address on `port` (no nft on loopback: the original destination is injected; the
+/// gateway uses only its port).
+pub async fn transparent(env: &Env, port: u16) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let dst = gvm_gateway::OriginalDst::Fixed(SocketAddr::from(([127, 0, 0, 1], port)));
+    env.gw.serve_transparent_with(l, Arc::from(env.profile.as_str()), dst);
+    a
+}
+
+/// TLS through a transparent listener, with `sni`, trusting the gateway's CA.
+pub async fn transparent_tls(env: &Env, port: u16, sni: &str) -> Sender {
+    let tcp = TcpStream::connect(transparent(env, port).await).await.unwrap();
+    let c = tokio_rustls::TlsConnector::from(env.agent_tls.clone());
+    handshake(c.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp).await.unwrap()).await
 }
