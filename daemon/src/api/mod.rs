@@ -43,6 +43,11 @@ impl IntoResponse for ApiFailure {
     }
 }
 
+/// How long a control client may take to send its first bytes, and then each request
+/// head: gvmctl sends at once, so a connection that stays silent (or dribbles a head)
+/// is closed instead of holding one of gvmd's descriptors for ever.
+pub const HEAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Accepts control connections until the task is dropped or aborted.
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     let router = routes::router(daemon.clone());
@@ -96,8 +101,16 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
         }
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEAD_DEADLINE);
     if daemon.admin.admits(&peer) {
-        if is_run_session(&stream).await {
+        let run = match tokio::time::timeout(HEAD_DEADLINE, is_run_session(&stream)).await {
+            Ok(run) => run,
+            Err(_) => {
+                tracing::debug!(pid = ?peer.pid, "control connection sent nothing within {HEAD_DEADLINE:?}; closed");
+                return;
+            }
+        };
+        if run {
             crate::supervisor::run::session(stream, daemon, peer).await;
             return;
         }
