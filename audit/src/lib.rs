@@ -315,6 +315,17 @@ impl Audit {
         rx.recv().unwrap_or_else(|_| Err(self.gone()))
     }
 
+    /// A round trip through the writer: answered once everything queued before it is
+    /// committed, with the result of a real commit to the disk (see `Writer::probe`).
+    /// This, not [`Audit::status`], is the store's health: a writer that stopped,
+    /// panicked or cannot write answers an error, and one stuck in a write (a hung
+    /// fsync) does not answer at all, so callers bound the wait.
+    pub async fn ping(&self) -> Result<(), AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Ping(Reply::Async(tx)))?;
+        rx.await.unwrap_or_else(|_| Err(self.gone()))
+    }
+
     /// Where the chain stands (as of the last commit; no I/O).
     pub fn status(&self) -> Result<AuditStatus, AuditError> {
         let s = *self.inner.status.lock().map_err(|_| AuditError::WriterStopped)?;

@@ -136,6 +136,9 @@ pub(crate) enum Request {
     Nudge,
     /// Commit what is queued before it, sign a final checkpoint, stop.
     Close(Reply<Result<(), AuditError>>),
+    /// Health: answered after what is queued before it, with the result of a real
+    /// write through the same connection (see [`Writer::probe`]).
+    Ping(Reply<Result<(), AuditError>>),
 }
 
 /// What `status()` reports, updated after each commit.
@@ -169,6 +172,17 @@ pub(crate) struct Writer {
 }
 
 type Batch = Vec<(Prepared, Reply<Result<Appended, AuditError>>)>;
+type Answer = Reply<Result<(), AuditError>>;
+
+/// Sorts one request into what the loop collects before it commits.
+fn route(req: Request, batch: &mut Batch, close: &mut Option<Answer>, pings: &mut Vec<Answer>) {
+    match req {
+        Request::Append(ev, reply) => batch.push((ev, reply)),
+        Request::Nudge => {}
+        Request::Close(reply) => *close = Some(reply),
+        Request::Ping(reply) => pings.push(reply),
+    }
+}
 
 impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
@@ -210,16 +224,11 @@ impl Writer {
             };
             self.lazy.parked.store(false, Ordering::SeqCst);
             let mut close = None;
-            match first {
-                Request::Append(ev, reply) => batch.push((ev, reply)),
-                Request::Nudge => {}
-                Request::Close(reply) => close = Some(reply),
-            }
+            let mut pings = Vec::new();
+            route(first, &mut batch, &mut close, &mut pings);
             while close.is_none() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Request::Append(ev, reply)) => batch.push((ev, reply)),
-                    Ok(Request::Nudge) => {}
-                    Ok(Request::Close(reply)) => close = Some(reply),
+                    Ok(req) => route(req, &mut batch, &mut close, &mut pings),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
@@ -233,9 +242,7 @@ impl Writer {
                 let deadline = Instant::now() + (self.last_commit_time / 4).min(MAX_GATHER);
                 while close.is_none() && batch.len() < target {
                     match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(Request::Append(ev, reply)) => batch.push((ev, reply)),
-                        Ok(Request::Nudge) => {}
-                        Ok(Request::Close(reply)) => close = Some(reply),
+                        Ok(req) => route(req, &mut batch, &mut close, &mut pings),
                         Err(_) => break,
                     }
                 }
@@ -255,6 +262,9 @@ impl Writer {
                 } else {
                     lazy_deadline.get_or_insert_with(|| Instant::now() + LAZY_DELAY);
                 }
+            }
+            for reply in pings {
+                reply.send(self.probe());
             }
             if let Some(reply) = close {
                 self.flush_lazy();
@@ -373,6 +383,27 @@ impl Writer {
             };
         }
         Ok(appended)
+    }
+
+    /// Proves the store can still commit: rewrites the signed head row unchanged in a
+    /// transaction of its own, so the commit goes down to the disk (fsync with
+    /// `synchronous=FULL`) while the chain's content stays as it is. A poisoned writer,
+    /// a failing disk or a full one answers an error; a hung one does not answer.
+    fn probe(&mut self) -> Result<(), AuditError> {
+        if let Some(source) = &self.poisoned {
+            return Err(AuditError::Poisoned { path: self.path.clone(), source: source.clone() });
+        }
+        let write = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("UPDATE head SET time = time WHERE id = 1", [])?;
+            tx.commit()
+        };
+        write(&mut self.conn).map_err(|e| {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            AuditError::Write { path: self.path.clone(), source: Arc::new(e) }
+        })
     }
 
     /// After a failed transaction: make sure it is rolled back and re-read where the

@@ -175,7 +175,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     tracing::info!("gvmd {} ready: {status}", env!("CARGO_PKG_VERSION"));
     notifier.ready(&status);
 
-    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+    let watchdog = notifier.watchdog_period().map(|period| tokio::spawn(feed_watchdog(daemon.clone(), period)));
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -186,17 +186,13 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             }
             _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
-                // Only claim to be alive when the audit store still answers: without it
-                // gvmd can decide nothing, and systemd should restart it.
-                if daemon.audit.status().is_ok() {
-                    notifier.watchdog();
-                }
-            }
         }
     }
 
     notifier.stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     api.abort();
     let _ = std::fs::remove_file(daemon.paths.socket());
     daemon
@@ -212,4 +208,38 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     tokio::task::spawn_blocking(move || audit.close()).await.ok().transpose()?;
     tracing::info!("gvmd stopped");
     Ok(())
+}
+
+/// Feeds systemd's watchdog every `period` (half of `WatchdogSec=`), but only after a
+/// round trip through the audit writer that commits to the disk (`Audit::ping`): gvmd
+/// decides nothing without its audit store, so a writer that panicked, is poisoned,
+/// cannot write or hangs in an fsync stops the pings, and systemd restarts gvmd.
+async fn feed_watchdog(daemon: Arc<Daemon>, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = true;
+    loop {
+        tick.tick().await;
+        let answer = match tokio::time::timeout(period, daemon.audit.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {period:?} (a write is hanging)")),
+        };
+        match answer {
+            Ok(()) => {
+                daemon.notifier.watchdog();
+                if !healthy {
+                    tracing::info!("the audit store commits again; feeding the watchdog");
+                    healthy = true;
+                }
+            }
+            Err(e) if healthy => {
+                tracing::error!(
+                    "the audit store is not healthy: {e}; not feeding the watchdog, so systemd restarts gvmd"
+                );
+                healthy = false;
+            }
+            Err(_) => {}
+        }
+    }
 }

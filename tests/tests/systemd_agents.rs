@@ -6,44 +6,13 @@
 
 mod common;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::systemd::Systemd;
 use common::*;
 
-/// Polls a shell command inside the instance until its output satisfies `pred`.
-fn wait_for(sd: &Systemd, script: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = sd.exec(&["sh", "-c", script]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if pred(&text) {
-            return text;
-        }
-        if Instant::now() > deadline {
-            let all = sd.exec(&[
-                "journalctl",
-                "--no-pager",
-                "-n",
-                "60",
-                "-u",
-                "gvmd",
-                "-u",
-                "gvm-agent@invoices",
-                "-u",
-                "upstream",
-            ]);
-            let procs = sd.exec(&["ps", "-eo", "pid,user,args"]);
-            panic!(
-                "timed out waiting for {what}; last output of `{script}`:\n{text}{}\n--- journal ---\n{}\n--- processes ---\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&all.stdout),
-                String::from_utf8_lossy(&procs.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How long a state change inside the instance may take before the test fails.
+const SETTLE: Duration = Duration::from_secs(30);
 
 #[test]
 fn agent_units_start_log_decide_stop_clean_and_survive_sigkill() {
@@ -108,13 +77,13 @@ action = "allow"
     sd.sh("systemctl daemon-reload");
     // The local upstream, inside the instance's own network namespace.
     sd.sh("systemd-run --unit=upstream python3 -m http.server 8089 --bind 127.0.0.1 --directory /srv/upstream");
-    wait_for(&sd, "curl -s http://127.0.0.1:8089/ok.txt || true", "the upstream", |t| t.contains("hello"));
+    sd.wait_for("curl -s http://127.0.0.1:8089/ok.txt || true", "the upstream", SETTLE, |t| t.contains("hello"));
     sd.sh("systemctl start gvmd.service");
 
     // Start the agent on its own, the way a user would.
     sd.sh("systemctl start gvm-agent@invoices.service");
     let journal =
-        wait_for(&sd, "journalctl -u gvm-agent@invoices.service -o cat --no-pager", "the agent's output", |t| {
+        sd.wait_for("journalctl -u gvm-agent@invoices.service -o cat --no-pager", "the agent's output", SETTLE, |t| {
             t.contains("agent-ready")
         });
     assert!(journal.contains("hello from upstream"), "{journal}");
@@ -142,7 +111,9 @@ action = "allow"
     assert_eq!(std::fs::read_to_string(&upper_ledger).ok().as_deref(), Some("original\nrun\n"), "{listing}\n{journal}");
 
     // gvmctl status shows the agent, from systemd, with its counters.
-    wait_for(&sd, "systemctl is-active gvm-agent@invoices.service", "the agent running", |t| t.trim() == "active");
+    sd.wait_for("systemctl is-active gvm-agent@invoices.service", "the agent running", SETTLE, |t| {
+        t.trim() == "active"
+    });
     let out = sd.sh(&format!("{gvmctl} status --json"));
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["supervisor"], "systemd");
@@ -173,7 +144,7 @@ action = "allow"
         agent_pid,
         "the agent kept running"
     );
-    let up = wait_for(&sd, &probe, "the gateway back", |t| t.contains("hello"));
+    let up = sd.wait_for(&probe, "the gateway back", SETTLE, |t| t.contains("hello"));
     assert!(up.contains("rc=0"), "{up}");
 
     // A crash of gvmd: systemd restarts it (RestartSec=1s) and hands back the sockets
@@ -188,11 +159,13 @@ action = "allow"
     // SIGKILL: systemd restarts the agent; the overlay changes are intact.
     let pid_before = sd.sh("systemctl show -p MainPID --value gvm-agent@invoices.service");
     sd.sh("systemctl kill -s KILL gvm-agent@invoices.service");
-    wait_for(&sd, "systemctl show -p NRestarts --value gvm-agent@invoices.service", "a restart", |t| t.trim() == "1");
-    wait_for(
-        &sd,
+    sd.wait_for("systemctl show -p NRestarts --value gvm-agent@invoices.service", "a restart", SETTLE, |t| {
+        t.trim() == "1"
+    });
+    sd.wait_for(
         "journalctl -u gvm-agent@invoices.service -o cat --no-pager | grep -c agent-ready",
         "the second start",
+        SETTLE,
         |t| t.trim() == "2",
     );
     assert_ne!(sd.sh("systemctl show -p MainPID --value gvm-agent@invoices.service"), pid_before);

@@ -71,6 +71,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    // gvmd's own memory is never writable and executable; what it forks is not bound.
+    match gvm_daemon::sys::mdwe::deny_write_execute_for_self() {
+        Ok(()) => tracing::debug!("W^X (PR_SET_MDWE) on for gvmd, not inherited by the sandboxes it starts"),
+        Err(e) => {
+            tracing::info!("W^X for gvmd is not available on this kernel ({e}; needs Linux 6.6); running without it")
+        }
+    }
     // Before any thread exists: the sockets systemd kept for us across a restart.
     let stored_fds = gvm_daemon::sys::listenfds::take();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

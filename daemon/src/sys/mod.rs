@@ -3,9 +3,11 @@
 //! Everything gvmd asks of the operating system beyond plain files and sockets goes
 //! through here: the sd_notify protocol, peer credentials of control connections, the
 //! group database. Later the launcher's privileged calls (setns, mount, seccomp) join
-//! it. No `unsafe` so far: `nix` and `std` give safe wrappers for all of it.
+//! it. `unsafe` only where `nix` has no wrapper (`listenfds`, `fdpass`, `mdwe`), each
+//! module saying why in its header.
 
 pub mod creds;
 pub mod fdpass;
 pub mod listenfds;
+pub mod mdwe;
 pub mod notify;

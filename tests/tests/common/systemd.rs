@@ -206,6 +206,32 @@ impl Systemd {
             .expect("nsenter")
     }
 
+    /// Polls a shell command inside the instance (every 100 ms, up to `limit`) until its
+    /// stdout satisfies `pred`; on time-out panics with that output, the journal and the
+    /// processes, so a failure says what the instance was doing.
+    #[allow(dead_code)]
+    pub fn wait_for(&self, script: &str, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.exec(&["sh", "-c", script]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if pred(&text) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                let journal = self.exec(&["journalctl", "--no-pager", "-n", "80", "-o", "short-monotonic"]);
+                let procs = self.exec(&["ps", "-eo", "pid,user,args"]);
+                panic!(
+                    "timed out waiting for {what}; last output of `{script}`:\n{text}{}\n--- journal ---\n{}\n--- processes ---\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&journal.stdout),
+                    String::from_utf8_lossy(&procs.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs a shell command inside; panics with its output unless it succeeds.
     pub fn sh(&self, script: &str) -> String {
         let out = self.exec(&["sh", "-c", script]);
