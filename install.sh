@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # install.sh — build gvm, install it, start gvmd, and show that it runs.
 #
-#   sudo ./install.sh               build (release), install, start gvmd, run the demo agent
-#   sudo ./install.sh --no-demo     ...without the demo
-#   sudo ./install.sh --uninstall   stop gvmd and remove what install.sh installed
-#   sudo ./install.sh --uninstall --purge   ...and /var/lib/gvm (the audit log, keys, agents' data)
+# As root (from a user shell: sudo ./install.sh ...):
+#   ./install.sh               build (release), install, start gvmd, run the demo agent
+#   ./install.sh --no-demo     ...without the demo
+#   ./install.sh --uninstall   stop gvmd and remove what install.sh installed
+#   ./install.sh --uninstall --purge   ...and /var/lib/gvm (the audit log, keys, agents' data)
 #
 # Idempotent: run it again after `git pull` to upgrade. Where PID 1 is systemd, gvmd runs as
 # gvmd.service; elsewhere (containers, CI VMs) it runs `gvmd --foreground` in the background
@@ -20,7 +21,10 @@ LOG=/var/log/gvmd.log
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run me as root: sudo $0 $*"
+if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then die "run me as root: sudo $0 $*"; fi
+    die "run me as root (su -c '$0 $*' or a root shell)"
+fi
 uninstall=0 purge=0 demo=1
 for a in "$@"; do
     case "$a" in

@@ -67,8 +67,7 @@ async fn plain_http_allow_and_deny_with_audit() {
     assert_eq!(ev.decision.as_deref(), Some("allow"));
     assert!(ev.rule.as_deref().unwrap().starts_with("network.rule[0]"));
     // The completion record follows with status and bytes.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let done = find_event(&env, "http.done", "/v1/models").expect("completion event");
+    let done = wait_event(&env, "http.done", "/v1/models").await;
     assert_eq!(done.details["status"], 200);
     assert!(done.details["bytes_down"].as_u64().unwrap() > 0);
     assert_eq!(done.details["decision_seq"], ev.seq);
@@ -141,8 +140,7 @@ async fn sni_not_matching_connect_target_is_refused_and_audited() {
     // Domain fronting: CONNECT other (allowed host-only) but SNI names api.
     let err = connect_tls(&env, &target, HOST).await;
     assert!(err.is_err());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ev = find_event(&env, "connect", "domain fronting").expect("audited");
+    let ev = wait_event(&env, "connect", "domain fronting").await;
     assert_eq!(ev.decision.as_deref(), Some("deny"));
     // Same in an intercepted tunnel.
     let target = format!("{HOST}:{}", env.up_https);

@@ -72,8 +72,7 @@ async fn transparent_without_a_name_is_denied_and_audited() {
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0, "closed without forwarding");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let ev = find_event(&env, "connect", "no host name").unwrap();
+    let ev = wait_event(&env, "connect", "no host name").await;
     assert_eq!(ev.decision.as_deref(), Some("deny"));
 }
 

@@ -1,5 +1,5 @@
 //! launch → exec /bin/true → exit → teardown, and netns create+destroy; median and p90.
-//! Needs root (prints "SKIPPED: needs root" otherwise). `cargo bench -p gvm-sandbox`.
+//! Needs root (exits with status 2 and says so otherwise). `cargo bench -p gvm-sandbox`.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ fn stats(name: &str, mut v: Vec<Duration>) {
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: needs root");
-        return;
+        eprintln!("the launch benchmark needs root: it creates users, namespaces and mounts");
+        std::process::exit(2);
     }
     let dir = tempfile::Builder::new().prefix("gvm-bench-").tempdir().unwrap();
     let profile = ProfileName::new(&format!("bench{}", std::process::id() % 100_000)).unwrap();

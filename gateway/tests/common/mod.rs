@@ -287,6 +287,19 @@ pub fn find_event(env: &Env, kind: &str, needle: &str) -> Option<gvm_audit::Audi
     events(env).into_iter().rev().find(|e| e.kind == kind && e.details.to_string().contains(needle))
 }
 
+/// `find_event` for an event written after the response went out (completion records,
+/// refusals on a connection the gateway closed): polls until it is stored, 5 s at most.
+pub async fn wait_event(env: &Env, kind: &str, needle: &str) -> gvm_audit::AuditEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(ev) = find_event(env, kind, needle) {
+            return ev;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {kind} event containing {needle:?} within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A transparent listener of the gateway for a connection the agent "dialled" to some
 /// address on `port` (no nft on loopback: the original destination is injected; the
 /// gateway uses only its port).

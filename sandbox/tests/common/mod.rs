@@ -12,14 +12,14 @@ use gvm_sandbox::{
 };
 use nix::unistd::{Gid, Uid};
 
-/// Returns false (and prints the marker) when not root.
-pub fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        println!("SKIPPED: needs root");
-        false
-    }
+/// First line of every test marked `#[ignore = "needs root"]`: such a test run on purpose
+/// (`--include-ignored`, as `.ci/run` does) without root fails with this reason instead
+/// of passing without having tested anything.
+pub fn assert_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: run it as root (`.ci/run` does), or leave out --include-ignored"
+    );
 }
 
 pub struct Fixture {

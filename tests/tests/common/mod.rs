@@ -38,15 +38,11 @@ pub fn uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// Skips the calling test (with a line saying so) unless running as root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::common::is_root() {
-            eprintln!("SKIPPED: this test needs root (CI runs it as root)");
-            return;
-        }
-    };
+/// First line of every test marked `#[ignore = "needs root"]`: such a test run on purpose
+/// (`--include-ignored`, as `.ci/run` does) without root fails with this reason instead
+/// of passing without having tested anything.
+pub fn assert_root() {
+    assert!(is_root(), "this test needs root: run it as root (`.ci/run` does), or leave out --include-ignored");
 }
 
 /// A config, state and runtime directory for one gvmd, removed at the end.

@@ -3,8 +3,10 @@
 //! systemd runs as PID 1 of new pid, mount, uts, ipc, cgroup and net namespaces, with
 //! an overlay of the host's `/` as its root whose upper layer is a tmpfs: host binaries
 //! are all there, and everything the test does inside (unit files, users, the journal,
-//! /var/lib/gvm) vanishes at the end. It boots only `gvm-test.target` (basic services
-//! and D-Bus), so nothing enabled on the host starts. Booting takes about a second.
+//! /var/lib/gvm) vanishes at the end. A gvm installed on the host (config, state,
+//! units, binaries) is hidden inside, so the tests pass after `./install.sh`. It boots
+//! only `gvm-test.target` (basic services and D-Bus), so nothing enabled on the host
+//! starts. Booting takes about a second.
 //!
 //! Needs root and a cgroup2 hierarchy (the whole of /sys/fs/cgroup, or the hybrid
 //! layout's /sys/fs/cgroup/unified). Teardown is in `Drop`: poweroff, then
@@ -24,6 +26,12 @@ R=$S/root
 mount -t tmpfs -o mode=700 gvm-sd "$S"
 mkdir -p "$S/upper" "$S/work" "$R"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$S/upper,workdir=$S/work" "$R"
+# gvm may be installed on the host (./install.sh): the instance starts without its
+# config, state, units and binaries (whiteouts in the tmpfs upper layer; the host's
+# files are untouched), so every test brings its own.
+rm -rf "$R/etc/gvm" "$R/var/lib/gvm" "$R/var/log/gvmd.log" "$R/usr/local/bin/gvmd" "$R/usr/local/bin/gvmctl" \
+       "$R"/etc/systemd/system/gvm* "$R"/etc/systemd/system/*.wants/gvm* \
+       "$R/usr/lib/sysusers.d/gvm.conf" "$R/usr/lib/tmpfiles.d/gvm.conf"
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"
 mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
