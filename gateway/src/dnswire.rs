@@ -51,6 +51,11 @@ pub(crate) fn parse_query(b: &[u8]) -> Result<Query, Option<u16>> {
             return Err(Some(id));
         }
         let label = b.get(i..i + len).ok_or(Some(id))?;
+        // A `.` inside a label would make `a.b` (one label) read as two: the name the
+        // policy decides must be the name the agent asked for.
+        if label.contains(&b'.') {
+            return Err(Some(id));
+        }
         if !name.is_empty() {
             name.push(b'.');
         }
@@ -137,5 +142,17 @@ mod tests {
         let mut raw = build_query(9, "a.b", TYPE_A);
         raw[12] = 0xc0; // compression pointer in the question
         assert_eq!(parse_query(&raw), Err(Some(9)));
+    }
+
+    /// Found by the `dns` fuzz target: one label `api.example` must not read as the
+    /// two labels of the name `api.example`.
+    #[test]
+    fn a_dot_inside_a_label_is_refused() {
+        let mut raw = 5u16.to_be_bytes().to_vec();
+        raw.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        raw.push(11);
+        raw.extend_from_slice(b"api.example");
+        raw.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert_eq!(parse_query(&raw), Err(Some(5)));
     }
 }

@@ -57,6 +57,42 @@ mod stream;
 mod transparent;
 mod upstream;
 
+/// The parsers of untrusted input, for the cargo-fuzz targets in `fuzz/` only.
+#[cfg(feature = "fuzz")]
+#[doc(hidden)]
+pub mod fuzz_api {
+    use gvm_policy::Host;
+
+    /// `host[:port]` as in a CONNECT target, an absolute-form URL or a Host header.
+    pub fn split_authority(s: &str) -> Result<(Host, Option<u16>), String> {
+        crate::proxy::split_authority(s)
+    }
+
+    /// The checks on a request head before it is decided (method case, framing).
+    pub fn check_head(method: &http::Method, headers: &http::HeaderMap) -> Result<(), String> {
+        crate::proxy::check_method(method)?;
+        crate::proxy::check_framing(headers)
+    }
+
+    /// A DNS query: `(id, name, qtype)`, or the id to answer FORMERR to.
+    pub fn dns_parse(b: &[u8]) -> Result<(u16, String, u16), Option<u16>> {
+        crate::dnswire::parse_query(b).map(|q| (q.id, q.name, q.qtype))
+    }
+
+    /// The answer gvmd would send to the query `b` (which must parse), with one A
+    /// record when `addr` is given.
+    pub fn dns_answer(b: &[u8], addr: Option<[u8; 4]>) -> Vec<u8> {
+        let q = crate::dnswire::parse_query(b).expect("dns_answer needs a query that parses");
+        let rcode = if addr.is_some() { crate::dnswire::RCODE_NOERROR } else { crate::dnswire::RCODE_NXDOMAIN };
+        crate::dnswire::answer(b, &q, rcode, addr.as_ref().map(|a| &a[..]))
+    }
+
+    /// The server_name of a TLS ClientHello record.
+    pub fn client_hello_sni(rec: &[u8]) -> Option<String> {
+        crate::stream::client_hello_sni(rec)
+    }
+}
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;

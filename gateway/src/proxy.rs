@@ -148,7 +148,7 @@ pub(crate) fn split_authority(s: &str) -> Result<(Host, Option<u16>), String> {
 /// `delete` would slip past a rule on `DELETE` and still run the DELETE handler. No
 /// client sends lower-case methods, so one is ambiguity and is refused, whatever its
 /// letters spell; the decision then only ever sees the canonical upper-case form.
-fn check_method(method: &Method) -> Result<(), String> {
+pub(crate) fn check_method(method: &Method) -> Result<(), String> {
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(format!(
             "the method `{}` is not upper case: methods are case-sensitive and upstreams read case variants differently; send `{}`",
@@ -159,7 +159,7 @@ fn check_method(method: &Method) -> Result<(), String> {
     Ok(())
 }
 
-fn check_framing(headers: &HeaderMap) -> Result<(), String> {
+pub(crate) fn check_framing(headers: &HeaderMap) -> Result<(), String> {
     if headers.get_all(header::HOST).iter().count() > 1 {
         return Err("more than one Host header".into());
     }
