@@ -389,6 +389,11 @@ pub struct RunSummary {
     /// Files added, changed or deleted in the overlay workspaces (kept for review).
     pub files_changed: u64,
     pub duration_ms: u64,
+    /// DNS questions gvmd answered with the gateway's address, and refused.
+    #[serde(default)]
+    pub dns_answered: u64,
+    #[serde(default)]
+    pub dns_refused: u64,
 }
 
 /// How a workspace appears inside a sandbox.

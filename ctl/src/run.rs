@@ -76,7 +76,8 @@ pub fn run(client: &Client, profile: String, watch: bool, argv: Vec<String>) -> 
     }
 }
 
-/// `gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (review: gvmctl changes invoices)`
+/// `gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (review: gvmctl changes invoices)`,
+/// with `; N DNS names answered, M refused` before the files when the run asked any.
 pub fn summary_line(s: &RunSummary, code: i32) -> String {
     let mut line = format!(
         "gvm: {}: exit {code} in {:.1} s; {} requests allowed, {} denied",
@@ -87,6 +88,9 @@ pub fn summary_line(s: &RunSummary, code: i32) -> String {
     );
     if s.held > 0 {
         line.push_str(&format!(", {} held", s.held));
+    }
+    if s.dns_answered + s.dns_refused > 0 {
+        line.push_str(&format!("; {} DNS names answered, {} refused", s.dns_answered, s.dns_refused));
     }
     line.push_str(&format!("; {} files changed", s.files_changed));
     if s.files_changed > 0 {
@@ -108,10 +112,17 @@ mod tests {
             held: 0,
             files_changed: 2,
             duration_ms: 1234,
+            ..RunSummary::default()
         };
         assert_eq!(
             summary_line(&s, 0),
             "gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (kept for review: gvmctl changes invoices)"
+        );
+        // DNS decisions are not requests, but a run that only looked names up says so.
+        let s = RunSummary { profile: "p".into(), denied: 0, dns_answered: 2, dns_refused: 1_000_000, ..s };
+        assert_eq!(
+            summary_line(&s, 3),
+            "gvm: p: exit 3 in 1.2 s; 3 requests allowed, 0 denied; 2 DNS names answered, 1000000 refused; 2 files changed (kept for review: gvmctl changes p)"
         );
     }
 }

@@ -318,6 +318,10 @@ probe("tls_evil", lambda: http(ctx.wrap_socket(conn((gw, {t})), server_hostname=
     let dns = sb.events("dns");
     assert_event(&dns, "allow", &[("name", "api.test.example".into())]);
     assert_event(&dns, "deny", &[("name", "evil.test.example".into())]);
+    // The run's summary counts DNS decisions too (it said "0 denied" after a flood).
+    let n = |d: &str| dns.iter().filter(|e| e["decision"] == d).count();
+    let want = format!("; {} DNS names answered, {} refused;", n("allow"), n("deny"));
+    assert!(n("deny") > 0 && ran.summary().contains(&want), "{want:?} not in {}", ran.summary());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -198,6 +198,9 @@ pub(crate) struct Tally {
     pub allowed: u64,
     pub denied: u64,
     pub held: u64,
+    /// DNS questions answered and refused (not requests: counted apart).
+    pub dns_answered: u64,
+    pub dns_refused: u64,
     /// `deny GET http://x/y`, the newest decision.
     pub last: Option<String>,
 }
@@ -207,7 +210,18 @@ pub(crate) async fn tally(daemon: &Daemon, q: gvm_api::EventsQuery) -> Tally {
     let mut t = Tally::default();
     let Ok(Ok(events)) = tokio::task::spawn_blocking(move || audit.events(&q)).await else { return t };
     let mut last = None;
-    for e in events.iter().filter(|e| e.kind == "http" || e.kind == "connect") {
+    for e in events.iter() {
+        if e.kind == "dns" {
+            match e.decision.as_deref() {
+                Some("allow" | "watch") => t.dns_answered += 1,
+                Some("deny" | "limit") => t.dns_refused += 1,
+                _ => {}
+            }
+            continue;
+        }
+        if e.kind != "http" && e.kind != "connect" {
+            continue;
+        }
         match e.decision.as_deref() {
             Some("allow" | "watch") => t.allowed += 1,
             Some("deny" | "limit") => t.denied += 1,

@@ -130,6 +130,7 @@ async fn run(
             rule: None,
             details: serde_json::json!({
                 "exit_code": code, "allowed": summary.allowed, "denied": summary.denied, "held": summary.held,
+                "dns_answered": summary.dns_answered, "dns_refused": summary.dns_refused,
                 "files_changed": summary.files_changed, "duration_ms": summary.duration_ms, "run_started_seq": start_seq,
             }),
         })
@@ -248,6 +249,7 @@ async fn summarize(
         gvm_api::EventsQuery { profile: Some(profile.to_string()), after_seq: Some(start_seq), ..Default::default() };
     let t = crate::supervisor::control::tally(daemon, q).await;
     (s.allowed, s.denied, s.held) = (t.allowed, t.denied, t.held);
+    (s.dns_answered, s.dns_refused) = (t.dns_answered, t.dns_refused);
     let overlay = Path::new(&plan.state_dir).join("agents").join(profile).join("overlay");
     let uppers: Vec<_> = plan
         .workspaces
