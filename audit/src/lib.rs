@@ -101,6 +101,14 @@ pub fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join(DB_FILE)
 }
 
+/// How many stored events have one kind and decision ([`Audit::count_decisions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionCount {
+    pub kind: String,
+    pub decision: Option<String>,
+    pub count: u64,
+}
+
 /// When checkpoints are signed.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -344,6 +352,14 @@ impl Audit {
         read_events(&conn, &self.inner.db_path, q)
     }
 
+    /// How many events of each kind and decision match `q` (its `limit` is ignored):
+    /// exact however many there are, where [`Audit::events`] returns at most
+    /// [`MAX_EVENTS`].
+    pub fn count_decisions(&self, q: &EventsQuery) -> Result<Vec<DecisionCount>, AuditError> {
+        let conn = self.inner.reader.lock().map_err(|_| AuditError::WriterStopped)?;
+        count_decisions(&conn, &self.inner.db_path, q)
+    }
+
     /// Re-reads the database file from disk and verifies the whole chain with this
     /// store's key (see [`verify_db`]). Safe while appends go on: it reads one snapshot.
     pub fn verify(&self) -> VerifyReport {
@@ -394,8 +410,11 @@ pub fn verify_db(db_path: &Path, public_key_path: &Path) -> VerifyReport {
     }
 }
 
-fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<AuditEvent>, AuditError> {
-    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
+type SqlParams = Vec<Box<dyn rusqlite::ToSql>>;
+
+/// The `WHERE` clause of an [`EventsQuery`] (profile, since, after_seq) and its
+/// parameters; the limit is the caller's.
+fn query_filter(q: &EventsQuery) -> Result<(String, SqlParams), AuditError> {
     let since = match &q.since {
         None => None,
         Some(s) => Some(canon::normalise_time(s).ok_or_else(|| AuditError::BadQuery {
@@ -403,12 +422,8 @@ fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<Au
             problem: format!("is not an RFC 3339 time (e.g. 2026-11-23T10:00:00Z): {s:?}"),
         })?),
     };
-    let limit = q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS);
-    let mut sql = String::from(
-        "SELECT seq, time, profile, kind, decision, rule, details, prev_hash, hash
-           FROM events WHERE 1 = 1",
-    );
-    let mut params: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    let mut sql = String::from(" WHERE 1 = 1");
+    let mut params: SqlParams = Vec::new();
     if let Some(p) = &q.profile {
         params.push(Box::new(p.clone()));
         sql.push_str(&format!(" AND profile = ?{}", params.len()));
@@ -421,6 +436,31 @@ fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<Au
         params.push(Box::new(after.min(i64::MAX as u64)));
         sql.push_str(&format!(" AND seq > ?{}", params.len()));
     }
+    Ok((sql, params))
+}
+
+fn count_decisions(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<DecisionCount>, AuditError> {
+    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
+    let (filter, params) = query_filter(q)?;
+    let sql =
+        format!("SELECT kind, decision, count(*) FROM events{filter} GROUP BY kind, decision ORDER BY kind, decision");
+    let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+            Ok(DecisionCount { kind: r.get(0)?, decision: r.get(1)?, count: r.get(2)? })
+        })
+        .map_err(read_err)?;
+    rows.collect::<Result<_, _>>().map_err(read_err)
+}
+
+fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<AuditEvent>, AuditError> {
+    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
+    let limit = q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS);
+    let (filter, mut params) = query_filter(q)?;
+    let mut sql = format!(
+        "SELECT seq, time, profile, kind, decision, rule, details, prev_hash, hash
+           FROM events{filter}"
+    );
     params.push(Box::new(limit));
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", params.len()));
 

@@ -364,3 +364,29 @@ async fn unawaited_events_are_committed_with_the_next_append_or_soon_after() {
     assert!(r.ok, "{r:?}");
     assert_eq!(r.events, 2);
 }
+
+/// `gvmctl run` and `status` count a profile's decisions with this: exact past the
+/// `MAX_EVENTS` that one `events` query returns (a flood once read as "0 denied").
+#[test]
+fn decisions_are_counted_exactly_beyond_one_page_of_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Audit::open(dir.path(), cfg20()).unwrap();
+    let n = 2 * u64::from(gvm_audit::MAX_EVENTS) + 2_000; // half of them are "invoices"
+    for i in 1..n {
+        audit.append_nowait(event(i)).unwrap();
+    }
+    audit.append_blocking(event(n)).unwrap();
+    let q = EventsQuery { profile: Some("invoices".into()), ..Default::default() };
+    let expect = |deny: bool| (1..=n).filter(|i| i % 2 == 0 && (i % 3 == 0) == deny).count() as u64;
+    let counts = audit.count_decisions(&q).unwrap();
+    let count = |d: &str| counts.iter().find(|c| c.decision.as_deref() == Some(d)).map(|c| c.count);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.iter().all(|c| c.kind == "net.decision"));
+    assert_eq!((count("allow"), count("deny")), (Some(expect(false)), Some(expect(true))));
+    assert!(expect(false) + expect(true) > u64::from(gvm_audit::MAX_EVENTS), "the test spans more than a page");
+    // The filters are those of `events`.
+    let after = EventsQuery { after_seq: Some(n - 10), ..Default::default() };
+    assert_eq!(audit.count_decisions(&after).unwrap().iter().map(|c| c.count).sum::<u64>(), 10);
+    let bad = EventsQuery { since: Some("yesterday".into()), ..Default::default() };
+    assert!(matches!(audit.count_decisions(&bad), Err(AuditError::BadQuery { field: "since", .. })));
+}
