@@ -205,14 +205,17 @@ pub(crate) struct Tally {
     pub last: Option<String>,
 }
 
-pub(crate) async fn tally(daemon: &Daemon, q: gvm_api::EventsQuery) -> Tally {
+/// Counts `q`'s decisions; with `with_last`, also finds the newest one (which reads a
+/// page of events: `status` shows it, a run's summary does not).
+pub(crate) async fn tally(daemon: &Daemon, q: gvm_api::EventsQuery, with_last: bool) -> Tally {
     let audit = daemon.audit.clone();
     let mut t = Tally::default();
     // Counted in SQL, so a flood of a million events is counted exactly; the newest
     // decision is looked up among the newest events only.
     let Ok(Ok((counts, events))) = tokio::task::spawn_blocking(move || {
         let counts = audit.count_decisions(&q)?;
-        audit.events(&q).map(|events| (counts, events))
+        let events = if with_last { audit.events(&q)? } else { Vec::new() };
+        Ok::<_, gvm_audit::AuditError>((counts, events))
     })
     .await
     else {
@@ -255,7 +258,7 @@ async fn count_requests(daemon: &Daemon, profile: &str, since: SystemTime, s: &m
         since: Some(crate::rfc3339(time::OffsetDateTime::from(since))),
         ..Default::default()
     };
-    let t = tally(daemon, q).await;
+    let t = tally(daemon, q, true).await;
     (s.allowed, s.denied, s.held, s.last_decision) = (t.allowed, t.denied, t.held, t.last);
 }
 

@@ -247,7 +247,7 @@ async fn summarize(
     let mut s = RunSummary { profile: profile.to_string(), duration_ms, ..RunSummary::default() };
     let q =
         gvm_api::EventsQuery { profile: Some(profile.to_string()), after_seq: Some(start_seq), ..Default::default() };
-    let t = crate::supervisor::control::tally(daemon, q).await;
+    let t = crate::supervisor::control::tally(daemon, q, false).await;
     (s.allowed, s.denied, s.held) = (t.allowed, t.denied, t.held);
     (s.dns_answered, s.dns_refused) = (t.dns_answered, t.dns_refused);
     let overlay = Path::new(&plan.state_dir).join("agents").join(profile).join("overlay");
