@@ -132,6 +132,26 @@ pub struct ProfileStatus {
     /// version stays in force.
     #[serde(default)]
     pub stale: bool,
+    /// Connections gvmd lets this profile hold open at once: its `[limits]
+    /// connections`, or less when that is more than its share of gvmd's descriptors.
+    #[serde(default)]
+    pub connections_cap: usize,
+    /// Set while the profile hits its `[limits]` or floods the audit log with
+    /// repeated refusals (and for 5 minutes after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noisy: Option<Noisy>,
+}
+
+/// Why a profile shows as noisy in `gvmctl status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Noisy {
+    /// When this noisy stretch began, RFC 3339 UTC.
+    pub since: String,
+    /// Repeats of recorded refusals folded into counting events since then.
+    pub folded: u64,
+    /// Requests, queries and connections refused by each limit since then, by the
+    /// `[limits]` field's name (`decisions`, `dns_queries`, `held_requests`, `connections`).
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// A profile file gvmd refused, with where and why.

@@ -101,11 +101,16 @@ pub fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join(DB_FILE)
 }
 
-/// How many stored events have one kind and decision ([`Audit::count_decisions`]).
+/// How many decisions of one kind and decision the stored events stand for
+/// ([`Audit::count_decisions`]). An event whose details carry `folded: N` stands for N
+/// decisions (the gateway folds identical refusals, and counts refusals past a limit,
+/// into such events); every other event for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionCount {
     pub kind: String,
     pub decision: Option<String>,
+    /// `details.of`: the kind of the requests a `limits_exceeded` event counts.
+    pub of: Option<String>,
     pub count: u64,
 }
 
@@ -442,12 +447,15 @@ fn query_filter(q: &EventsQuery) -> Result<(String, SqlParams), AuditError> {
 fn count_decisions(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<DecisionCount>, AuditError> {
     let read_err = |source| AuditError::Read { path: path.to_owned(), source };
     let (filter, params) = query_filter(q)?;
-    let sql =
-        format!("SELECT kind, decision, count(*) FROM events{filter} GROUP BY kind, decision ORDER BY kind, decision");
+    let sql = format!(
+        "SELECT kind, decision, json_extract(details, '$.of') AS of,
+                sum(coalesce(json_extract(details, '$.folded'), 1))
+           FROM events{filter} GROUP BY kind, decision, of ORDER BY kind, decision, of"
+    );
     let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(params.iter()), |r| {
-            Ok(DecisionCount { kind: r.get(0)?, decision: r.get(1)?, count: r.get(2)? })
+            Ok(DecisionCount { kind: r.get(0)?, decision: r.get(1)?, of: r.get(2)?, count: r.get(3)? })
         })
         .map_err(read_err)?;
     rows.collect::<Result<_, _>>().map_err(read_err)

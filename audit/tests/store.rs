@@ -390,3 +390,29 @@ fn decisions_are_counted_exactly_beyond_one_page_of_events() {
     let bad = EventsQuery { since: Some("yesterday".into()), ..Default::default() };
     assert!(matches!(audit.count_decisions(&bad), Err(AuditError::BadQuery { field: "since", .. })));
 }
+
+/// An event with `details.folded = N` stands for N decisions (identical refusals the
+/// gateway folded, or refusals past a limit), and `details.of` names the requests a
+/// `limits_exceeded` event counts: a flood is counted exactly from a few events.
+#[test]
+fn folded_events_count_for_the_decisions_they_stand_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Audit::open(dir.path(), cfg20()).unwrap();
+    let ev = |kind: &str, decision: &str, details: serde_json::Value| NewEvent {
+        profile: Some("p".into()),
+        kind: kind.into(),
+        decision: Some(decision.into()),
+        rule: None,
+        details,
+    };
+    audit.append_blocking(ev("dns", "deny", serde_json::json!({"name": "x.example"}))).unwrap();
+    audit.append_blocking(ev("dns", "deny", serde_json::json!({"name": "x.example", "folded": 41_000}))).unwrap();
+    audit.append_blocking(ev("limits_exceeded", "limit", serde_json::json!({"of": "dns", "folded": 900_000}))).unwrap();
+    audit.append_blocking(ev("http", "allow", serde_json::json!({}))).unwrap();
+    let counts = audit.count_decisions(&EventsQuery::default()).unwrap();
+    let get =
+        |kind: &str, of: Option<&str>| counts.iter().find(|c| c.kind == kind && c.of.as_deref() == of).map(|c| c.count);
+    assert_eq!(get("dns", None), Some(41_001));
+    assert_eq!(get("limits_exceeded", Some("dns")), Some(900_000));
+    assert_eq!(get("http", None), Some(1));
+}

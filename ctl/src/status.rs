@@ -5,6 +5,19 @@ use gvm_api::{paths, StatusResponse};
 use crate::output;
 use gvm_api::client::Client;
 
+/// `in force`, `stale: ...`, and `noisy: ...` while the profile hits its limits.
+fn profile_state(p: &gvm_api::ProfileStatus) -> String {
+    let mut state = if p.stale { "stale: file refused, last good version in force" } else { "in force" }.to_string();
+    if let Some(n) = &p.noisy {
+        let mut why: Vec<String> = n.refused.iter().map(|(limit, count)| format!("{count} over {limit}")).collect();
+        if n.folded > 0 {
+            why.push(format!("{} repeated refusals folded", n.folded));
+        }
+        state.push_str(&format!("; NOISY since {}: {}", output::short_time(&n.since), why.join(", ")));
+    }
+    state
+}
+
 pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
     let s: StatusResponse = client.get(paths::STATUS)?;
     if json {
@@ -35,7 +48,7 @@ pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
                     p.mode.clone(),
                     p.rules.to_string(),
                     output::short_time(&p.loaded_at),
-                    if p.stale { "stale: file refused, last good version in force".into() } else { "in force".into() },
+                    profile_state(p),
                     p.file.clone(),
                 ]
             })

@@ -107,6 +107,8 @@ impl ProfileSet {
                 rules: p.profile.network.rules.len(),
                 loaded_at: crate::rfc3339(p.loaded_at),
                 stale: p.stale,
+                connections_cap: 0,
+                noisy: None,
             })
             .collect()
     }

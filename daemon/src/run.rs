@@ -104,6 +104,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             ca_dir: paths.state_dir.join("ca"),
             extra_roots: config.gateway.extra_roots.clone(),
             static_hosts: config.gateway.hosts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            fd_limit: None,
         },
         audit.clone(),
     )?;
@@ -195,6 +196,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     }
     api.abort();
     let _ = std::fs::remove_file(daemon.paths.socket());
+    // Counts of folded refusals since the last tick go into the log before it closes.
+    daemon.gateway.flush().await;
     daemon
         .record(NewEvent {
             profile: None,

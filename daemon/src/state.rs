@@ -185,7 +185,15 @@ impl Daemon {
             config_dir: self.paths.config_dir.display().to_string(),
             state_dir: self.paths.state_dir.display().to_string(),
             runtime_dir: self.paths.runtime_dir.display().to_string(),
-            profiles: profiles.statuses(),
+            profiles: profiles
+                .statuses()
+                .into_iter()
+                .map(|mut p| {
+                    p.connections_cap = self.gateway.connections_cap(&p.name);
+                    p.noisy = self.gateway.noisy(&p.name);
+                    p
+                })
+                .collect(),
             refused: profiles.refused.iter().map(Into::into).collect(),
             audit: self.audit.status()?,
             agents: crate::supervisor::control::statuses(self).await,

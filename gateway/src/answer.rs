@@ -83,6 +83,27 @@ pub(crate) fn rate_limited(profile: &str, rule: &str, what: &Described, retry_af
     r
 }
 
+/// 429: the profile is past one of its `[limits]` (gvmd's fairness between agents).
+pub(crate) fn over_limit(profile: &str, what: &Described, limit: &str, value: &str) -> Response<RespBody> {
+    let mut r = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({
+            "error": "gvm: this agent is over one of its limits",
+            "profile": profile,
+            "rule": format!("limits.{limit}"),
+            "limit": { "name": limit, "value": value },
+            "request": { "method": what.method, "url": what.url },
+            "how_to_get_access": format!(
+                "slow down: this agent sent more than gvm lets one agent send ({limit} = {value}); \
+                 retry in a few seconds. The operator sets it in [limits] of \
+                 /etc/gvm/profiles/{profile}.toml"
+            ),
+        }),
+    );
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
 /// 400 / 421: the request is ambiguous (a parser differential in waiting) and refused.
 pub(crate) fn refused(status: StatusCode, profile: &str, what: &Described, reason: &str) -> Response<RespBody> {
     let mut r = json_response(

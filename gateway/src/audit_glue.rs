@@ -10,19 +10,13 @@ pub(crate) fn append_nowait(audit: &gvm_audit::Audit, ev: gvm_audit::NewEvent) {
     }
 }
 
-/// Appends one event; returns its sequence number once it is durable.
-pub(crate) async fn append(
-    audit: &gvm_audit::Audit,
-    kind: &str,
-    profile: &str,
-    decision: &str,
-    rule: Option<&str>,
-    details: &Value,
-) -> Result<u64, String> {
-    let ev = gvm_audit::EventRef { profile: Some(profile), kind, decision: Some(decision), rule, details };
+/// Appends one event; returns its sequence number once it is durable. Every decision
+/// event also goes to the log (below): the log is bounded by what the audit log is.
+pub(crate) async fn append_ref(audit: &gvm_audit::Audit, ev: gvm_audit::EventRef<'_>) -> Result<u64, String> {
     match audit.append_ref(ev).await {
         Ok(a) => {
-            log_decision(a.seq, kind, profile, decision, rule, details);
+            let (profile, decision) = (ev.profile.unwrap_or(""), ev.decision.unwrap_or(""));
+            log_decision(a.seq, ev.kind, profile, decision, ev.rule, ev.details);
             Ok(a.seq)
         }
         Err(e) => Err(format!("the audit store refused the event: {e}")),
@@ -41,7 +35,13 @@ fn log_decision(seq: u64, kind: &str, profile: &str, decision: &str, rule: Optio
     }
     let field = |k: &str| details.get(k).and_then(Value::as_str).unwrap_or("");
     let (host, path, method) = (field("host"), field("path"), field("method"));
+    let host = if host.is_empty() { field("name") } else { host };
     let rule = rule.unwrap_or("default");
+    // A folded event stands for N decisions; the log says so once.
+    let times = match details.get("folded").and_then(Value::as_u64) {
+        Some(n) => format!(" (x{n} since {})", field("first")),
+        None => String::new(),
+    };
     macro_rules! emit {
         ($level:ident) => {
             tracing::$level!(
@@ -50,7 +50,7 @@ fn log_decision(seq: u64, kind: &str, profile: &str, decision: &str, rule: Optio
                 gvm_profile = profile,
                 gvm_decision = decision,
                 gvm_rule = rule,
-                "{profile}: {decision} {kind} {method} {host}{path} ({rule})"
+                "{profile}: {decision} {kind} {method} {host}{path} ({rule}){times}"
             )
         };
     }

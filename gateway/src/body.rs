@@ -1,14 +1,17 @@
 //! Bodies that stream through untouched while counting bytes, and the completion
 //! record written when an exchange ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+
+use crate::budget::Bucket;
 
 /// `(status, bytes_up, bytes_down, duration_ms)`.
 pub(crate) type OnDone = Box<dyn FnOnce(u16, u64, u64, u64) + Send + Sync>;
@@ -40,11 +43,26 @@ pub(crate) struct Counting<B> {
     inner: B,
     done: Option<Arc<Completion>>,
     upstream: bool,
+    throttle: Option<Throttle>,
+}
+
+/// Slows a body down to the profile's `[limits] request_body_per_sec`: after a frame
+/// that puts the profile's bucket into debt, the next frame is read only once the debt
+/// is paid. The agent's TCP window fills and its upload waits; nothing is refused.
+struct Throttle {
+    bucket: Arc<Mutex<Bucket>>,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> Counting<B> {
     pub(crate) fn new(inner: B, done: Option<Arc<Completion>>, upstream: bool) -> Self {
-        Self { inner, done, upstream }
+        Self { inner, done, upstream, throttle: None }
+    }
+
+    /// Shares `bucket` (bytes per second) with the profile's other request bodies.
+    pub(crate) fn throttled(mut self, bucket: Arc<Mutex<Bucket>>) -> Self {
+        self.throttle = Some(Throttle { bucket, wait: None });
+        self
     }
 }
 
@@ -56,12 +74,24 @@ where
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(wait) = self.throttle.as_mut().and_then(|t| t.wait.as_mut()) {
+            std::task::ready!(wait.as_mut().poll(cx));
+            if let Some(t) = self.throttle.as_mut() {
+                t.wait = None;
+            }
+        }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let (Some(d), Some(done)) = (f.data_ref(), &self.done) {
                     let c = if self.upstream { &done.up } else { &done.down };
                     c.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                if let (Some(d), Some(t)) = (f.data_ref(), self.throttle.as_mut()) {
+                    let debt = t.bucket.lock().unwrap_or_else(|e| e.into_inner()).spend(d.len() as f64, Instant::now());
+                    if !debt.is_zero() {
+                        t.wait = Some(Box::pin(tokio::time::sleep(debt)));
+                    }
                 }
             }
             Poll::Ready(None) => {

@@ -62,6 +62,7 @@ pub(crate) struct ProfileState {
     pub policy: Arc<CompiledPolicy>,
     /// Secret name → value, loaded by `set_profile`; `Err` keeps why it is missing.
     pub secrets: HashMap<String, Result<String, String>>,
+    pub limits: gvm_policy::Limits,
 }
 
 impl ProfileState {

@@ -28,14 +28,26 @@ pub(crate) async fn serve(inner: Arc<Inner>, udp: UdpSocket, tcp: TcpListener, p
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 };
+                let Some(slot) = inner.admit_connection(&profile, "dns-tcp") else { continue };
                 let _ = s.set_nodelay(true);
-                tokio::spawn(serve_tcp(inner.clone(), s, profile.clone(), answer));
+                let serve = serve_tcp(inner.clone(), s, profile.clone(), answer);
+                tokio::spawn(async move {
+                    serve.await;
+                    drop(slot);
+                });
             }
         });
     }
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = udp.recv_from(&mut buf).await else { continue };
+        // Past `[limits] dns_queries`: REFUSED at once, counted, no task, no event.
+        if let Some(refused) = over_rate(&inner, &profile, &buf[..n]) {
+            if !refused.is_empty() {
+                let _ = udp.try_send_to(&refused, peer);
+            }
+            continue;
+        }
         let raw = buf[..n].to_vec();
         let inner = inner.clone();
         let profile = profile.clone();
@@ -58,12 +70,44 @@ async fn serve_tcp(inner: Arc<Inner>, mut s: TcpStream, profile: Arc<str>, answe
         if s.read_exact(&mut raw).await.is_err() {
             return;
         }
-        let Some(out) = respond(&inner, &profile, answer, &raw, "tcp").await else { return };
+        let out = match over_rate(&inner, &profile, &raw) {
+            Some(refused) if refused.is_empty() => return,
+            Some(refused) => refused,
+            None => match respond(&inner, &profile, answer, &raw, "tcp").await {
+                Some(out) => out,
+                None => return,
+            },
+        };
         let mut framed = (out.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&out);
         if s.write_all(&framed).await.is_err() {
             return;
         }
+    }
+}
+
+/// `Some(REFUSED answer)` when the query is past the profile's `[limits]
+/// dns_queries` (counted in a `limits_exceeded` event, with the first names as
+/// samples; an empty answer: send nothing); `None` to answer it normally.
+fn over_rate(inner: &Inner, profile: &str, raw: &[u8]) -> Option<Vec<u8>> {
+    let mut parsed = None;
+    let within = inner.budgets.dns_query(profile, || {
+        let q = dnswire::parse_query(raw);
+        let sample = match &q {
+            Ok(q) => json!({"name": q.name, "qtype": q.qtype}),
+            Err(_) => json!({"reason": "malformed query"}),
+        };
+        parsed = Some(q);
+        sample
+    });
+    if within {
+        return None;
+    }
+    let q = parsed.unwrap_or_else(|| dnswire::parse_query(raw));
+    match q {
+        Ok(q) => Some(dnswire::answer(raw, &q, dnswire::RCODE_REFUSED, None)),
+        Err(Some(id)) => Some(dnswire::error_answer(id, dnswire::RCODE_REFUSED)),
+        Err(None) => Some(Vec::new()), // not a query: nothing to answer
     }
 }
 
@@ -80,7 +124,7 @@ pub(crate) async fn respond(
         Err(None) => return None,
         Err(Some(id)) => {
             let _ = inner
-                .record(
+                .note(
                     "dns",
                     profile,
                     "deny",
@@ -117,7 +161,7 @@ pub(crate) async fn respond(
         "name": q.name, "qtype": q.qtype, "transport": transport,
         "rcode": rcode, "answer": rdata.as_ref().map(|_| answer.to_string()), "reason": reason,
     });
-    if inner.record("dns", profile, decision, rule.as_deref(), details).await.is_err() {
+    if inner.note("dns", profile, decision, rule.as_deref(), details).await.is_err() {
         return Some(dnswire::answer(raw, &q, dnswire::RCODE_REFUSED, None));
     }
     Some(dnswire::answer(raw, &q, rcode, rdata.as_deref()))

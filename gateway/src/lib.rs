@@ -44,6 +44,7 @@
 mod answer;
 mod audit_glue;
 mod body;
+mod budget;
 mod ca;
 mod decide;
 mod dns;
@@ -121,6 +122,20 @@ pub struct GatewayConfig {
     pub extra_roots: Vec<PathBuf>,
     /// Name → addresses override. Trusted by the SSRF check: the admin wrote them.
     pub static_hosts: HashMap<String, Vec<IpAddr>>,
+    /// gvmd's descriptor limit, shared out among the profiles' connections (less a
+    /// reserve for gvmd itself). `None`: this process's `RLIMIT_NOFILE` soft limit.
+    pub fd_limit: Option<usize>,
+}
+
+/// This process's soft `RLIMIT_NOFILE`, from `/proc/self/limits` (1024 when unreadable).
+fn nofile_soft_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("Max open files"))?;
+            line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(1024)
 }
 
 /// Why the gateway could not start.
@@ -155,9 +170,68 @@ pub(crate) struct Inner {
     holds: holds::Holds,
     rate: rate::RateLimiter,
     conns: limit::ConnLimits,
+    budgets: Arc<budget::Budgets>,
+    /// The task writing folded counts, started with the first listener.
+    folder: std::sync::OnceLock<()>,
 }
 
 impl Inner {
+    /// A place for one more connection of `profile` on `listener`, or `None` (counted
+    /// in a `limits_exceeded` event): the caller closes the connection.
+    pub(crate) fn admit_connection(&self, profile: &Arc<str>, listener: &'static str) -> Option<limit::Slot> {
+        match self.conns.admit(profile) {
+            Ok(slot) => Some(slot),
+            Err(cap) => {
+                self.budgets.connection_refused(profile, listener, cap);
+                None
+            }
+        }
+    }
+
+    /// Recomputes every profile's connection ceiling (profiles came or went).
+    fn share_descriptors(&self) {
+        let wanted: Vec<(Arc<str>, usize)> = self
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|p| (p.name.clone(), p.limits.connections as usize))
+            .collect();
+        self.conns.set_caps(&wanted);
+    }
+
+    /// Starts the task that writes folded counts every tick (once; needs a runtime).
+    fn start_folder(self: &Arc<Self>) {
+        self.folder.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(budget::FOLD_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.flush_folds().await;
+                }
+            });
+        });
+    }
+
+    /// Writes what folded since the last tick.
+    async fn flush_folds(&self) {
+        for p in self.budgets.take_pending() {
+            let ev = gvm_audit::EventRef {
+                profile: Some(&p.profile),
+                kind: &p.kind,
+                decision: Some(&p.decision),
+                rule: p.rule.as_deref(),
+                details: &p.details,
+            };
+            if let Err(e) = audit_glue::append_ref(&self.audit, ev).await {
+                tracing::warn!(gvm_profile = %p.profile, "a folded count was not recorded: {e}");
+            }
+        }
+    }
+
     pub(crate) fn profile(&self, name: &str) -> Option<Arc<ProfileState>> {
         self.profiles.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
@@ -242,7 +316,9 @@ impl Gateway {
                 upstreams: Arc::new(upstream::Upstreams::new(client)),
                 holds: holds::Holds::default(),
                 rate: rate::RateLimiter::default(),
-                conns: limit::ConnLimits::default(),
+                conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
+                budgets: Arc::default(),
+                folder: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -252,10 +328,13 @@ impl Gateway {
     pub fn set_profile(&self, profile: &gvm_policy::Profile) {
         let name: Arc<str> = Arc::from(profile.name.as_str());
         let secrets = profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
-        let state = ProfileState { name: name.clone(), policy: profile.compiled.clone(), secrets };
+        let state =
+            ProfileState { name: name.clone(), policy: profile.compiled.clone(), secrets, limits: profile.limits };
+        self.inner.budgets.set_limits(&name, profile.limits);
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(state));
         self.inner.rate.forget(&name);
         self.inner.upstreams.forget(&name);
+        self.inner.share_descriptors();
     }
 
     /// Takes a profile out: its listeners refuse everything from now on.
@@ -263,25 +342,40 @@ impl Gateway {
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.inner.rate.forget(name);
         self.inner.upstreams.forget(name);
+        self.inner.share_descriptors();
+    }
+
+    /// How many connections `profile` may hold open now (its `[limits] connections`,
+    /// or its share of gvmd's descriptors when that is smaller).
+    pub fn connections_cap(&self, profile: &str) -> usize {
+        self.inner.conns.cap(profile)
+    }
+
+    /// Why `profile` is noisy (hit a limit, or many refusals folded), if it is.
+    pub fn noisy(&self, profile: &str) -> Option<gvm_api::Noisy> {
+        self.inner.budgets.noisy(profile)
+    }
+
+    /// Writes the folded counts and `limits_exceeded` events waiting for the next tick
+    /// (gvmd calls it before it closes the audit store).
+    pub async fn flush(&self) {
+        self.inner.flush_folds().await;
     }
 
     /// The explicit proxy on `listener` for `profile`.
     pub fn serve_proxy(&self, listener: TcpListener, profile: ProfileName) -> JoinHandle<()> {
         let inner = self.inner.clone();
+        inner.start_folder();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _peer)) = listener.accept().await else {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 };
-                let Some(permit) = inner.conns.admit(&profile) else { continue };
+                let Some(slot) = inner.admit_connection(&profile, "proxy") else { continue };
                 let _ = tcp.set_nodelay(true);
-                let conn = Arc::new(ConnCtx { profile: profile.clone(), kind: ConnKind::Proxy });
-                let serve = inner.clone().serve_http(tcp, conn);
-                tokio::spawn(async move {
-                    serve.await;
-                    drop(permit);
-                });
+                let conn = Arc::new(ConnCtx { profile: profile.clone(), kind: ConnKind::Proxy, _slot: Arc::new(slot) });
+                tokio::spawn(inner.clone().serve_http(tcp, conn));
             }
         })
     }
@@ -300,6 +394,7 @@ impl Gateway {
         dst: OriginalDst,
     ) -> JoinHandle<()> {
         let inner = self.inner.clone();
+        inner.start_folder();
         tokio::spawn(transparent::serve(inner, listener, profile, dst))
     }
 
@@ -313,6 +408,7 @@ impl Gateway {
         answer_addr: IpAddr,
     ) -> JoinHandle<()> {
         let inner = self.inner.clone();
+        inner.start_folder();
         tokio::spawn(dns::serve(inner, udp, tcp, profile, answer_addr))
     }
 

@@ -24,8 +24,10 @@ use gvm_policy::Host;
 
 use crate::answer::{self, Described, RespBody};
 use crate::body::{Completion, Counting};
+use crate::budget::Admit;
 use crate::decide::{ConnectRuling, ProfileState, Ruling, Verdict};
 use crate::holds::HoldOutcome;
+use crate::limit::Slot;
 use crate::stream::{sniff, Prefixed, Sniffed};
 use crate::upstream::{PoolKey, Upstreams};
 use crate::Inner;
@@ -58,6 +60,24 @@ impl Via {
     }
 }
 
+/// Why a decision was not recorded — and so nothing was forwarded.
+#[derive(Debug)]
+pub(crate) enum NotRecorded {
+    /// The audit store failed: 503.
+    Store(String),
+    /// The profile is past one of its `[limits]`: 429.
+    OverBudget { limit: &'static str, value: String },
+}
+
+impl NotRecorded {
+    pub(crate) fn answer(&self, profile: &str, what: &Described) -> Response<RespBody> {
+        match self {
+            NotRecorded::Store(e) => answer::unavailable(profile, what, e),
+            NotRecorded::OverBudget { limit, value } => answer::over_limit(profile, what, limit, value),
+        }
+    }
+}
+
 /// What a connection is allowed to name.
 pub(crate) enum ConnKind {
     /// The explicit proxy listener: absolute-form requests and CONNECT.
@@ -72,6 +92,9 @@ pub(crate) enum ConnKind {
 pub(crate) struct ConnCtx {
     pub profile: Arc<str>,
     pub kind: ConnKind,
+    /// The connection's place in the profile's `[limits] connections`, kept by
+    /// whatever outlives the HTTP exchange (a tunnel, a WebSocket) until it ends.
+    pub _slot: Arc<Slot>,
 }
 
 /// Where a request goes.
@@ -464,14 +487,16 @@ impl Inner {
             "method": what.method, "url": what.url, "status": status.as_u16(),
             "reason": reason, "via": via.map(Via::as_str),
         });
-        if let Err(e) = self.record(kind, profile, "deny", Some("protocol"), details).await {
-            return answer::unavailable(profile, what, &e);
+        if let Err(e) = self.note(kind, profile, "deny", Some("protocol"), details).await {
+            return e.answer(profile, what);
         }
         answer::refused(status, profile, what, reason)
     }
 
-    /// Appends one event and waits until it is durable. (`details` by value or by
-    /// reference: it is rendered to its canonical text here, never cloned.)
+    /// Records a decision that forwards something (allow, watch, hold) and waits until
+    /// it is durable; its sequence number goes into the completion record. Past the
+    /// profile's `[limits] decisions` it is refused instead: nothing is forwarded
+    /// unrecorded. (`details` by value or by reference: rendered here, never cloned.)
     pub(crate) async fn record(
         &self,
         kind: &str,
@@ -479,8 +504,47 @@ impl Inner {
         decision: &str,
         rule: Option<&str>,
         details: impl std::borrow::Borrow<Value>,
-    ) -> Result<u64, String> {
-        crate::audit_glue::append(&self.audit, kind, profile, decision, rule, details.borrow()).await
+    ) -> Result<u64, NotRecorded> {
+        match self.write(kind, profile, decision, rule, details.borrow()).await? {
+            Some(seq) => Ok(seq),
+            // Only decisions that forward nothing fold; fail closed if one did.
+            None => Err(NotRecorded::Store(format!("a `{decision}` decision cannot be folded"))),
+        }
+    }
+
+    /// Records a decision that forwards nothing (a refusal, a DNS answer, the
+    /// `intercept` step): an identical repeat, or one past the budget, is only counted
+    /// (`budget.rs`) and answered at once.
+    pub(crate) async fn note(
+        &self,
+        kind: &str,
+        profile: &str,
+        decision: &str,
+        rule: Option<&str>,
+        details: impl std::borrow::Borrow<Value>,
+    ) -> Result<(), NotRecorded> {
+        self.write(kind, profile, decision, rule, details.borrow()).await.map(drop)
+    }
+
+    async fn write(
+        &self,
+        kind: &str,
+        profile: &str,
+        decision: &str,
+        rule: Option<&str>,
+        details: &Value,
+    ) -> Result<Option<u64>, NotRecorded> {
+        let key = match self.budgets.admit(profile, kind, decision, rule, details) {
+            Admit::Record(key) => key,
+            Admit::Folded => return Ok(None),
+            Admit::OverBudget { limit, value } => return Err(NotRecorded::OverBudget { limit, value }),
+        };
+        let ev = gvm_audit::EventRef { profile: Some(profile), kind, decision: Some(decision), rule, details };
+        let seq = crate::audit_glue::append_ref(&self.audit, ev).await.map_err(NotRecorded::Store)?;
+        if let Some(key) = key {
+            self.budgets.recorded(profile, key, seq, (kind, decision, rule, details));
+        }
+        Ok(Some(seq))
     }
 
     /// Decides a request on a known target, then (if allowed) forwards it.
@@ -515,7 +579,7 @@ impl Inner {
         // Durable before anything is forwarded.
         let seq = match self.record("http", &profile, ruling.audit_decision(), ruling.rule.as_deref(), &details).await {
             Ok(s) => s,
-            Err(e) => return answer::unavailable(&profile, &what, &e),
+            Err(e) => return e.answer(&profile, &what),
         };
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -540,7 +604,8 @@ impl Inner {
             Err(_) => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
-        let up_req = Request::from_parts(parts, Counting::new(body, Some(done.clone()), true));
+        let body = Counting::new(body, Some(done.clone()), true).throttled(self.budgets.body(&profile));
+        let up_req = Request::from_parts(parts, body);
 
         let key = PoolKey {
             profile: profile.clone(),
@@ -572,7 +637,9 @@ impl Inner {
             if let Some(client_upgrade) = client_upgrade {
                 let server_upgrade = hyper::upgrade::on(&mut resp);
                 let done2 = done.clone();
+                let conn = conn.clone();
                 tokio::spawn(async move {
+                    let _slot = conn; // the connection's slot, until the WebSocket ends
                     let (Ok(c), Ok(s)) = (client_upgrade.await, server_upgrade.await) else {
                         return;
                     };
@@ -613,11 +680,16 @@ impl Inner {
                     .await)
             }
             Verdict::Hold => {
+                let place = self.budgets.hold(&profile, || json!({"method": what.method, "url": what.url}));
+                let Ok(_place) = place else {
+                    let value = self.budgets.limits(&profile).held_requests.to_string();
+                    return Err(answer::over_limit(&profile, what, "held_requests", &value));
+                };
                 let (id, wait) =
                     self.holds.hold(&profile, &what.method, what.url.clone(), ruling.rule.clone(), ruling.hold_timeout);
                 details["hold_id"] = json!(id);
                 if let Err(e) = self.record(kind, &profile, "hold", rule, &*details).await {
-                    return Err(answer::unavailable(&profile, what, &e));
+                    return Err(e.answer(&profile, what));
                 }
                 match wait.await {
                     HoldOutcome::Approved => {
@@ -662,8 +734,8 @@ impl Inner {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 details["status"] = json!(429);
                 details["retry_after"] = json!(secs);
-                if let Err(e) = self.record(kind, &profile, "limit", rule, &*details).await {
-                    return Err(answer::unavailable(&profile, what, &e));
+                if let Err(e) = self.note(kind, &profile, "limit", rule, &*details).await {
+                    return Err(e.answer(&profile, what));
                 }
                 return Err(answer::rate_limited(&profile, &rule_key, what, secs));
             }
@@ -694,8 +766,8 @@ impl Inner {
     ) -> Response<RespBody> {
         details["status"] = json!(403);
         details["reason"] = json!(reason);
-        if let Err(e) = self.record(kind, profile, "deny", rule, details).await {
-            return answer::unavailable(profile, what, &e);
+        if let Err(e) = self.note(kind, profile, "deny", rule, details).await {
+            return e.answer(profile, what);
         }
         answer::denied(profile, rule, what, reason)
     }
@@ -792,7 +864,7 @@ impl Inner {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let Ok(up) = on_upgrade.await else { return };
-                    this.tunnel(profile, TokioIo::new(up), target, plan, Via::Connect).await;
+                    this.tunnel(profile, TokioIo::new(up), target, plan, Via::Connect, conn._slot.clone()).await;
                 });
                 Response::new(answer::empty())
             }
@@ -815,8 +887,8 @@ impl Inner {
         };
         match state.decide_connect(&target.host, target.port) {
             ConnectRuling::Intercept => {
-                if let Err(e) = self.record("connect", profile, "intercept", None, details).await {
-                    return Err(answer::unavailable(profile, what, &e));
+                if let Err(e) = self.note("connect", profile, "intercept", None, details).await {
+                    return Err(e.answer(profile, what));
                 }
                 Ok(TunnelPlan::Intercept)
             }
@@ -827,7 +899,7 @@ impl Inner {
                     .await
                 {
                     Ok(s) => s,
-                    Err(e) => return Err(answer::unavailable(profile, what, &e)),
+                    Err(e) => return Err(e.answer(profile, what)),
                 };
                 let done = self.completion("connect", profile, &ruling, details, seq, Instant::now());
                 Ok(TunnelPlan::Splice { addr, done: Arc::new(done) })
@@ -844,6 +916,7 @@ impl Inner {
         target: Target,
         plan: TunnelPlan,
         via: Via,
+        slot: Arc<Slot>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -866,13 +939,13 @@ impl Inner {
                             "sni": sni, "via": via.as_str(), "status": 421,
                             "reason": "TLS SNI does not name the tunnel's host (domain fronting)",
                         });
-                        let _ = self.record("connect", &profile, "deny", Some("protocol"), details).await;
+                        let _ = self.note("connect", &profile, "deny", Some("protocol"), details).await;
                         drop(what);
                         return;
                     }
                 }
                 match plan {
-                    TunnelPlan::Intercept => self.intercept_tls(profile, io, target, via).await,
+                    TunnelPlan::Intercept => self.intercept_tls(profile, io, target, via, slot).await,
                     TunnelPlan::Splice { addr, done } => splice(io, addr, done).await,
                 }
             }
@@ -884,7 +957,7 @@ impl Inner {
                     via: if via == Via::Transparent { via } else { Via::Connect },
                 };
                 // Plain HTTP inside a tunnel: every request is decided on its own.
-                self.serve_http(io, Arc::new(ConnCtx { profile, kind })).await;
+                self.serve_http(io, Arc::new(ConnCtx { profile, kind, _slot: slot })).await;
             }
             Sniffed::Other => match plan {
                 TunnelPlan::Splice { addr, done } => splice(io, addr, done).await,
@@ -894,15 +967,21 @@ impl Inner {
                         "via": via.as_str(), "status": 403,
                         "reason": "rules for this host look at requests, but the tunnel carries neither TLS nor HTTP",
                     });
-                    let _ = self.record("connect", &profile, "deny", Some("protocol"), details).await;
+                    let _ = self.note("connect", &profile, "deny", Some("protocol"), details).await;
                 }
             },
         }
     }
 
     /// Terminates TLS with a leaf for the target and serves the requests inside.
-    pub(crate) async fn intercept_tls<S>(self: Arc<Self>, profile: Arc<str>, io: S, target: Target, via: Via)
-    where
+    pub(crate) async fn intercept_tls<S>(
+        self: Arc<Self>,
+        profile: Arc<str>,
+        io: S,
+        target: Target,
+        via: Via,
+        slot: Arc<Slot>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let cfg = match self.server_config(target.host.as_str()) {
@@ -921,7 +1000,7 @@ impl Inner {
             tls: true,
             via: if via == Via::Transparent { via } else { Via::Intercept },
         };
-        self.serve_http(tls, Arc::new(ConnCtx { profile, kind })).await;
+        self.serve_http(tls, Arc::new(ConnCtx { profile, kind, _slot: slot })).await;
     }
 }
 

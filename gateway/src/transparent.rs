@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::answer::Described;
+use crate::limit::Slot;
 use crate::proxy::{ConnCtx, ConnKind, Target, TunnelPlan, Via};
 use crate::stream::{sniff, Prefixed, Sniffed};
 use crate::Inner;
@@ -48,21 +49,20 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, profile: Arc
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
-        let Some(permit) = inner.conns.admit(&profile) else { continue };
+        let Some(slot) = inner.admit_connection(&profile, "transparent") else { continue };
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
         let profile = profile.clone();
         tokio::spawn(async move {
-            one(inner, tcp, profile, dst).await;
-            drop(permit);
+            one(inner, tcp, profile, dst, Arc::new(slot)).await;
         });
     }
 }
 
-async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: OriginalDst) {
+async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: OriginalDst, slot: Arc<Slot>) {
     let Some(orig) = dst.get(&tcp) else {
         let _ = inner
-            .record("connect", &profile, "deny", Some("protocol"),
+            .note("connect", &profile, "deny", Some("protocol"),
                 json!({"via": "transparent", "status": 403, "reason": "no original destination (not an nft-redirected connection)"}))
             .await;
         return;
@@ -72,8 +72,11 @@ async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: Orig
     let io = Prefixed::new(prefix, tcp);
     match sniffed {
         Sniffed::Http => {
-            let conn =
-                Arc::new(ConnCtx { profile, kind: ConnKind::TransparentHttp { port, pinned: Mutex::new(None) } });
+            let conn = Arc::new(ConnCtx {
+                profile,
+                kind: ConnKind::TransparentHttp { port, pinned: Mutex::new(None) },
+                _slot: slot,
+            });
             inner.serve_http(io, conn).await;
         }
         Sniffed::Tls { sni: Some(sni) } => {
@@ -81,7 +84,7 @@ async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: Orig
                 Ok(h) => h,
                 Err(e) => {
                     let _ = inner
-                        .record(
+                        .note(
                             "connect",
                             &profile,
                             "deny",
@@ -97,15 +100,15 @@ async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: Orig
             let what = Described { method: "CONNECT".into(), url: format!("{}:{port}", target.host.url_form()) };
             match inner.admit_tunnel(&profile, &target, Via::Transparent, &what).await {
                 Err(_) => {} // recorded; the agent sees the connection close
-                Ok(TunnelPlan::Intercept) => inner.intercept_tls(profile, io, target, Via::Transparent).await,
+                Ok(TunnelPlan::Intercept) => inner.intercept_tls(profile, io, target, Via::Transparent, slot).await,
                 Ok(plan @ TunnelPlan::Splice { .. }) => {
-                    inner.tunnel(profile, io, target, plan, Via::Transparent).await;
+                    inner.tunnel(profile, io, target, plan, Via::Transparent, slot).await;
                 }
             }
         }
         Sniffed::Tls { sni: None } | Sniffed::Other => {
             let _ = inner
-                .record("connect", &profile, "deny", Some("protocol"),
+                .note("connect", &profile, "deny", Some("protocol"),
                     json!({"via": "transparent", "dst": orig.to_string(), "port": port, "status": 403,
                            "reason": "no host name (neither TLS SNI nor an HTTP Host header): the transparent gateway refuses nameless connections"}))
                 .await;

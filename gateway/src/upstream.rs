@@ -23,6 +23,9 @@ pub(crate) type Sender = SendRequest<UpBody>;
 /// System CA bundle read for upstream verification.
 pub(crate) const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 const IDLE_PER_KEY: usize = 32;
+/// Idle upstream connections one profile keeps, all hosts together: a wildcard rule
+/// over many hosts must not keep gvmd's descriptors open without bound.
+const IDLE_PER_PROFILE: usize = 64;
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct PoolKey {
@@ -79,12 +82,17 @@ impl Upstreams {
     pub(crate) fn checkout(&self, key: &PoolKey) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
+        let mut found = None;
         while let Some(s) = list.pop() {
             if s.is_ready() {
-                return Some(s);
+                found = Some(s);
+                break;
             }
         }
-        None
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
     }
 
     /// Returns `s` to the pool once its current exchange is finished.
@@ -93,8 +101,10 @@ impl Upstreams {
         tokio::spawn(async move {
             if s.ready().await.is_ok() {
                 let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let of_profile: usize =
+                    idle.iter().filter(|(k, _)| k.profile == key.profile).map(|(_, l)| l.len()).sum();
                 let list = idle.entry(key).or_default();
-                if list.len() < IDLE_PER_KEY {
+                if list.len() < IDLE_PER_KEY && of_profile < IDLE_PER_PROFILE {
                     list.push(s);
                 }
             }

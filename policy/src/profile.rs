@@ -20,7 +20,7 @@ use crate::diag::Diagnostic;
 use crate::name::ProfileName;
 use crate::path::PathPattern;
 use crate::rule::{Action, HostPattern, HostPatternError, InjectPart, Injection, Rule};
-use crate::units::{parse_cpu_quota, parse_duration, parse_size, Rate};
+use crate::units::{parse_cpu_quota, parse_duration, parse_size, Rate, RatePer};
 
 /// The default `[network] hold_timeout`.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -126,6 +126,43 @@ pub struct Files {
     pub deny_read: Vec<String>,
 }
 
+/// `[limits]`: what one agent may take of gvmd's shared resources, so that it cannot
+/// starve the other agents, fill the disk with audit events or exhaust gvmd's file
+/// descriptors. Every field has a default; a profile can lower or raise each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once through all of the profile's listeners (proxy,
+    /// transparent, DNS over TCP), tunnels and WebSockets included. gvmd may grant
+    /// less: its share of gvmd's descriptors (see ARCHITECTURE.md).
+    pub connections: u32,
+    /// Requests held for a human at once; further ones are refused (429).
+    pub held_requests: u32,
+    /// DNS queries; past it the resolver answers REFUSED.
+    pub dns_queries: Rate,
+    /// Decisions recorded one event each. Past it, refusals are counted in summary
+    /// events and requests that would be forwarded are refused (429): nothing is ever
+    /// forwarded unrecorded.
+    pub decisions: Rate,
+    /// Request body bytes per second, over all of the profile's requests; uploads
+    /// beyond it are slowed down, not refused.
+    pub request_body_per_sec: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: DEFAULT_LIMITS_CONNECTIONS,
+            held_requests: 32,
+            dns_queries: Rate { count: 3000, per: RatePer::Min },
+            decisions: Rate { count: 6000, per: RatePer::Min },
+            request_body_per_sec: 32 << 20,
+        }
+    }
+}
+
+/// The default `[limits] connections`.
+pub const DEFAULT_LIMITS_CONNECTIONS: u32 = 1024;
+
 /// A loaded, validated and compiled profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -135,6 +172,7 @@ pub struct Profile {
     pub network: Network,
     pub secrets: BTreeMap<String, SecretSource>,
     pub files: Files,
+    pub limits: Limits,
     pub compiled: Arc<CompiledPolicy>,
 }
 
@@ -148,6 +186,17 @@ struct RawProfile {
     network: Option<RawNetwork>,
     secrets: Option<BTreeMap<Spanned<String>, Spanned<RawSecret>>>,
     files: Option<RawFiles>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections: Option<Spanned<i64>>,
+    held_requests: Option<Spanned<i64>>,
+    dns_queries: Option<Spanned<String>>,
+    decisions: Option<Spanned<String>>,
+    request_body_per_sec: Option<Spanned<StrOrInt>>,
 }
 
 #[derive(Deserialize)]
@@ -258,8 +307,9 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
     let secrets = v.secrets(raw.secrets)?;
     let network = v.network(raw.network, &secrets)?;
     let files = v.files(raw.files)?;
+    let limits = v.limits(raw.limits)?;
     let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
-    Ok(Profile { name, file: file.to_path_buf(), agent, network, secrets, files, compiled })
+    Ok(Profile { name, file: file.to_path_buf(), agent, network, secrets, files, limits, compiled })
 }
 
 /// Reads and parses one profile file.
@@ -903,6 +953,47 @@ impl Validator<'_> {
                 }
                 dest.push(g.into_inner());
             }
+        }
+        Ok(out)
+    }
+}
+
+impl Validator<'_> {
+    fn limits(&self, raw: Option<RawLimits>) -> V<Limits> {
+        let mut out = Limits::default();
+        let Some(raw) = raw else { return Ok(out) };
+        let count = |v: Spanned<i64>, field: &str, max: u32| -> V<u32> {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n @ 1..) if n <= max => Ok(n),
+                _ => Err(self
+                    .err(v.span(), format!("limits.{field}"), format!("must be a whole number from 1 to {max}"))
+                    .fix(format!("remove `{field}` to get the default, or write a number such as 64"))),
+            }
+        };
+        if let Some(v) = raw.connections {
+            out.connections = count(v, "connections", 1 << 20)?;
+        }
+        if let Some(v) = raw.held_requests {
+            out.held_requests = count(v, "held_requests", 100_000)?;
+        }
+        for (field, src, dest) in
+            [("dns_queries", raw.dns_queries, &mut out.dns_queries), ("decisions", raw.decisions, &mut out.decisions)]
+        {
+            if let Some(r) = src {
+                *dest = Rate::parse(r.get_ref()).map_err(|e| self.err(r.span(), format!("limits.{field}"), e.0))?;
+            }
+        }
+        if let Some(b) = raw.request_body_per_sec {
+            let span = b.span();
+            out.request_body_per_sec = match b.into_inner() {
+                StrOrInt::Str(s) => parse_size(&s).map_err(|e| self.err(span, "limits.request_body_per_sec", e.0))?,
+                StrOrInt::Int(n @ 1..) => n as u64,
+                StrOrInt::Int(_) => {
+                    return Err(self
+                        .err(span, "limits.request_body_per_sec", "must be a positive size")
+                        .fix("write bytes per second such as \"16M\""))
+                }
+            };
         }
         Ok(out)
     }

@@ -33,7 +33,7 @@ fn unknown_field_lists_the_accepted_fields() {
     );
     assert_eq!(
         says("bogus = 1\n"),
-        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files"
+        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files, limits"
     );
     assert_eq!(
         says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),
@@ -156,4 +156,32 @@ fn profile_name_comes_from_the_file_name() {
 fn wire_refusal_prints_the_same() {
     let d = refuse("[network]\ndefault = \"allow\"\n");
     assert_eq!(gvm_api::ProfileRefusal::from(&d).to_string(), d.to_string());
+}
+
+#[test]
+fn limits_have_defaults_and_say_what_is_wrong() {
+    let p = parse_profile(Path::new("profiles/inv.toml"), "").unwrap();
+    assert_eq!(p.limits, gvm_policy::Limits::default());
+    assert_eq!((p.limits.connections, p.limits.held_requests), (1024, 32));
+    assert_eq!(p.limits.dns_queries.to_string(), "3000/min");
+    assert_eq!(p.limits.decisions.to_string(), "6000/min");
+    assert_eq!(p.limits.request_body_per_sec, 32 << 20);
+    let text = "[limits]\nconnections = 64\nheld_requests = 4\ndns_queries = \"20/sec\"\ndecisions = \"100/min\"\nrequest_body_per_sec = \"1M\"\n";
+    let l = parse_profile(Path::new("profiles/inv.toml"), text).unwrap().limits;
+    assert_eq!((l.connections, l.held_requests, l.request_body_per_sec), (64, 4, 1 << 20));
+    assert_eq!((l.dns_queries.to_string(), l.decisions.to_string()), ("20/sec".into(), "100/min".into()));
+
+    assert_eq!(
+        says("[limits]\nconnections = 0\n"),
+        "profiles/inv.toml:2:15: `limits.connections`: must be a whole number from 1 to 1048576 — remove `connections` to get the default, or write a number such as 64"
+    );
+    assert_eq!(
+        says("[limits]\ndns_queries = \"50/s\"\n"),
+        "profiles/inv.toml:2:15: `limits.dns_queries`: `50/s` is not a rate; write N/sec, N/min, N/hour or N/day, e.g. \"60/min\""
+    );
+    assert!(says("[limits]\nrequest_body_per_sec = -1\n")
+        .contains("`limits.request_body_per_sec`: must be a positive size"));
+    assert!(says("[limits]\nconnection = 5\n").contains(
+        "unknown field `connection` — accepted fields: connections, held_requests, dns_queries, decisions, request_body_per_sec"
+    ));
 }

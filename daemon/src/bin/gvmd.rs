@@ -78,6 +78,10 @@ fn main() -> ExitCode {
             tracing::info!("W^X for gvmd is not available on this kernel ({e}; needs Linux 6.6); running without it")
         }
     }
+    match gvm_daemon::sys::nofile::raise_to_hard() {
+        Ok(n) => tracing::debug!("descriptor limit {n}, shared out among the profiles' connections"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit to its hard limit: {e}"),
+    }
     // Before any thread exists: the sockets systemd kept for us across a restart.
     let stored_fds = gvm_daemon::sys::listenfds::take();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -222,7 +222,9 @@ pub(crate) async fn tally(daemon: &Daemon, q: gvm_api::EventsQuery, with_last: b
         return t;
     };
     for c in counts {
-        let (answered, refused, held) = match c.kind.as_str() {
+        // Refusals past a `[limits]` entry are counted with the requests they refused.
+        let kind = if c.kind == "limits_exceeded" { c.of.as_deref().unwrap_or("") } else { c.kind.as_str() };
+        let (answered, refused, held) = match kind {
             "dns" => (&mut t.dns_answered, &mut t.dns_refused, None),
             "http" | "connect" => (&mut t.allowed, &mut t.denied, Some(&mut t.held)),
             _ => continue,

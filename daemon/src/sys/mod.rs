@@ -10,4 +10,5 @@ pub mod creds;
 pub mod fdpass;
 pub mod listenfds;
 pub mod mdwe;
+pub mod nofile;
 pub mod notify;

@@ -164,7 +164,7 @@ pub async fn env_named(name: &str, policy: &str) -> Env {
     let mut static_hosts = HashMap::new();
     static_hosts.insert(HOST.to_string(), vec!["127.0.0.1".parse().unwrap()]);
     static_hosts.insert(OTHER.to_string(), vec!["127.0.0.1".parse().unwrap()]);
-    let cfg = GatewayConfig { ca_dir: state.join("ca"), extra_roots: vec![ca_pem], static_hosts };
+    let cfg = GatewayConfig { ca_dir: state.join("ca"), extra_roots: vec![ca_pem], static_hosts, fd_limit: None };
     let gw = Gateway::new(cfg, audit.clone()).unwrap();
     let text = policy.replace("{HTTP}", &up_http.to_string()).replace("{HTTPS}", &up_https.to_string());
     let file = dir.path().join(format!("{name}.toml"));
