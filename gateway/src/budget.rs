@@ -262,7 +262,8 @@ impl Budgets {
         let key = fold.then(|| format!("{kind}\0{decision}\0{}\0{details}", rule.unwrap_or("")));
         self.with(profile, |b, now| {
             if let Some(h) = key.as_ref().and_then(|k| b.hot.get_mut(k)) {
-                if now.duration_since(h.seen) <= HOT_TTL {
+                // (Counts not yet written keep folding, however late the tick is.)
+                if now.duration_since(h.seen) <= HOT_TTL || h.repeats > 0 {
                     let t = SystemTime::now();
                     h.repeats += 1;
                     h.first.get_or_insert(t);
