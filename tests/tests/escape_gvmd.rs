@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -64,31 +63,6 @@ action = "allow"
     }
     t.push_str("\n[files]\ndeny_read = [\"**/.env\"]\n");
     t
-}
-
-/// Splits output made of `@@name` marker lines into name → text.
-fn sections(out: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in out.lines() {
-        if let Some(name) = line.strip_prefix("@@") {
-            if let Some((n, t)) = current.take() {
-                map.insert(n, t);
-            }
-            current = Some((name.trim().to_string(), String::new()));
-        } else if let Some((_, t)) = current.as_mut() {
-            t.push_str(line);
-            t.push('\n');
-        }
-    }
-    if let Some((n, t)) = current {
-        map.insert(n, t);
-    }
-    map
-}
-
-fn section<'a>(s: &'a BTreeMap<String, String>, name: &str, ran: &Ran) -> &'a str {
-    s.get(name).map(String::as_str).unwrap_or_else(|| panic!("no section {name}: {ran:#?}"))
 }
 
 /// The JSON body gvm answers a denial with, found in `text`.

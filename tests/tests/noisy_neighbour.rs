@@ -353,31 +353,6 @@ print("@@span")
 print("%.1f" % (time.time() - start))
 "#;
 
-/// Splits output made of `@@name` marker lines into name → text.
-fn sections(out: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in out.lines() {
-        if let Some(name) = line.strip_prefix("@@") {
-            if let Some((n, t)) = current.take() {
-                map.insert(n, t);
-            }
-            current = Some((name.trim().to_string(), String::new()));
-        } else if let Some((_, t)) = current.as_mut() {
-            t.push_str(line);
-            t.push('\n');
-        }
-    }
-    if let Some((n, t)) = current {
-        map.insert(n, t);
-    }
-    map
-}
-
-fn section<'a>(s: &'a BTreeMap<String, String>, name: &str, ran: &Ran) -> &'a str {
-    s.get(name).map(|t| t.trim()).unwrap_or_else(|| panic!("no section {name}: {ran:#?}"))
-}
-
 /// `key=<number>` read from `text`.
 fn field(text: &str, key: &str) -> f64 {
     let prefix = format!("{key}=");

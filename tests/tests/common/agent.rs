@@ -563,3 +563,28 @@ pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Splits output made of `@@name` marker lines into name → text.
+pub fn sections(out: &str) -> std::collections::BTreeMap<String, String> {
+    let mut map = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("@@") {
+            if let Some((n, t)) = current.take() {
+                map.insert(n, t);
+            }
+            current = Some((name.trim().to_string(), String::new()));
+        } else if let Some((_, t)) = current.as_mut() {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    if let Some((n, t)) = current {
+        map.insert(n, t);
+    }
+    map
+}
+
+pub fn section<'a>(s: &'a std::collections::BTreeMap<String, String>, name: &str, ran: &Ran) -> &'a str {
+    s.get(name).map(String::as_str).unwrap_or_else(|| panic!("no section {name}: {ran:#?}"))
+}
