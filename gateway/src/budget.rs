@@ -229,7 +229,11 @@ impl Budgets {
     fn with<R>(&self, profile: &str, f: impl FnOnce(&mut ProfileBudget, Instant) -> R) -> R {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let b = map.entry(profile.to_string()).or_insert_with(|| ProfileBudget::new(Limits::default(), now));
+        // (No allocation on the request path once the profile has an entry.)
+        if !map.contains_key(profile) {
+            map.insert(profile.to_string(), ProfileBudget::new(Limits::default(), now));
+        }
+        let b = map.get_mut(profile).expect("inserted above");
         f(b, now)
     }
 
