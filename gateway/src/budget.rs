@@ -249,10 +249,6 @@ impl Budgets {
         });
     }
 
-    pub(crate) fn limits(&self, profile: &str) -> Limits {
-        self.with(profile, |b, _| b.limits)
-    }
-
     /// Before recording a decision: record it, fold it, or refuse it.
     pub(crate) fn admit(
         &self,
@@ -351,7 +347,8 @@ impl Budgets {
         });
     }
 
-    /// The profile's request-body bucket.
+    /// The profile's request-body bucket (the same one for as long as gvmd runs: new
+    /// limits refill it in place), kept by the gateway's `ProfileState`.
     pub(crate) fn body(&self, profile: &str) -> Arc<Mutex<Bucket>> {
         self.with(profile, |b, _| b.body.clone())
     }

@@ -63,6 +63,8 @@ pub(crate) struct ProfileState {
     /// Secret name → value, loaded by `set_profile`; `Err` keeps why it is missing.
     pub secrets: HashMap<String, Result<String, String>>,
     pub limits: gvm_policy::Limits,
+    /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.
+    pub body: Arc<std::sync::Mutex<crate::budget::Bucket>>,
 }
 
 impl ProfileState {

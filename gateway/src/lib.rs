@@ -328,9 +328,15 @@ impl Gateway {
     pub fn set_profile(&self, profile: &gvm_policy::Profile) {
         let name: Arc<str> = Arc::from(profile.name.as_str());
         let secrets = profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
-        let state =
-            ProfileState { name: name.clone(), policy: profile.compiled.clone(), secrets, limits: profile.limits };
         self.inner.budgets.set_limits(&name, profile.limits);
+        let body = self.inner.budgets.body(&name);
+        let state = ProfileState {
+            name: name.clone(),
+            policy: profile.compiled.clone(),
+            secrets,
+            limits: profile.limits,
+            body,
+        };
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(state));
         self.inner.rate.forget(&name);
         self.inner.upstreams.forget(&name);

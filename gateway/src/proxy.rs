@@ -604,7 +604,7 @@ impl Inner {
             Err(_) => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
-        let body = Counting::new(body, Some(done.clone()), true).throttled(self.budgets.body(&profile));
+        let body = Counting::new(body, Some(done.clone()), true).throttled(state.body.clone());
         let up_req = Request::from_parts(parts, body);
 
         let key = PoolKey {
@@ -681,9 +681,9 @@ impl Inner {
             }
             Verdict::Hold => {
                 let place = self.budgets.hold(&profile, || json!({"method": what.method, "url": what.url}));
-                let Ok(_place) = place else {
-                    let value = self.budgets.limits(&profile).held_requests.to_string();
-                    return Err(answer::over_limit(&profile, what, "held_requests", &value));
+                let _place = match place {
+                    Ok(p) => p,
+                    Err(value) => return Err(answer::over_limit(&profile, what, "held_requests", &value)),
                 };
                 let (id, wait) =
                     self.holds.hold(&profile, &what.method, what.url.clone(), ruling.rule.clone(), ruling.hold_timeout);
