@@ -7,8 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod approvals;
 #[cfg(feature = "client")]
 pub mod client;
+pub use approvals::*;
 
 /// Prefix of every path of this version of the API.
 pub const V1: &str = "/v1";
@@ -19,7 +21,6 @@ pub mod paths {
     pub const AUDIT_EVENTS: &str = "/v1/audit/events";
     pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
     pub const RELOAD: &str = "/v1/reload";
-    pub const HOLDS: &str = "/v1/holds";
     pub const POLICY_EXPLAIN: &str = "/v1/policy/explain";
     /// `POST /v1/agents/{profile}/prepare`
     pub fn prepare(profile: &str) -> String {
@@ -32,14 +33,6 @@ pub mod paths {
     /// `POST /v1/agents/{profile}/teardown`
     pub fn teardown(profile: &str) -> String {
         format!("/v1/agents/{profile}/teardown")
-    }
-    /// `POST /v1/holds/{id}/approve`
-    pub fn approve(id: u64) -> String {
-        format!("/v1/holds/{id}/approve")
-    }
-    /// `POST /v1/holds/{id}/deny`
-    pub fn deny(id: u64) -> String {
-        format!("/v1/holds/{id}/deny")
     }
 }
 
@@ -83,6 +76,9 @@ pub struct StatusResponse {
     /// supervises the launchers itself).
     #[serde(default)]
     pub supervisor: String,
+    /// The `[notify]` webhook, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyStatus>,
 }
 
 /// One agent, as `gvmctl status` shows it.
@@ -140,6 +136,12 @@ pub struct ProfileStatus {
     /// repeated refusals (and for 5 minutes after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noisy: Option<Noisy>,
+    /// Held requests of this profile waiting for a human.
+    #[serde(default)]
+    pub pending_requests: u64,
+    /// File changes of this profile waiting for review.
+    #[serde(default)]
+    pub pending_files: u64,
 }
 
 /// Why a profile shows as noisy in `gvmctl status`.
@@ -297,7 +299,8 @@ pub struct ReloadResponse {
     pub refused: Vec<ProfileRefusal>,
 }
 
-/// A request the gateway holds until a human answers (`GET /v1/holds`).
+/// A request the gateway holds until a human answers (listed, with its durable id, by
+/// `GET /v1/approvals`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HeldRequest {
     pub id: u64,
@@ -311,21 +314,6 @@ pub struct HeldRequest {
     pub since: String,
     /// RFC 3339 UTC; nobody answering by then denies it.
     pub expires_at: String,
-}
-
-/// `GET /v1/holds`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HoldsResponse {
-    /// Oldest first.
-    pub holds: Vec<HeldRequest>,
-}
-
-/// `POST /v1/holds/{id}/approve` and `/deny`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HoldAnswer {
-    pub id: u64,
-    /// `approved` or `denied`.
-    pub outcome: String,
 }
 
 /// `POST /v1/policy/explain`: how the profile in force would decide a request.

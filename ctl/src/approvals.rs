@@ -1,47 +1,92 @@
-//! `gvmctl approvals`, `gvmctl approve ID`, `gvmctl deny ID`: the requests the gateway
-//! holds for a human. A held request waits with its connection open; approving forwards
-//! it, denying (or nobody answering before it expires) refuses it.
+//! `gvmctl approvals [--follow]`, `gvmctl approve ID [--always]`, `gvmctl deny ID
+//! [--always]`: what waits for a human — requests the gateway holds (connection open,
+//! denied when nobody answers in time) and file changes waiting for review — in one
+//! queue whose ids gvmd never reuses.
 
-use gvm_api::{paths, HoldAnswer, HoldsResponse};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use gvm_api::{approval_paths, AnswerRequest, AnswerResponse, Approval, ApprovalsResponse};
 
 use crate::output;
 use gvm_api::client::Client;
 
+fn row(a: &Approval) -> Vec<String> {
+    vec![a.id.to_string(), a.profile.clone(), output::duration(a.age_secs), a.what()]
+}
+
+const HEADER: [&str; 4] = ["ID", "PROFILE", "AGE", "WHAT"];
+
 pub fn list(client: &Client, json: bool) -> anyhow::Result<()> {
-    let r: HoldsResponse = client.get(paths::HOLDS)?;
+    let r: ApprovalsResponse = client.get(approval_paths::APPROVALS)?;
     if json {
-        return output::json(&r.holds);
+        return output::json(&r.approvals);
     }
-    if r.holds.is_empty() {
+    if r.approvals.is_empty() {
         println!("Nothing waits for approval.");
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = r
-        .holds
-        .iter()
-        .map(|h| {
-            vec![
-                h.id.to_string(),
-                h.profile.clone(),
-                h.method.clone(),
-                h.url.clone(),
-                h.rule.clone().unwrap_or_else(|| "default".into()),
-                output::short_time(&h.since),
-                output::short_time(&h.expires_at),
-            ]
-        })
-        .collect();
-    output::table(&["ID", "PROFILE", "METHOD", "URL", "RULE", "SINCE", "EXPIRES"], &rows);
-    println!("\nAnswer with `gvmctl approve ID` or `gvmctl deny ID`.");
+    let rows: Vec<Vec<String>> = r.approvals.iter().map(row).collect();
+    output::table(&HEADER, &rows);
+    println!("\nAnswer with `gvmctl approve ID` or `gvmctl deny ID` (add --always to write a rule for next time).");
     Ok(())
 }
 
-pub fn answer(client: &Client, id: u64, approve: bool, json: bool) -> anyhow::Result<()> {
-    let path = if approve { paths::approve(id) } else { paths::deny(id) };
-    let r: HoldAnswer = client.post(&path, None)?;
+/// Polls every second until interrupted: each new item once, each item that leaves.
+pub fn follow(client: &Client, json: bool) -> anyhow::Result<()> {
+    let mut known: BTreeMap<u64, Approval> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let r: ApprovalsResponse = client.get(approval_paths::APPROVALS)?;
+        let now: BTreeMap<u64, Approval> = r.approvals.into_iter().map(|a| (a.id, a)).collect();
+        let mut out = std::io::stdout().lock();
+        if first && !json {
+            writeln!(out, "{}", output::render(&HEADER, &[]).trim_end())?;
+        }
+        for (id, a) in &now {
+            if !known.contains_key(id) {
+                if json {
+                    let mut v = serde_json::to_value(a)?;
+                    v["event"] = "waiting".into();
+                    writeln!(out, "{}", serde_json::to_string(&v)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}  {}  {}   → gvmctl approve {id} | gvmctl deny {id}",
+                        id,
+                        a.profile,
+                        output::duration(a.age_secs),
+                        a.what()
+                    )?;
+                }
+            }
+        }
+        for (id, a) in &known {
+            if !now.contains_key(id) {
+                if json {
+                    writeln!(out, "{}", serde_json::json!({ "event": "left", "id": id, "profile": a.profile }))?;
+                } else {
+                    writeln!(out, "{id}  left the queue (answered, expired or gone)")?;
+                }
+            }
+        }
+        out.flush()?;
+        known = now;
+        first = false;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+pub fn answer(client: &Client, id: u64, approve: bool, always: bool, json: bool) -> anyhow::Result<()> {
+    let path = if approve { approval_paths::approve(id) } else { approval_paths::deny(id) };
+    let body = serde_json::to_value(AnswerRequest { always })?;
+    let r: AnswerResponse = client.post(&path, Some(&body))?;
     if json {
         return output::json(&r);
     }
     println!("request {} {}", r.id, r.outcome);
+    if let (Some(rule), Some(file)) = (&r.rule_added, &r.profile_file) {
+        println!("rule added to {file} (previous version kept as {file}.bak):\n{rule}");
+    }
     Ok(())
 }

@@ -81,22 +81,49 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
-    /// List the requests held for a human decision.
+    /// List what waits for a human: held requests and pending file changes.
+    ///
+    /// Examples:
+    ///   gvmctl approvals                  # ID, PROFILE, AGE, WHAT
+    ///   gvmctl approvals --follow         # print new items (and those that leave) until Ctrl-C
+    ///   gvmctl approvals --json --follow  # one JSON object per line
+    #[command(verbatim_doc_comment)]
     Approvals {
         #[arg(long)]
         json: bool,
+        /// Poll every second; print each new item once, and each item that leaves the queue.
+        #[arg(long)]
+        follow: bool,
     },
-    /// Let a held request through.
+    /// Approve an item: a held request is forwarded, a file change applied.
+    ///
+    /// Examples:
+    ///   gvmctl approve 17
+    ///   gvmctl approve 17 --always   # also add an allow rule for exactly this
+    ///                                # method, host, port and path to the profile
+    #[command(verbatim_doc_comment)]
     Approve {
-        /// The request's ID, from `gvmctl approvals`.
+        /// The item's ID, from `gvmctl approvals` (or the notice that named it).
         id: u64,
+        /// Write the narrowest rule that allows the same request next time (requests only;
+        /// the profile file keeps its comments, the old version stays as FILE.bak).
+        #[arg(long)]
+        always: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Refuse a held request (the agent gets a 403 saying so).
+    /// Deny an item: a held request gets a 403 saying so, a file change is not applied.
+    ///
+    /// Examples:
+    ///   gvmctl deny 17
+    ///   gvmctl deny 17 --always      # also add a deny rule for exactly this request
+    #[command(verbatim_doc_comment)]
     Deny {
-        /// The request's ID, from `gvmctl approvals`.
+        /// The item's ID, from `gvmctl approvals`.
         id: u64,
+        /// Write the narrowest rule that denies the same request next time.
+        #[arg(long)]
+        always: bool,
         #[arg(long)]
         json: bool,
     },
@@ -167,9 +194,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             agents::act(&client, &profile, "restart", json).map(|()| ExitCode::SUCCESS)
         }
         Command::Run { profile, watch, argv } => run::run(&client, profile, watch, argv),
-        Command::Approvals { json } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),
-        Command::Approve { id, json } => approvals::answer(&client, id, true, json).map(|()| ExitCode::SUCCESS),
-        Command::Deny { id, json } => approvals::answer(&client, id, false, json).map(|()| ExitCode::SUCCESS),
+        Command::Approvals { json, follow: false } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),
+        Command::Approvals { json, follow: true } => approvals::follow(&client, json).map(|()| ExitCode::SUCCESS),
+        Command::Approve { id, always, json } => {
+            approvals::answer(&client, id, true, always, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Deny { id, always, json } => {
+            approvals::answer(&client, id, false, always, json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCommand::Log { profile, since, limit, json }) => {
             let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;
             let query = gvm_api::EventsQuery { profile, since, after_seq: None, limit: Some(limit) };

@@ -54,6 +54,31 @@ pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         output::table(&["PROFILE", "MODE", "RULES", "LOADED", "STATE", "FILE"], &rows);
+        let waiting: Vec<String> = s
+            .profiles
+            .iter()
+            .filter(|p| p.pending_requests + p.pending_files > 0)
+            .map(|p| format!("{}: {} requests, {} files", p.name, p.pending_requests, p.pending_files))
+            .collect();
+        if !waiting.is_empty() {
+            println!();
+            println!("Waiting for approval ({}); see `gvmctl approvals`", waiting.join("; "));
+        }
+    }
+    if let Some(n) = &s.notify {
+        println!();
+        let mut line = format!("notify: webhook {}: {} sent", n.webhook, n.sent);
+        if n.failures > 0 || n.dropped > 0 {
+            line.push_str(&format!(", {} FAILED, {} dropped", n.failures, n.dropped));
+        }
+        match &n.last_success_at {
+            Some(t) => line.push_str(&format!(", last success {}", output::short_time(t))),
+            None => line.push_str(", no success yet"),
+        }
+        println!("{line}");
+        if let Some(e) = &n.last_error {
+            println!("  last error at {}: {e}", n.last_error_at.as_deref().map(output::short_time).unwrap_or_default());
+        }
     }
     if !s.agents.is_empty() {
         println!();

@@ -45,6 +45,34 @@ pub struct DaemonConfig {
     pub gateway: GatewaySection,
     #[serde(default)]
     pub control: ControlSection,
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+/// `[notify]`: where gvmd tells a human that something waits for approval (besides
+/// journald, which always gets a NOTICE).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    /// POSTed a JSON notice per new approval item. `https://`; `http://` to loopback only.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Extra headers of every POST (e.g. `Authorization = "Bearer ..."`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The ntfy topic the notice names (ntfy's JSON publishing needs one).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+}
+
+impl Default for NotifySection {
+    fn default() -> Self {
+        NotifySection { webhook: None, headers: BTreeMap::new(), topic: default_topic() }
+    }
+}
+
+fn default_topic() -> String {
+    "gvm".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,8 +183,46 @@ impl DaemonConfig {
                 fix: Some("use a number of events such as 1000, or remove the line for the default".into()),
             }));
         }
+        if let Some(url) = &config.notify.webhook {
+            if let Err(message) = crate::approvals::notify::WebhookUrl::parse(url) {
+                return Err(invalid(
+                    file,
+                    &text,
+                    "webhook",
+                    "notify.webhook",
+                    message,
+                    "write the URL of your ntfy topic or Matrix hook, e.g. webhook = \"https://ntfy.example/gvm\"",
+                ));
+            }
+        }
+        for (name, value) in &config.notify.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+                return Err(invalid(
+                    file,
+                    &text,
+                    name,
+                    &format!("notify.headers.{name}"),
+                    "not a valid HTTP header name and value".into(),
+                    "write headers = { Authorization = \"Bearer TOKEN\" }",
+                ));
+            }
+        }
         Ok(config)
     }
+}
+
+/// A diagnostic at the first place `needle` appears in `text`.
+fn invalid(file: &Path, text: &str, needle: &str, field: &str, message: String, fix: &str) -> ConfigError {
+    let offset = text.find(needle).unwrap_or(0);
+    let (line, column) = gvm_policy::line_col(text, offset);
+    ConfigError::Invalid(gvm_policy::Diagnostic {
+        file: file.to_owned(),
+        line: Some(line),
+        column: Some(column),
+        field: Some(field.into()),
+        message,
+        fix: Some(fix.into()),
+    })
 }
 
 mod duration_text {
@@ -192,6 +258,24 @@ mod tests {
         std::fs::write(&file, "[audit]\nsync = \"sometimes\"\n").unwrap();
         let err = DaemonConfig::load(&file).unwrap_err().to_string();
         assert!(err.contains("`audit.sync`") && err.contains("full, normal"), "{err}");
+    }
+
+    #[test]
+    fn notify_webhook_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gvmd.toml");
+        std::fs::write(&file, "[audit]\nsync = \"full\"\n[notify]\nwebhook = \"http://hooks.example/x\"\n").unwrap();
+        let err = DaemonConfig::load(&file).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:4:1", file.display())), "{err}");
+        assert!(err.contains("notify.webhook") && err.contains("loopback"), "{err}");
+        std::fs::write(
+            &file,
+            "[notify]\nwebhook = \"https://ntfy.example/\"\nheaders = { Authorization = \"Bearer x\" }\n",
+        )
+        .unwrap();
+        let c = DaemonConfig::load(&file).unwrap();
+        assert_eq!(c.notify.headers["Authorization"], "Bearer x");
+        assert_eq!(c.notify.topic, "gvm");
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! each can be tested and benchmarked alone, and so gvmctl can verify a chain offline.
 
 pub mod api;
+pub mod approvals;
 pub mod config;
 pub mod launcher;
 pub mod logging;
 pub mod profiles;
+pub mod review;
 pub mod run;
 pub mod state;
 pub mod supervisor;

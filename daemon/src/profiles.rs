@@ -109,6 +109,8 @@ impl ProfileSet {
                 stale: p.stale,
                 connections_cap: 0,
                 noisy: None,
+                pending_requests: 0,
+                pending_files: 0,
             })
             .collect()
     }

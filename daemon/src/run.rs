@@ -38,6 +38,10 @@ pub enum StartError {
         "cannot listen on {addr} for profile {profile} ([gateway.listen] in gvmd.toml): {source} — pick a free address"
     )]
     HostListener { profile: String, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Approvals(#[from] crate::approvals::StoreError),
+    #[error("[notify] in gvmd.toml: {0}")]
+    Notify(String),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -108,6 +112,12 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         },
         audit.clone(),
     )?;
+    let store = crate::approvals::Store::open(&paths.state_dir.join("approvals.db"))?;
+    let tls = gvm_gateway::Gateway::client_tls(&config.gateway.extra_roots)?;
+    let notices = crate::approvals::notify::Notices::start(&config.notify, tls).map_err(StartError::Notify)?;
+    let approvals = crate::approvals::Approvals::new(store, notices);
+    gateway.set_hold_sink(approvals.clone());
+    let stale = approvals.store.expire_stale_requests()?;
     let mut host_listeners = Vec::new();
     for (profile, addr) in &config.gateway.listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::HostListener {
@@ -136,6 +146,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         config,
         audit,
         gateway,
+        approvals,
         supervisor,
         notifier,
         stored_fds,
@@ -158,6 +169,25 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             }),
         })
         .await;
+    // Requests held by the previous gvmd died with it: never forwarded, now audited.
+    for a in stale {
+        let method = a.method.clone().unwrap_or_default();
+        daemon
+            .record(NewEvent {
+                profile: Some(a.profile.clone()),
+                kind: if method == "CONNECT" { "connect" } else { "http" }.into(),
+                decision: Some("deny".into()),
+                rule: a.rule.clone(),
+                details: serde_json::json!({
+                    "hold_id": a.id,
+                    "hold": "expired",
+                    "method": method,
+                    "url": a.url,
+                    "reason": "gvmd restarted while the request was held",
+                }),
+            })
+            .await;
+    }
     daemon.reload().await;
 
     let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));

@@ -19,6 +19,8 @@ pub struct Daemon {
     pub config: DaemonConfig,
     pub audit: Audit,
     pub gateway: gvm_gateway::Gateway,
+    /// Everything waiting for a human (held requests, file changes).
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub agents: crate::supervisor::Agents,
     pub supervisor: crate::supervisor::Backend,
     /// systemd's notification socket (READY, STATUS, WATCHDOG, the fd store).
@@ -41,6 +43,7 @@ pub struct Parts {
     pub config: DaemonConfig,
     pub audit: Audit,
     pub gateway: gvm_gateway::Gateway,
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub supervisor: crate::supervisor::Backend,
     pub notifier: crate::sys::notify::Notifier,
     pub stored_fds: std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>,
@@ -54,6 +57,7 @@ impl Daemon {
             config: p.config,
             audit: p.audit,
             gateway: p.gateway,
+            approvals: p.approvals,
             agents: crate::supervisor::Agents::default(),
             supervisor: p.supervisor,
             notifier: p.notifier,
@@ -177,6 +181,12 @@ impl Daemon {
 
     pub async fn status(&self) -> Result<StatusResponse, gvm_audit::AuditError> {
         let profiles = self.profiles();
+        let approvals = self.approvals.clone();
+        let pending = tokio::task::spawn_blocking(move || approvals.store.pending_counts())
+            .await
+            .ok()
+            .and_then(|r| r.map_err(|e| tracing::warn!("approval counts: {e}")).ok())
+            .unwrap_or_default();
         Ok(StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -191,6 +201,7 @@ impl Daemon {
                 .map(|mut p| {
                     p.connections_cap = self.gateway.connections_cap(&p.name);
                     p.noisy = self.gateway.noisy(&p.name);
+                    (p.pending_requests, p.pending_files) = pending.get(&p.name).copied().unwrap_or_default();
                     p
                 })
                 .collect(),
@@ -198,6 +209,7 @@ impl Daemon {
             audit: self.audit.status()?,
             agents: crate::supervisor::control::statuses(self).await,
             supervisor: self.supervisor.name().to_string(),
+            notify: self.approvals.notices.status(),
         })
     }
 }

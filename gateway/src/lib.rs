@@ -102,7 +102,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-pub use holds::{HeldRequest, HoldError};
+pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
 pub use transparent::OriginalDst;
 
@@ -423,9 +423,21 @@ impl Gateway {
         self.inner.holds.list()
     }
 
+    /// Where held requests are recorded and numbered (gvmd's approval queue). Set it
+    /// before the first listener; without one, ids come from a counter in memory.
+    pub fn set_hold_sink(&self, sink: Arc<dyn HoldSink>) {
+        self.inner.holds.set_sink(sink);
+    }
+
     /// Approves (forwards) or denies a held request.
     pub fn resolve_hold(&self, id: u64, approve: bool) -> Result<(), HoldError> {
         self.inner.holds.resolve(id, approve)
+    }
+
+    /// The TLS client settings the gateway uses upstream (system roots and
+    /// `extra_roots`), for other outgoing HTTPS of gvmd (the approval webhook).
+    pub fn client_tls(extra_roots: &[PathBuf]) -> Result<rustls::ClientConfig, GatewayError> {
+        upstream::client_config(extra_roots)
     }
 
     /// The CA certificate agents must trust, PEM.

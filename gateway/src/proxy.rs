@@ -26,7 +26,7 @@ use crate::answer::{self, Described, RespBody};
 use crate::body::{Completion, Counting};
 use crate::budget::Admit;
 use crate::decide::{ConnectRuling, ProfileState, Ruling, Verdict};
-use crate::holds::HoldOutcome;
+use crate::holds::{HeldInfo, HoldOutcome};
 use crate::limit::Slot;
 use crate::stream::{sniff, Prefixed, Sniffed};
 use crate::upstream::{PoolKey, Upstreams};
@@ -572,7 +572,8 @@ impl Inner {
             return self.deny_event("http", &profile, None, &what, details, "the profile is not loaded").await;
         };
         let ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
-        let addr = match self.admit("http", &state, &ruling, &target, &what, &mut details).await {
+        let body = body_summary(req.headers());
+        let addr = match self.admit("http", &state, &ruling, &target, &what, &mut details, body).await {
             Ok(a) => a,
             Err(resp) => return resp,
         };
@@ -662,6 +663,7 @@ impl Inner {
 
     /// Hold, deny, rate and SSRF: everything between the decision and the durable
     /// allow event. `Ok(addr)`: go ahead and connect to exactly `addr`.
+    #[allow(clippy::too_many_arguments)]
     async fn admit(
         &self,
         kind: &str,
@@ -670,6 +672,7 @@ impl Inner {
         target: &Target,
         what: &Described,
         details: &mut Value,
+        body: Option<String>,
     ) -> Result<SocketAddr, Response<RespBody>> {
         let profile = state.name.clone();
         let rule = ruling.rule.as_deref();
@@ -685,8 +688,32 @@ impl Inner {
                     Ok(p) => p,
                     Err(value) => return Err(answer::over_limit(&profile, what, "held_requests", &value)),
                 };
-                let (id, wait) =
-                    self.holds.hold(&profile, &what.method, what.url.clone(), ruling.rule.clone(), ruling.hold_timeout);
+                let since = time::OffsetDateTime::now_utc();
+                let info = HeldInfo {
+                    profile: profile.to_string(),
+                    method: what.method.clone(),
+                    url: what.url.clone(),
+                    rule: ruling.rule.clone(),
+                    body,
+                    since,
+                    expires_at: since + ruling.hold_timeout,
+                };
+                let (id, wait) = match self.holds.hold(info, ruling.hold_timeout).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // Fail closed: nobody could be asked, so nothing goes out.
+                        return Err(self
+                            .deny_event(
+                                kind,
+                                &profile,
+                                rule,
+                                what,
+                                details.clone(),
+                                &format!("the request could not be queued for approval: {e}"),
+                            )
+                            .await);
+                    }
+                };
                 details["hold_id"] = json!(id);
                 if let Err(e) = self.record(kind, &profile, "hold", rule, &*details).await {
                     return Err(e.answer(&profile, what));
@@ -893,7 +920,7 @@ impl Inner {
                 Ok(TunnelPlan::Intercept)
             }
             ConnectRuling::Decided(ruling) => {
-                let addr = self.admit("connect", &state, &ruling, target, what, &mut details).await?;
+                let addr = self.admit("connect", &state, &ruling, target, what, &mut details, None).await?;
                 let seq = match self
                     .record("connect", profile, ruling.audit_decision(), ruling.rule.as_deref(), &details)
                     .await
@@ -1053,6 +1080,27 @@ fn uri_target(uri: &Uri) -> Result<Option<Target>, String> {
     };
     let (host, port) = split_authority(auth.as_str())?;
     Ok(Some(Target { tls, host, port: port.unwrap_or(if tls { 443 } else { 80 }) }))
+}
+
+/// What a held request's body is, from its headers (the body itself is not read before
+/// the decision): `1.2 kB application/json`, `chunked text/plain`, or `None` for none.
+fn body_summary(headers: &http::HeaderMap) -> Option<String> {
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|t| {
+        let t = t.split(';').next().unwrap_or("").trim();
+        t.chars().take(80).collect::<String>()
+    });
+    let len =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let size = match (len, chunked) {
+        (Some(0), false) | (None, false) => return ctype.filter(|t| !t.is_empty()).map(|t| format!("0 B {t}")),
+        (Some(n), _) => gvm_api::human_bytes(n),
+        (None, true) => "chunked".to_string(),
+    };
+    Some(match ctype.filter(|t| !t.is_empty()) {
+        Some(t) => format!("{size} {t}"),
+        None => size,
+    })
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ fn allow_deny_and_hold_through_gvmd_are_decided_and_audited() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let table = stdout(&gvmctl(&dirs, &["approvals"]));
-    assert!(table.contains("/charges") && table.contains("gvmctl approve ID"), "{table}");
+    assert!(table.contains("POST") && table.contains("/charges") && table.contains("gvmctl approve ID"), "{table}");
     let out = gvmctl(&dirs, &["approve", &id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), format!("request {id} approved"));
@@ -110,7 +110,7 @@ fn allow_deny_and_hold_through_gvmd_are_decided_and_audited() {
 
     let out = gvmctl(&dirs, &["deny", &id.to_string()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&format!("no held request has id {id}")), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("approval {id} already ended: approved by")), "{}", stderr(&out));
 
     let events = events_json(&dirs);
     let http: Vec<_> = events.iter().filter(|e| e["kind"] == "http").collect();

@@ -6,7 +6,7 @@
 //! audit event. The socket file is also 0660 root:gvm-admin, but that is the outer
 //! fence, not the check. Routes and bodies are the wire contract of `gvm_api`.
 
-mod explain;
+pub(crate) mod explain;
 mod routes;
 
 use std::sync::Arc;

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gvm_api::{
-    paths, EventsQuery, EventsResponse, HoldAnswer, HoldsResponse, ReloadResponse, StatusResponse, VerifyReport,
+    approval_paths, paths, AnswerRequest, AnswerResponse, ApprovalsResponse, EventsQuery, EventsResponse,
+    ReloadResponse, StatusResponse, VerifyReport,
 };
 
 use super::ApiFailure;
@@ -21,12 +22,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::AUDIT_EVENTS, get(audit_events))
         .route(paths::AUDIT_VERIFY, post(audit_verify))
         .route(paths::RELOAD, post(reload))
-        .route(paths::HOLDS, get(holds))
+        .route(approval_paths::APPROVALS, get(approvals))
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
         .route("/v1/agents/{profile}/prepare", post(prepare))
         .route("/v1/agents/{profile}/teardown", post(teardown))
         .route("/v1/agents/{profile}/{action}", post(agent_action))
-        .route("/v1/holds/{id}/{answer}", post(answer_hold))
+        .route("/v1/approvals/{id}/{answer}", post(answer))
         .fallback(not_found)
         .with_state(daemon)
 }
@@ -65,46 +66,167 @@ async fn reload(State(d): State<Arc<Daemon>>) -> Json<ReloadResponse> {
     Json(d.reload().await)
 }
 
-async fn holds(State(d): State<Arc<Daemon>>) -> Json<HoldsResponse> {
-    Json(HoldsResponse { holds: d.gateway.holds() })
+async fn approvals(State(d): State<Arc<Daemon>>) -> Result<Json<ApprovalsResponse>, ApiFailure> {
+    let a = d.approvals.clone();
+    let approvals = tokio::task::spawn_blocking(move || a.store.pending())
+        .await
+        .map_err(ApiFailure::internal)?
+        .map_err(ApiFailure::internal)?;
+    Ok(Json(ApprovalsResponse { approvals }))
 }
 
-/// Approves or denies a held request, and records who did.
-async fn answer_hold(
+fn store_failure(e: crate::approvals::StoreError) -> ApiFailure {
+    use crate::approvals::StoreError;
+    match e {
+        StoreError::NotFound { .. } => ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None),
+        StoreError::Ended { .. } => ApiFailure::new(StatusCode::CONFLICT, e.to_string(), None),
+        other => ApiFailure::internal(other),
+    }
+}
+
+/// Approves or denies an item of the queue (`{"always": true}` also writes a rule),
+/// and records who did.
+async fn answer(
     State(d): State<Arc<Daemon>>,
     axum::Extension(peer): axum::Extension<Peer>,
     Path((id, answer)): Path<(u64, String)>,
-) -> Result<Json<HoldAnswer>, ApiFailure> {
+    body: axum::body::Bytes,
+) -> Result<Json<AnswerResponse>, ApiFailure> {
     let approve = match answer.as_str() {
         "approve" => true,
         "deny" => false,
         other => {
             return Err(ApiFailure::new(
                 StatusCode::NOT_FOUND,
-                format!("a hold can be answered with approve or deny, not {other:?}"),
+                format!("an approval can be answered with approve or deny, not {other:?}"),
                 None,
             ))
         }
     };
-    let held = d.gateway.holds().into_iter().find(|h| h.id == id);
-    d.gateway.resolve_hold(id, approve).map_err(|e| ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None))?;
-    let outcome = if approve { "approved" } else { "denied" };
+    let req: AnswerRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        AnswerRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an answer: {e}"),
+                Some(r#"send {"always": false}"#),
+            )
+        })?
+    };
+    let by = user_name(peer.uid);
+    let store = d.approvals.clone();
+    let item = tokio::task::spawn_blocking(move || store.store.get(id))
+        .await
+        .map_err(ApiFailure::internal)?
+        .map_err(store_failure)?
+        .ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                format!("no approval has id {id}"),
+                Some("`gvmctl approvals` lists what waits, with each item's id"),
+            )
+        })?;
+    if item.state != "pending" {
+        return Err(store_failure(crate::approvals::StoreError::Ended {
+            id,
+            state: item.state.clone(),
+            by: item.resolved_by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
+            at: item.resolved_at.clone().unwrap_or_default(),
+        }));
+    }
+    let outcome = if approve { crate::approvals::Outcome::Approved } else { crate::approvals::Outcome::Denied };
+    if item.kind == "file" {
+        let text = crate::review::answer_file(&d, &item, approve, req.always, &by).await?;
+        let store = d.approvals.clone();
+        let by2 = by.clone();
+        tokio::task::spawn_blocking(move || store.store.resolve(id, outcome, &by2))
+            .await
+            .map_err(ApiFailure::internal)?
+            .map_err(store_failure)?;
+        return Ok(Json(AnswerResponse { id, outcome: text, rule_added: None, profile_file: None }));
+    }
+
+    // A held request. The rule first: if it cannot be written, nothing was answered.
+    let mut written = None;
+    if req.always {
+        let profiles = d.profiles();
+        let Some(loaded) = profiles.profiles.get(&item.profile) else {
+            return Err(ApiFailure::new(
+                StatusCode::CONFLICT,
+                format!("profile {} is not in force; no rule can be written for approval {id}", item.profile),
+                Some("answer without --always"),
+            ));
+        };
+        let file = loaded.profile.file.clone();
+        let (method, url) = (item.method.clone().unwrap_or_default(), item.url.clone().unwrap_or_default());
+        let w = tokio::task::spawn_blocking(move || crate::approvals::always::add_rule(&file, &method, &url, approve))
+            .await
+            .map_err(ApiFailure::internal)?
+            .map_err(|e| {
+                ApiFailure::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    e.to_string(),
+                    Some(&format!("nothing was answered; answer without --always: gvmctl {answer} {id}")),
+                )
+            })?;
+        let reloaded = d.reload().await;
+        tracing::info!(gvm_profile = %item.profile, "rule added to {} by {by}: {}", w.file.display(), w.rule);
+        d.record(gvm_audit::NewEvent {
+            profile: Some(item.profile.clone()),
+            kind: "rule_added".into(),
+            decision: None,
+            rule: None,
+            details: serde_json::json!({
+                "approval_id": id, "file": w.file.display().to_string(), "rule": w.rule,
+                "by_uid": peer.uid, "by_user": by, "refused": reloaded.refused.len(),
+            }),
+        })
+        .await;
+        written = Some(w);
+    }
+    let store = d.approvals.clone();
+    let by2 = by.clone();
+    tokio::task::spawn_blocking(move || store.store.resolve(id, outcome, &by2))
+        .await
+        .map_err(ApiFailure::internal)?
+        .map_err(store_failure)?;
+    if let Err(e) = d.gateway.resolve_hold(id, approve) {
+        // Its client left (or it timed out) between the listing and this answer.
+        let store = d.approvals.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            store.store.set_outcome(id, crate::approvals::Outcome::Expired, "client disconnected")
+        })
+        .await;
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            format!("approval {id}'s request is no longer waiting ({e})"),
+            None,
+        ));
+    }
+    let outcome_text = outcome.as_str();
     d.record(gvm_audit::NewEvent {
-        profile: held.as_ref().map(|h| h.profile.clone()),
+        profile: Some(item.profile.clone()),
         kind: "hold_answered".into(),
         decision: Some(if approve { "allow" } else { "deny" }.into()),
-        rule: held.as_ref().and_then(|h| h.rule.clone()),
+        rule: item.rule.clone(),
         details: serde_json::json!({
             "hold_id": id,
-            "outcome": outcome,
+            "outcome": outcome_text,
+            "always": req.always,
             "by_uid": peer.uid,
-            "by_user": user_name(peer.uid),
-            "method": held.as_ref().map(|h| h.method.clone()),
-            "url": held.as_ref().map(|h| h.url.clone()),
+            "by_user": by,
+            "method": item.method,
+            "url": item.url,
         }),
     })
     .await;
-    Ok(Json(HoldAnswer { id, outcome: outcome.into() }))
+    Ok(Json(AnswerResponse {
+        id,
+        outcome: outcome_text.into(),
+        rule_added: written.as_ref().map(|w| w.rule.clone()),
+        profile_file: written.map(|w| w.file.display().to_string()),
+    }))
 }
 
 /// Makes profile P's user, netns (gateway inside) and directories; answers the plan the
