@@ -117,6 +117,9 @@ pub struct AnswerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AnswerResponse {
     pub id: u64,
+    /// `request` or `file`.
+    #[serde(default)]
+    pub kind: String,
     /// `approved` or `denied`, or what the file review did.
     pub outcome: String,
     /// With `always`: the rule written, as TOML, and the file it went into.

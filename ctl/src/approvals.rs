@@ -41,7 +41,7 @@ pub fn follow(client: &Client, json: bool) -> anyhow::Result<()> {
         let now: BTreeMap<u64, Approval> = r.approvals.into_iter().map(|a| (a.id, a)).collect();
         let mut out = std::io::stdout().lock();
         if first && !json {
-            writeln!(out, "{}", output::render(&HEADER, &[]).trim_end())?;
+            writeln!(out, "{:<6}  {:<16}  {:<6}  WHAT", "ID", "PROFILE", "AGE")?;
         }
         for (id, a) in &now {
             if !known.contains_key(id) {
@@ -66,7 +66,7 @@ pub fn follow(client: &Client, json: bool) -> anyhow::Result<()> {
                 if json {
                     writeln!(out, "{}", serde_json::json!({ "event": "left", "id": id, "profile": a.profile }))?;
                 } else {
-                    writeln!(out, "{id}  left the queue (answered, expired or gone)")?;
+                    writeln!(out, "{id:<6}  {:<16}  left the queue (answered, expired or gone)", a.profile)?;
                 }
             }
         }
@@ -84,7 +84,8 @@ pub fn answer(client: &Client, id: u64, approve: bool, always: bool, json: bool)
     if json {
         return output::json(&r);
     }
-    println!("request {} {}", r.id, r.outcome);
+    let kind = if r.kind.is_empty() { "request" } else { r.kind.as_str() };
+    println!("{kind} {} {}", r.id, r.outcome);
     if let (Some(rule), Some(file)) = (&r.rule_added, &r.profile_file) {
         println!("rule added to {file} (previous version kept as {file}.bak):\n{rule}");
     }

@@ -393,3 +393,78 @@ fn a_bad_notify_section_stops_gvmd_with_file_line_and_fix() {
     let err = stderr(&out);
     assert!(err.contains("gvmd.toml:2:1") && err.contains("notify.webhook") && err.contains("loopback"), "{err}");
 }
+
+#[test]
+fn approvals_follow_prints_each_new_item_once_and_those_that_leave() {
+    let dirs = Dirs::new();
+    let upstream = Upstream::start(None);
+    let proxy = free_port();
+    setup(&dirs, &upstream, proxy, "");
+    let gvmd = Gvmd::start(&dirs);
+    let url = format!("http://api.test.example:{}/charges", upstream.port());
+    let mut follow =
+        gvmctl_cmd(&dirs, &["approvals", "--follow", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let _follow = Kill(follow);
+    let waiting = hold(proxy, url.clone());
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "waiting");
+    assert_eq!(first["url"], url.as_str());
+    let id = first["id"].as_u64().unwrap();
+    // Still waiting for 1.5 s: printed once only.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = gvmctl(&dirs, &["approve", &id.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(waiting.join().unwrap().unwrap().0, 200);
+    let next: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!((next["event"].as_str(), next["id"].as_u64()), (Some("left"), Some(id)), "{next}");
+    drop(gvmd);
+}
+
+/// Under a real journald: the line for a new item is a NOTICE (priority 5) with the
+/// command and the GVM_PROFILE / GVM_APPROVAL_ID fields.
+#[test]
+#[ignore = "needs root"]
+fn a_new_item_is_a_journald_notice_with_the_command_and_fields() {
+    assert_root();
+    let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let sd = common::systemd::Systemd::boot(&[&bin_dir, &repo.join("units")]);
+    let unit = std::fs::read_to_string(repo.join("units/gvmd.service"))
+        .unwrap()
+        .replace("/usr/local/bin/gvmd", &bin("gvmd").display().to_string());
+    std::fs::write(sd.root().join("etc/systemd/system/gvmd.service"), unit).unwrap();
+    std::fs::create_dir_all(sd.root().join("etc/gvm/profiles")).unwrap();
+    std::fs::write(
+        sd.root().join("etc/gvm/gvmd.toml"),
+        "[gateway.hosts]\n\"api.test.example\" = [\"127.0.0.1\"]\n[gateway.listen]\ninvoices = \"127.0.0.1:3999\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        sd.root().join("etc/gvm/profiles/invoices.toml"),
+        "[network]\ndefault = \"deny\"\nhold_timeout = \"30s\"\n[[network.rule]]\nhost = \"api.test.example\"\naction = \"hold\"\n",
+    )
+    .unwrap();
+    sd.sh("systemctl daemon-reload && systemctl start gvmd.service");
+    sd.sh("curl -s -m 20 -x http://127.0.0.1:3999 -X POST http://api.test.example/v1/x >/dev/null 2>&1 &");
+    let line = sd.wait_for(
+        "journalctl -u gvmd.service GVM_APPROVAL_ID=1 -o json --no-pager",
+        "the approval's journal entry",
+        Duration::from_secs(15),
+        |t| t.contains("gvmctl approve 1"),
+    );
+    let entry: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["PRIORITY"], "5", "{entry:#}");
+    assert_eq!(entry["GVM_PROFILE"], "invoices");
+    assert!(entry["MESSAGE"].as_str().unwrap().contains("approve with `gvmctl approve 1`"), "{entry:#}");
+    let gvmctl = bin("gvmctl").display().to_string();
+    sd.sh(&format!("{gvmctl} deny 1"));
+    sd.sh("systemctl stop gvmd.service");
+}

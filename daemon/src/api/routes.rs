@@ -144,7 +144,13 @@ async fn answer(
             .await
             .map_err(ApiFailure::internal)?
             .map_err(store_failure)?;
-        return Ok(Json(AnswerResponse { id, outcome: text, rule_added: None, profile_file: None }));
+        return Ok(Json(AnswerResponse {
+            id,
+            kind: "file".into(),
+            outcome: text,
+            rule_added: None,
+            profile_file: None,
+        }));
     }
 
     // A held request. The rule first: if it cannot be written, nothing was answered.
@@ -223,6 +229,7 @@ async fn answer(
     .await;
     Ok(Json(AnswerResponse {
         id,
+        kind: "request".into(),
         outcome: outcome_text.into(),
         rule_added: written.as_ref().map(|w| w.rule.clone()),
         profile_file: written.map(|w| w.file.display().to_string()),

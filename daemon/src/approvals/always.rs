@@ -62,7 +62,9 @@ pub fn add_rule(file: &Path, method: &str, url: &str, allow: bool) -> Result<Wri
     rule.decor_mut().set_prefix(format!(
         "\n# Written by `gvmctl {} --always` on {}.\n",
         if allow { "approve" } else { "deny" },
-        crate::rfc3339(time::OffsetDateTime::now_utc())
+        crate::rfc3339(
+            time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        )
     ));
     rule["host"] = toml_edit::value(host.as_str());
     if port != default_port {
