@@ -372,6 +372,63 @@ fn a_failing_webhook_shows_in_status_and_the_request_still_waits() {
     let out = gvmctl(&dirs, &["approve", &id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(waiting.join().unwrap().unwrap().0, 200);
+
+    // After 5 tries (1 + 2 + 4 + 8 s apart) the notice counts as failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: serde_json::Value = serde_json::from_slice(&gvmctl(&dirs, &["status", "--json"]).stdout).unwrap();
+        if status["notify"]["failures"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failure was not counted: {status:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = stdout(&gvmctl(&dirs, &["status"]));
+    assert!(text.contains("0 sent, 1 FAILED, 0 dropped"), "{text}");
+    assert!(gvmd.log_text().contains("not delivered after 5 tries"), "{}", gvmd.log_text());
+    drop(gvmd);
+}
+
+#[test]
+fn the_webhook_speaks_https_verified_against_the_configured_roots() {
+    let dirs = Dirs::new();
+    let upstream = Upstream::start(None);
+    let ca = common::agent::TestCa::new(&["localhost"]);
+    let hook = Upstream::start(Some(ca.server.clone()));
+    std::fs::create_dir_all(&dirs.config).unwrap();
+    let roots = dirs.config.join("hook-ca.pem");
+    std::fs::write(&roots, &ca.ca_pem).unwrap();
+    let proxy = free_port();
+    setup(
+        &dirs,
+        &upstream,
+        proxy,
+        &format!(
+            "\n[notify]\nwebhook = \"https://localhost:{}/hook\"\nheaders = {{ Authorization = \"Bearer t0k\" }}\n",
+            hook.port()
+        ),
+    );
+    // extra_roots is under [gateway], which setup already wrote: append to that table.
+    let toml = std::fs::read_to_string(dirs.config.join("gvmd.toml")).unwrap();
+    let toml = toml.replacen(
+        "[gateway.hosts]",
+        &format!("[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]", roots.display()),
+        1,
+    );
+    std::fs::write(dirs.config.join("gvmd.toml"), toml).unwrap();
+    let gvmd = Gvmd::start(&dirs);
+    let waiting = hold(proxy, format!("http://api.test.example:{}/charges", upstream.port()));
+    let id = next_pending(&dirs, &[])["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook.seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no HTTPS notice arrived:\n{}", gvmd.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(hook.seen.lock().unwrap()[0], "POST /hook HTTP/1.1");
+    let status: serde_json::Value = serde_json::from_slice(&gvmctl(&dirs, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["notify"]["sent"], 1, "{status:#}");
+    assert!(gvmctl(&dirs, &["deny", &id.to_string()]).status.success());
+    assert_eq!(waiting.join().unwrap().unwrap().0, 403);
     drop(gvmd);
 }
 
