@@ -339,3 +339,63 @@ async fn unknown_profile_denies_everything() {
     let r = send(&mut c, "GET", &url, &format!("{HOST}:{}", env.up_http), "").await;
     assert_eq!(r.status, 403);
 }
+
+/// Records what the gateway tells the durable queue; fails every insert when `fail`.
+#[derive(Default)]
+struct Sink {
+    fail: bool,
+    held: std::sync::Mutex<Vec<gvm_gateway::HeldInfo>>,
+    ended: std::sync::Mutex<Vec<(u64, gvm_gateway::HoldEnd)>>,
+}
+
+impl gvm_gateway::HoldSink for Sink {
+    fn held(&self, info: &gvm_gateway::HeldInfo) -> Result<u64, String> {
+        if self.fail {
+            return Err("disk I/O error".into());
+        }
+        let mut h = self.held.lock().unwrap();
+        h.push(info.clone());
+        Ok(1000 + h.len() as u64)
+    }
+    fn ended(&self, id: u64, end: gvm_gateway::HoldEnd) {
+        self.ended.lock().unwrap().push((id, end));
+    }
+}
+
+#[tokio::test]
+async fn holds_take_their_ids_from_the_sink_and_a_failing_sink_refuses() {
+    let env = env(POLICY).await;
+    let sink = std::sync::Arc::new(Sink::default());
+    env.gw.set_hold_sink(sink.clone());
+    let target = format!("{HOST}:{}", env.up_https);
+    let mut c = connect_tls(&env, &target, HOST).await.unwrap();
+    // Timeout: the sink's id is the one in the answer, and the sink hears how it ended.
+    let r = send(&mut c, "POST", "/v1/charges/9", &target, "amount=1").await;
+    assert_eq!(r.status, 403);
+    assert!(r.json()["reason"].as_str().unwrap().contains("held request 1001 was not approved"), "{}", r.body);
+    let info = sink.held.lock().unwrap()[0].clone();
+    assert_eq!((info.method.as_str(), info.body.as_deref()), ("POST", Some("8 B")));
+    assert!(info.url.ends_with("/v1/charges/9"), "{}", info.url);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sink.ended.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the sink was not told");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sink.ended.lock().unwrap()[0], (1001, gvm_gateway::HoldEnd::TimedOut));
+
+    // A sink that cannot record: refused at once, never held, never forwarded.
+    let failing = std::sync::Arc::new(Sink { fail: true, ..Sink::default() });
+    env.gw.set_hold_sink(failing);
+    let t = Instant::now();
+    let r = send(&mut c, "POST", "/v1/charges/10", &target, "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(t.elapsed() < Duration::from_millis(900));
+    assert!(
+        r.json()["reason"].as_str().unwrap().contains("could not be queued for approval: disk I/O error"),
+        "{}",
+        r.body
+    );
+    let ev = find_event(&env, "http", "could not be queued").unwrap();
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    assert!(find_event(&env, "http.done", "/v1/charges/10").is_none());
+}

@@ -89,7 +89,7 @@ pub struct NewRequest<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the approval queue {path}")]
+    #[error("cannot open the approval queue {path} — gvmd must own its state directory, and the disk must have room; moving the file away loses what waits")]
     Open {
         path: PathBuf,
         #[source]
@@ -97,7 +97,7 @@ pub enum StoreError {
     },
     #[error("{path} has schema version {found}, newer than this gvmd knows ({SCHEMA_VERSION}); run the newer gvmd or move the file away (pending approvals are lost)")]
     NewerSchema { path: PathBuf, found: i64 },
-    #[error("approval queue: {0}")]
+    #[error("the approval queue failed: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("no approval has id {id}; `gvmctl approvals` lists what waits")]
     NotFound { id: u64 },
