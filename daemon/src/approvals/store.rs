@@ -413,6 +413,10 @@ mod tests {
         assert_eq!(s.insert_request(&req("p")).unwrap().id, 3);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let c = s.conn();
+        let journal: String = c.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        let sync: i64 = c.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        assert_eq!((journal.as_str(), sync), ("wal", 2), "WAL with synchronous = FULL");
     }
 
     #[test]
