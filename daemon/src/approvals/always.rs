@@ -41,8 +41,12 @@ pub struct Written {
 
 /// Adds the narrowest rule for `method url` to `file` (a profile), allowing or denying.
 pub fn add_rule(file: &Path, method: &str, url: &str, allow: bool) -> Result<Written, AlwaysError> {
+    // A held tunnel (CONNECT, transparent TLS) is `host:port`: a host-level rule, port
+    // always written (narrowest, and more specific than a host-only hold).
+    let tunnel = method == "CONNECT";
+    let parsed = if tunnel && !url.contains("://") { format!("https://{url}/") } else { url.to_string() };
     let (scheme, host, port, path_q) =
-        crate::api::explain::parse_url(url).map_err(|reason| AlwaysError::Url { url: url.into(), reason })?;
+        crate::api::explain::parse_url(&parsed).map_err(|reason| AlwaysError::Url { url: url.into(), reason })?;
     let path = path_q.split('?').next().unwrap_or("/").to_string();
     if path.contains('*') {
         return Err(AlwaysError::Url {
@@ -67,21 +71,26 @@ pub fn add_rule(file: &Path, method: &str, url: &str, allow: bool) -> Result<Wri
         )
     ));
     rule["host"] = toml_edit::value(host.as_str());
-    if port != default_port {
+    if port != default_port || tunnel {
         rule["port"] = toml_edit::value(i64::from(port));
     }
-    let mut methods = toml_edit::Array::new();
-    methods.push(method);
-    rule["methods"] = toml_edit::value(methods);
-    rule["path"] = toml_edit::value(path.as_str());
+    if !tunnel {
+        let mut methods = toml_edit::Array::new();
+        methods.push(method);
+        rule["methods"] = toml_edit::value(methods);
+        rule["path"] = toml_edit::value(path.as_str());
+    }
     rule["action"] = toml_edit::value(action);
     // JSON strings are valid TOML basic strings.
     let q = |v: &str| serde_json::to_string(v).unwrap_or_default();
     let mut shown = format!("[[network.rule]]\nhost = {}\n", q(host.as_str()));
-    if port != default_port {
+    if port != default_port || tunnel {
         shown.push_str(&format!("port = {port}\n"));
     }
-    shown.push_str(&format!("methods = [{}]\npath = {}\naction = {}", q(method), q(&path), q(action)));
+    if !tunnel {
+        shown.push_str(&format!("methods = [{}]\npath = {}\n", q(method), q(&path)));
+    }
+    shown.push_str(&format!("action = {}", q(action)));
     let network = doc.entry("network").or_insert_with(|| {
         let mut t = toml_edit::Table::new();
         t.set_implicit(true);
@@ -193,6 +202,9 @@ mod tests {
         assert_eq!(p.network.rules.len(), 2);
         let w = add_rule(&file, "GET", "http://api.example:8080/x", false).unwrap();
         assert!(w.rule.contains("port = 8080") && w.rule.contains("\"deny\""), "{}", w.rule);
+        // A held tunnel: host and port only.
+        let w = add_rule(&file, "CONNECT", "tunnel.example:443", true).unwrap();
+        assert_eq!(w.rule, "[[network.rule]]\nhost = \"tunnel.example\"\nport = 443\naction = \"allow\"");
     }
 
     #[test]
