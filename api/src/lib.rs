@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod review;
 
 /// Prefix of every path of this version of the API.
 pub const V1: &str = "/v1";
