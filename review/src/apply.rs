@@ -476,7 +476,8 @@ fn real_file(review: &Review, real: BorrowedFd<'_>, rel: &str) -> io::Result<Opt
 
 pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<ApplyReport, Error> {
     let found = review.scan()?;
-    let (take, mut refused) = select(review, &found, sel)?;
+    let (mut take, mut refused) = select(review, &found, sel)?;
+    take.sort_by(|a, b| (&a.change.workspace, &a.change.path).cmp(&(&b.change.workspace, &b.change.path)));
     if dry_run {
         return Ok(ApplyReport {
             id: None,
