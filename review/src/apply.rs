@@ -392,6 +392,11 @@ fn plan<'a>(review: &Review, take: Vec<&'a Found>) -> Result<Plan<'a>, Error> {
         files.append(&mut steps);
         out.applied.push(f);
     }
+    if review.mounted {
+        for s in dirs.values_mut().chain(files.iter_mut()).chain(deletes.iter_mut()) {
+            s.upper = None;
+        }
+    }
     deletes.sort_by(|a, b| (&b.entry.workspace, &b.entry.path).cmp(&(&a.entry.workspace, &a.entry.path)));
     out.steps.extend(dirs.into_values());
     out.steps.extend(files);

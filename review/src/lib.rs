@@ -123,6 +123,7 @@ pub struct Review {
     store: Store,
     workspaces: Vec<Workspace>,
     rules: FileRules,
+    mounted: bool,
 }
 
 impl Review {
@@ -143,9 +144,19 @@ impl Review {
             }
         }
         let store = Store::open(root)?;
-        let review = Review { store, workspaces, rules };
+        let review = Review { store, workspaces, rules, mounted: false };
         apply::recover(&review)?;
         Ok(review)
+    }
+
+    /// Say whether the overlays are mounted in a live (frozen) sandbox. While they are,
+    /// an apply leaves the applied entries in the upper dirs: the overlay keeps its
+    /// cached dentries on the upper inodes, so removing them under a mounted overlay
+    /// makes the agent's later writes to those files land in unlinked inodes and be
+    /// lost (see ARCHITECTURE.md). The entries kept match the workspace and are no
+    /// longer listed as changes. Default: not mounted (entries are removed).
+    pub fn set_overlays_mounted(&mut self, mounted: bool) {
+        self.mounted = mounted;
     }
 
     pub fn workspaces(&self) -> &[Workspace] {

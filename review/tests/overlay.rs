@@ -224,38 +224,49 @@ fn changed_after_review_is_refused_and_discard_drops() {
     o.umount();
 }
 
-/// What a process reading through the merged view sees when an apply runs while the
-/// overlay is mounted (the agent frozen, not stopped).
+/// An apply while the overlay is mounted (the agent frozen, not stopped). Removing the
+/// applied upper entries under a mounted overlay loses the agent's later writes: the
+/// overlay keeps its dentry on the unlinked upper inode. With `set_overlays_mounted`
+/// the entries stay and nothing is lost.
 #[test]
 #[ignore = "needs root"]
 fn apply_while_mounted() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
-    let mut o = Overlay::new();
-    write(&o.r("m.txt"), b"old\n");
-    o.mount();
-    write(&o.m("m.txt"), b"new\n");
-    write(&o.m("a.txt"), b"added\n");
-    std::fs::remove_file(o.m("m.txt")).ok();
-    write(&o.m("m.txt"), b"new\n");
-    // Keep the dentries hot, as a running agent would.
-    assert_eq!(std::fs::read(o.m("a.txt")).unwrap(), b"added\n");
-    let held = std::fs::File::open(o.m("a.txt")).unwrap();
-    let review = o.review(&files(&["*.txt"], &[], &[]));
-    let report = review.apply(&Selection::Paths(vec![PathSel::new("m.txt"), PathSel::new("a.txt")]), false).unwrap();
-    assert_eq!(report.applied.len(), 2, "{report:?}");
-    assert!(!o.upper.join("a.txt").exists());
-    let seen_a = std::fs::read(o.m("a.txt"));
-    let seen_m = std::fs::read(o.m("m.txt"));
-    eprintln!("merged after apply while mounted: a.txt = {seen_a:?}, m.txt = {seen_m:?}");
-    let listed: Vec<String> =
-        std::fs::read_dir(&o.merged).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    eprintln!("merged listing: {listed:?}");
-    drop(held);
-    // A fresh mount always sees the applied content.
-    o.remount();
-    assert_eq!(std::fs::read(o.m("a.txt")).unwrap(), b"added\n");
-    assert_eq!(std::fs::read(o.m("m.txt")).unwrap(), b"new\n");
-    assert!(review.changes().unwrap().is_empty());
+    for live in [false, true] {
+        let mut o = Overlay::new();
+        write(&o.r("m.txt"), b"old\n");
+        o.mount();
+        write(&o.m("m.txt"), b"new\n");
+        write(&o.m("a.txt"), b"added\n");
+        // The agent holds the file open, as a running agent may.
+        let held = std::fs::File::open(o.m("a.txt")).unwrap();
+        let mut review = o.review(&files(&["*.txt"], &[], &[]));
+        review.set_overlays_mounted(live);
+        let sel = Selection::Paths(vec![PathSel::new("m.txt"), PathSel::new("a.txt")]);
+        let report = review.apply(&sel, false).unwrap();
+        assert_eq!(report.applied.len(), 2, "{report:?}");
+        assert_eq!(o.upper.join("a.txt").exists(), live);
+        assert!(review.changes().unwrap().is_empty(), "applied entries kept in upper are not changes");
+        assert_eq!(std::fs::read(o.m("a.txt")).unwrap(), b"added\n");
+        assert_eq!(std::fs::read(o.m("m.txt")).unwrap(), b"new\n");
+        // The agent writes to the applied file again, through the same path.
+        std::fs::write(o.m("a.txt"), b"agent again\n").unwrap();
+        assert_eq!(std::fs::read(o.m("a.txt")).unwrap(), b"agent again\n", "the agent sees its write");
+        drop(held);
+        o.remount();
+        let after = std::fs::read(o.m("a.txt")).unwrap();
+        eprintln!("live={live}: after remount a.txt = {:?}", String::from_utf8_lossy(&after));
+        if live {
+            assert_eq!(after, b"agent again\n");
+            let c = review.changes().unwrap();
+            assert_eq!(c.len(), 1);
+            assert_eq!((c[0].path.as_str(), c[0].kind.as_str()), ("a.txt", "modified"));
+        } else {
+            // The write went to the unlinked upper inode: lost.
+            assert_eq!(after, b"added\n");
+            assert!(review.changes().unwrap().is_empty());
+        }
+    }
 }
 
 #[test]
