@@ -195,10 +195,10 @@ fn plan<'a>(review: &Review, take: Vec<&'a Found>) -> Result<Plan<'a>, Error> {
     for (group, f) in take.into_iter().enumerate() {
         let ws = &review.workspaces[f.ws];
         let wsr = ws.real.to_string_lossy().into_owned();
-        if !roots.contains_key(&f.ws) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = roots.entry(f.ws) {
             let real = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
             let upper = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
-            roots.insert(f.ws, (real, upper));
+            slot.insert((real, upper));
         }
         let (real, upper) = &roots[&f.ws];
         let refuse = |reason: String| Refusal { path: f.change.path.clone(), workspace: wsr.clone(), reason };
@@ -551,6 +551,11 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
         let _ = std::fs::remove_file(review.store.journal());
         return Ok(ApplyReport { id: None, dry_run, applied, refused });
     }
+    if let Err(e) = sync_parents(review, journal.steps.iter().map(|s| &s.entry)) {
+        undo(review, &journal.steps);
+        let _ = std::fs::remove_file(review.store.journal());
+        return Err(Error::Io { action: "fsync the directories of", path: "the applied files".into(), source: e });
+    }
     journal.state = State::Committed;
     review.store.write_json(&review.store.journal(), &journal)?;
     let id = journal.id.clone();
@@ -591,7 +596,7 @@ fn perform(review: &Review, step: &Step) -> Result<(), StepError> {
             make_dir(dir.as_fd(), name, e.mode.unwrap_or(0o755), e.uid.unwrap_or(0), e.gid.unwrap_or(0))
         }
         ("dir", None) => match rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR) {
-            Ok(()) => Ok(rustix::fs::fsync(&dir)?),
+            Ok(()) => Ok(()),
             Err(Errno::NOTEMPTY) => Err(StepError::Refused("the directory is not empty in the workspace".into())),
             Err(e) => Err(e.into()),
         },
@@ -619,7 +624,7 @@ fn perform(review: &Review, step: &Step) -> Result<(), StepError> {
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(e) => return Err(e.into()),
             }
-            Ok(rustix::fs::fsync(&dir)?)
+            Ok(())
         }
     }
 }
@@ -641,12 +646,34 @@ fn make_dir(dir: BorrowedFd<'_>, name: &str, mode: u32, uid: u32, gid: u32) -> R
     Ok(())
 }
 
+/// fsyncs the directory of each entry, once each: what makes renames and unlinks
+/// durable before the journal or the record says they happened.
+fn sync_parents<'a>(review: &Review, entries: impl Iterator<Item = &'a AppliedEntry>) -> io::Result<()> {
+    let mut seen = BTreeSet::new();
+    for e in entries {
+        let parent = parent_of(&e.path);
+        if !seen.insert((e.workspace.as_str(), parent)) {
+            continue;
+        }
+        let (real, _) = roots(review, &e.workspace)?;
+        match fsx::open_dir(real.as_fd(), parent) {
+            Ok(d) => rustix::fs::fsync(&d)?,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 /// Brings every step's real path back to its `before` state (best effort, logged).
 fn undo(review: &Review, steps: &[Step]) {
     for step in steps.iter().rev() {
         if let Err(e) = undo_step(review, step) {
             tracing::error!(workspace = %step.entry.workspace, path = %step.entry.path, error = %e, "cannot undo an apply step");
         }
+    }
+    if let Err(e) = sync_parents(review, steps.iter().map(|s| &s.entry)) {
+        tracing::error!(error = %e, "cannot fsync the directories of an undone apply");
     }
 }
 
@@ -722,7 +749,6 @@ fn restore(review: &Review, dir: BorrowedFd<'_>, name: &str, e: &AppliedEntry, t
             }
         }
     }
-    rustix::fs::fsync(dir)?;
     Ok(true)
 }
 
@@ -857,6 +883,7 @@ pub(crate) fn rollback_applied(review: &Review, id: &str, force: bool) -> Result
             Err(err) => report.refused.push(refuse(format!("cannot restore: {err}"))),
         }
     }
+    sync_parents(review, record.entries.iter()).ctx("fsync the directories of", &path)?;
     if report.refused.is_empty() {
         record.rolled_back_at = Some(store::rfc3339(store::now()));
         review.store.write_json(&path, &record)?;

@@ -208,8 +208,9 @@ pub struct Install<'a> {
 
 /// Writes `src` to `temp` in `dir` (O_CREAT|O_EXCL|O_NOFOLLOW), hashing while copying;
 /// refuses (removing the temp file) when `expect` is given and differs; then
-/// fchown/fchmod, fsync, `renameat` over `name`, fsync of the directory. Returns the
-/// hash written. Nothing is left behind on error.
+/// fchown/fchmod, fsync, `renameat` over `name`. Returns the hash written. Nothing is
+/// left behind on error. The caller fsyncs the directory (once for many files) before
+/// it relies on the rename being durable.
 pub fn install(at: &Install<'_>, src: &mut impl Read, expect: Option<&str>) -> Result<String, InstallError> {
     check_name(at.name).map_err(InstallError::Io)?;
     check_name(at.temp).map_err(InstallError::Io)?;
@@ -237,9 +238,7 @@ pub fn install(at: &Install<'_>, src: &mut impl Read, expect: Option<&str>) -> R
     })();
     if result.is_err() {
         let _ = rustix::fs::unlinkat(at.dir, at.temp, AtFlags::empty());
-        return result;
     }
-    rustix::fs::fsync(at.dir).map_err(|e| InstallError::Io(e.into()))?;
     result
 }
 

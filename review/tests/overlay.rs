@@ -336,3 +336,34 @@ fn full_disk_fails_cleanly() {
     assert_eq!(review.changes().unwrap().len(), 1, "still reviewable");
     assert!(review.applied().unwrap().is_empty());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn symlinks_in_the_workspace_are_never_followed() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    let outside = tempfile::tempdir().unwrap();
+    let mut o = Overlay::new();
+    std::os::unix::fs::symlink(outside.path(), o.r("link")).unwrap();
+    write(&o.r("d/keep.txt"), b"keep\n");
+    o.mount();
+    // The agent replaces the symlink by a directory and writes into it.
+    std::fs::remove_file(o.m("link")).unwrap();
+    write(&o.m("link/x.txt"), b"x\n");
+    write(&o.m("d/new.txt"), b"new\n");
+    o.umount();
+    let review = o.review(&files(&["**"], &[], &[]));
+    let c = by_path(&review.changes().unwrap());
+    assert_eq!(c["link"].class, FileClass::Refused);
+    assert_eq!(c["link"].reason.as_deref(), Some("replaces a symlink of the workspace with a directory"));
+    assert_eq!(c["link/x.txt"].class, FileClass::Refused);
+    assert_eq!(c["d/new.txt"].class, FileClass::AutoApply);
+    // After the scan, the workspace's `d` becomes a symlink to somewhere else.
+    std::fs::rename(o.r("d"), o.r("d.moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), o.r("d")).unwrap();
+    let report = review.apply(&Selection::All, false).unwrap();
+    assert!(report.applied.is_empty(), "{report:?}");
+    let r = report.refused.iter().find(|r| r.path == "d/new.txt").unwrap();
+    // The rescan at apply time sees it (the openat2 walk would refuse it too).
+    assert!(r.reason.contains("replaces a symlink"), "{r:?}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+}
