@@ -828,8 +828,33 @@ fn clean_upper(review: &Review, step: &Step, c: &Cleanup) -> io::Result<()> {
     Ok(())
 }
 
-/// Finishes or undoes the apply a crash interrupted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TempFile {
+    workspace: String,
+    dir: String,
+    name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RollbackJournal {
+    id: String,
+    temps: Vec<TempFile>,
+}
+
+/// Finishes or undoes the apply a crash interrupted; removes the temp files of an
+/// interrupted rollback (which is idempotent: the user runs it again).
 pub(crate) fn recover(review: &Review) -> Result<(), Error> {
+    let rj = review.store.rollback_journal();
+    if let Some(journal) = review.store.read_json::<RollbackJournal>(&rj)? {
+        tracing::warn!(apply = %journal.id, "a rollback was interrupted; run it again");
+        for t in &journal.temps {
+            let Ok((real, _)) = roots(review, &t.workspace) else { continue };
+            if let Ok(dir) = fsx::open_dir(real.as_fd(), &t.dir) {
+                let _ = rustix::fs::unlinkat(&dir, t.name.as_str(), AtFlags::empty());
+            }
+        }
+        std::fs::remove_file(&rj).ctx("remove", &rj)?;
+    }
     let Some(journal): Option<Journal> = review.store.read_json(&review.store.journal())? else { return Ok(()) };
     match journal.state {
         State::Applying => {
@@ -854,7 +879,19 @@ pub(crate) fn rollback_applied(review: &Review, id: &str, force: bool) -> Result
         return Err(Error::AlreadyRolledBack { id: id.to_string(), at: at.clone() });
     }
     let mut report = RollbackReport { restored: Vec::new(), removed: Vec::new(), refused: Vec::new() };
-    for e in record.entries.iter().rev() {
+    let temps: Vec<TempFile> = record
+        .entries
+        .iter()
+        .map(|e| TempFile {
+            workspace: e.workspace.clone(),
+            dir: parent_of(&e.path).to_string(),
+            name: format!("{}{}", fsx::TEMP_PREFIX, fsx::random_hex(8)),
+        })
+        .collect();
+    review
+        .store
+        .write_json(&review.store.rollback_journal(), &RollbackJournal { id: id.to_string(), temps: temps.clone() })?;
+    for (e, temp) in record.entries.iter().zip(&temps).rev() {
         let shown = join_display(&e.workspace, &e.path);
         let refuse = |reason: String| Refusal { path: e.path.clone(), workspace: e.workspace.clone(), reason };
         let result = (|| -> io::Result<Option<String>> {
@@ -872,8 +909,7 @@ pub(crate) fn rollback_applied(review: &Review, id: &str, force: bool) -> Result
                     now.as_deref().unwrap_or("absent")
                 )));
             }
-            let temp = format!("{}{}", fsx::TEMP_PREFIX, fsx::random_hex(8));
-            restore(review, dir.as_fd(), name, e, &temp)?;
+            restore(review, dir.as_fd(), name, e, &temp.name)?;
             Ok(None)
         })();
         match result {
@@ -884,6 +920,7 @@ pub(crate) fn rollback_applied(review: &Review, id: &str, force: bool) -> Result
         }
     }
     sync_parents(review, record.entries.iter()).ctx("fsync the directories of", &path)?;
+    std::fs::remove_file(review.store.rollback_journal()).ctx("remove", review.store.rollback_journal())?;
     if report.refused.is_empty() {
         record.rolled_back_at = Some(store::rfc3339(store::now()));
         review.store.write_json(&path, &record)?;
@@ -905,13 +942,6 @@ pub(crate) fn discard(review: &Review, paths: &[PathSel]) -> Result<Vec<Change>,
                     });
                 }
             }
-            let hidden = f.upper == Upper::Absent || matches!(f.from_upper, Some((Upper::Absent, _)));
-            if hidden {
-                return Err(Error::CannotDiscard {
-                    path: p.path.clone(),
-                    reason: "the agent deleted it by replacing its directory; discard that directory instead".into(),
-                });
-            }
             if ids.insert(f.change.id.clone()) {
                 picked.push(f);
             }
@@ -922,14 +952,27 @@ pub(crate) fn discard(review: &Review, paths: &[PathSel]) -> Result<Vec<Change>,
         let ws = &review.workspaces[f.ws];
         let wsr = ws.real.to_string_lossy().into_owned();
         let upper = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
-        let mut targets = vec![(f.change.path.clone(), f.upper)];
+        let real = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
+        // (path, copy the workspace's entry back into upper): under an opaque directory
+        // the upper dir alone is what the agent sees, so undoing a change there means
+        // putting the workspace's version back, not removing the upper entry.
+        let mut targets = vec![(
+            f.change.path.clone(),
+            f.upper == Upper::Absent || (f.opaque_above && f.change.kind == ChangeKind::Modified),
+        )];
         if let (ChangeKind::Renamed { from }, Some((u, _))) = (&f.change.kind, f.from_upper) {
-            targets.push((from.clone(), u));
+            targets.push((from.clone(), u == Upper::Absent));
         }
-        for (rel, _) in targets {
-            let (parent, name) = fsx::split(&rel).map_err(|e| io_err("discard", &wsr, &rel, e))?;
-            let dir = fsx::open_dir(upper.as_fd(), parent).map_err(|e| io_err("discard", &wsr, &rel, e))?;
-            fsx::remove_tree_at(dir.as_fd(), name.as_bytes()).map_err(|e| io_err("discard", &wsr, &rel, e))?;
+        for (rel, restore_lower) in targets {
+            let err = |e: io::Error| io_err("discard", &wsr, &rel, e);
+            let (parent, name) = fsx::split(&rel).map_err(err)?;
+            let dir = fsx::open_dir(upper.as_fd(), parent).map_err(err)?;
+            fsx::remove_tree_at(dir.as_fd(), name.as_bytes()).map_err(err)?;
+            if restore_lower {
+                let low = fsx::open_dir(real.as_fd(), parent).map_err(err)?;
+                crate::checkpoint::copy_entry(low.as_fd(), dir.as_fd(), OsStr::new(name), &mut Default::default())
+                    .map_err(err)?;
+            }
         }
         out.push(f.change.clone());
     }

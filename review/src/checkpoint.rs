@@ -19,7 +19,7 @@ const OPAQUE: &str = "trusted.overlay.opaque";
 const WHITEOUT: &str = "trusted.overlay.whiteout";
 
 #[derive(Default)]
-struct Count {
+pub(crate) struct Count {
     files: u64,
     bytes: u64,
 }
@@ -98,7 +98,12 @@ fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, count: &mut Count) -> std
 }
 
 /// Copies entry `name` of `src` into `dst` (which must not have it).
-fn copy_entry(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &OsStr, count: &mut Count) -> std::io::Result<()> {
+pub(crate) fn copy_entry(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    name: &OsStr,
+    count: &mut Count,
+) -> std::io::Result<()> {
     let Some(st) = lstat(src, name)? else { return Ok(()) };
     let perm = Mode::from_raw_mode(st.st_mode & 0o7777);
     match fsx::file_type(&st) {

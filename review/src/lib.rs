@@ -95,8 +95,6 @@ pub enum Error {
     Glob { glob: String, reason: String },
     #[error("invalid workspace {id:?}: {reason}")]
     Workspace { id: String, reason: String },
-    #[error("cannot discard {path}: {reason}")]
-    CannotDiscard { path: String, reason: String },
     #[error("{path} changed since it was reviewed (now {found}); review it again")]
     Changed { path: String, found: String },
     #[error("corrupt review state {path}; move it aside to continue")]
@@ -145,6 +143,7 @@ impl Review {
         }
         let store = Store::open(root)?;
         let review = Review { store, workspaces, rules, mounted: false };
+        let _lock = review.store.lock()?;
         apply::recover(&review)?;
         Ok(review)
     }
@@ -179,6 +178,7 @@ impl Review {
     }
 
     pub fn apply(&self, sel: &Selection, dry_run: bool) -> Result<ApplyReport, Error> {
+        let _lock = self.store.lock()?;
         apply::apply(self, sel, dry_run)
     }
 
@@ -188,15 +188,18 @@ impl Review {
     }
 
     pub fn rollback_applied(&self, id: &str, force: bool) -> Result<RollbackReport, Error> {
+        let _lock = self.store.lock()?;
         apply::rollback_applied(self, id, force)
     }
 
     /// Removes changes from the upper dirs (the user said no). Returns what was dropped.
     pub fn discard(&self, paths: &[PathSel]) -> Result<Vec<Change>, Error> {
+        let _lock = self.store.lock()?;
         apply::discard(self, paths)
     }
 
     pub fn checkpoint(&self, name: Option<&str>) -> Result<Checkpoint, Error> {
+        let _lock = self.store.lock()?;
         checkpoint::create(self, name)
     }
 
@@ -208,6 +211,7 @@ impl Review {
     /// `None`: discard every unapplied change. `Some(id or name)`: make the upper dirs
     /// exactly what the checkpoint holds.
     pub fn rollback_to(&self, checkpoint: Option<&str>) -> Result<RollbackReport, Error> {
+        let _lock = self.store.lock()?;
         checkpoint::rollback_to(self, checkpoint)
     }
 

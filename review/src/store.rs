@@ -94,6 +94,21 @@ impl Store {
             .map_err(|e| Error::Corrupt { path: path.display().to_string(), source: e })
     }
 
+    /// Serialises the operations that change the store or the upper dirs (gvmd may
+    /// serve two requests for one agent at once). Held until the file is dropped.
+    pub fn lock(&self) -> Result<File, Error> {
+        let path = self.root.join("lock");
+        let f =
+            OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).ctx("open", &path)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).ctx("lock", &path)?;
+        Ok(f)
+    }
+
+    /// Temp files an interrupted rollback may have left, listed before they are made.
+    pub fn rollback_journal(&self) -> PathBuf {
+        self.root.join("rollback.json")
+    }
+
     pub fn record_path(&self, id: &str) -> Option<PathBuf> {
         valid_id(id).then(|| self.applied_dir().join(format!("{id}.json")))
     }

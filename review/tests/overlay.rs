@@ -367,3 +367,33 @@ fn symlinks_in_the_workspace_are_never_followed() {
     assert!(r.reason.contains("replaces a symlink"), "{r:?}");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn discard_under_an_opaque_dir_puts_the_workspace_version_back() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    let mut o = Overlay::new();
+    write(&o.r("re/x.txt"), b"x old\n");
+    write(&o.r("re/y.txt"), b"y old\n");
+    write(&o.r("re/sub/z.txt"), b"z old\n");
+    write(&o.r("gone.txt"), b"gone\n");
+    o.mount();
+    std::fs::remove_dir_all(o.m("re")).unwrap();
+    write(&o.m("re/x.txt"), b"x new\n");
+    std::fs::remove_file(o.m("gone.txt")).unwrap();
+    o.umount();
+    let review = o.review(&files(&[], &[], &[]));
+    let got: Vec<(String, &str)> =
+        review.changes().unwrap().iter().map(|c| (c.path.clone(), c.kind.as_str())).collect();
+    let want = [("gone.txt", "deleted"), ("re/sub", "deleted"), ("re/x.txt", "modified"), ("re/y.txt", "deleted")];
+    assert_eq!(got, want.map(|(p, k)| (p.to_string(), k)));
+    let dropped = review.discard(&want.map(|(p, _)| PathSel::new(p))).unwrap();
+    assert_eq!(dropped.len(), 4);
+    assert_eq!(review.changes().unwrap(), vec![]);
+    o.mount();
+    assert_eq!(std::fs::read(o.m("re/x.txt")).unwrap(), b"x old\n");
+    assert_eq!(std::fs::read(o.m("re/y.txt")).unwrap(), b"y old\n");
+    assert_eq!(std::fs::read(o.m("re/sub/z.txt")).unwrap(), b"z old\n");
+    assert_eq!(std::fs::read(o.m("gone.txt")).unwrap(), b"gone\n");
+    o.umount();
+}
