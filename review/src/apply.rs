@@ -508,6 +508,10 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
         if skipped.contains(&step.group) {
             continue;
         }
+        #[cfg(test)]
+        if tests::FAIL.get() == Some(tests::Fail::AfterSteps(i)) {
+            return Err(Error::NoChange("simulated crash".into()));
+        }
         match perform(review, step) {
             Ok(()) => done[i] = true,
             Err(StepError::Refused(reason)) => {
@@ -558,6 +562,10 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
     }
     journal.state = State::Committed;
     review.store.write_json(&review.store.journal(), &journal)?;
+    #[cfg(test)]
+    if tests::FAIL.get() == Some(tests::Fail::AfterCommit) {
+        return Err(Error::NoChange("simulated crash".into()));
+    }
     let id = journal.id.clone();
     finish(review, journal)?;
     Ok(ApplyReport { id: Some(id), dry_run, applied, refused })
@@ -977,4 +985,110 @@ pub(crate) fn discard(review: &Review, paths: &[PathSel]) -> Result<Vec<Change>,
         out.push(f.change.clone());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+    use std::path::Path;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Fail {
+        /// Stop (as if killed) before performing step N.
+        AfterSteps(usize),
+        /// Stop right after the journal says `committed`.
+        AfterCommit,
+    }
+
+    thread_local! {
+        pub(crate) static FAIL: Cell<Option<Fail>> = const { Cell::new(None) };
+    }
+
+    fn setup(dir: &Path) -> Workspace {
+        let ws = Workspace { id: "w".into(), real: dir.join("real"), upper: dir.join("upper") };
+        for i in 0..5 {
+            std::fs::create_dir_all(ws.real.join("d")).unwrap();
+            std::fs::create_dir_all(ws.upper.join("d")).unwrap();
+            std::fs::write(ws.real.join(format!("d/m{i}")), format!("old {i}")).unwrap();
+            std::fs::write(ws.upper.join(format!("d/m{i}")), format!("new {i}")).unwrap();
+        }
+        for i in 0..3 {
+            std::fs::create_dir_all(ws.upper.join("n")).unwrap();
+            std::fs::write(ws.upper.join(format!("n/a{i}")), format!("added {i}")).unwrap();
+        }
+        ws
+    }
+
+    fn all(review: &Review) -> Selection {
+        Selection::Paths(review.changes().unwrap().into_iter().map(|c| PathSel::new(c.path)).collect())
+    }
+
+    fn temps(dir: &Path) -> usize {
+        let mut n = 0;
+        for d in ["", "d", "n"] {
+            if let Ok(rd) = std::fs::read_dir(dir.join(d)) {
+                n += rd
+                    .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(fsx::TEMP_PREFIX))
+                    .count();
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn recovery_undoes_a_half_done_apply() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = setup(tmp.path());
+        let state = tmp.path().join("state");
+        let files = gvm_policy::Files::default();
+        let review = Review::open(&state, vec![ws.clone()], &files).unwrap();
+        assert_eq!(review.changes().unwrap().len(), 9);
+        FAIL.set(Some(Fail::AfterSteps(5)));
+        assert!(review.apply(&all(&review), false).is_err());
+        FAIL.set(None);
+        // Steps 0..5: the new directory and four files are in place.
+        assert!(ws.real.join("n").exists());
+        assert!(state.join("journal.json").exists());
+        let review = Review::open(&state, vec![ws.clone()], &files).unwrap();
+        assert!(!state.join("journal.json").exists());
+        for i in 0..5 {
+            assert_eq!(std::fs::read_to_string(ws.real.join(format!("d/m{i}"))).unwrap(), format!("old {i}"));
+        }
+        assert!(!ws.real.join("n").exists(), "the directory the apply made is gone");
+        assert_eq!(temps(&ws.real), 0);
+        assert_eq!(review.changes().unwrap().len(), 9, "everything is still to review");
+        assert!(review.applied().unwrap().is_empty());
+    }
+
+    #[test]
+    fn recovery_finishes_a_committed_apply() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = setup(tmp.path());
+        let state = tmp.path().join("state");
+        let files = gvm_policy::Files::default();
+        let review = Review::open(&state, vec![ws.clone()], &files).unwrap();
+        FAIL.set(Some(Fail::AfterCommit));
+        assert!(review.apply(&all(&review), false).is_err());
+        FAIL.set(None);
+        assert!(ws.upper.join("d/m0").exists(), "upper not cleaned yet");
+        let review = Review::open(&state, vec![ws.clone()], &files).unwrap();
+        assert!(!ws.upper.join("d/m0").exists() && !ws.upper.join("n").exists());
+        assert_eq!(review.changes().unwrap(), vec![]);
+        let records = review.applied().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].entries.len(), 9);
+        for i in 0..5 {
+            assert_eq!(std::fs::read_to_string(ws.real.join(format!("d/m{i}"))).unwrap(), format!("new {i}"));
+        }
+        // And it rolls back byte for byte.
+        let rb = review.rollback_applied(&records[0].id, false).unwrap();
+        assert_eq!((rb.restored.len(), rb.removed.len(), rb.refused.len()), (5, 4, 0), "{rb:?}");
+        for i in 0..5 {
+            assert_eq!(std::fs::read_to_string(ws.real.join(format!("d/m{i}"))).unwrap(), format!("old {i}"));
+        }
+        assert!(!ws.real.join("n").exists());
+        assert!(!state.join("rollback.json").exists());
+    }
 }
