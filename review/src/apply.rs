@@ -529,8 +529,8 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
         }
     }
     if let Some(err) = failure {
-        undo(review, &journal.steps);
-        let _ = std::fs::remove_file(review.store.journal());
+        let undone = undo(review, &journal.steps);
+        drop_journal(review, &journal.id, undone)?;
         return Err(err);
     }
     // A skipped group keeps none of its steps; the ones of it already done are undone.
@@ -541,7 +541,9 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
         .filter(|(s, d)| **d && skipped.contains(&s.group))
         .map(|(s, _)| s.clone())
         .collect();
-    undo(review, &partial);
+    if !undo(review, &partial) {
+        tracing::error!(apply = %journal.id, "a refused rename could not be fully undone");
+    }
     journal.steps = journal
         .steps
         .into_iter()
@@ -556,8 +558,8 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
         return Ok(ApplyReport { id: None, dry_run, applied, refused });
     }
     if let Err(e) = sync_parents(review, journal.steps.iter().map(|s| &s.entry)) {
-        undo(review, &journal.steps);
-        let _ = std::fs::remove_file(review.store.journal());
+        let undone = undo(review, &journal.steps);
+        drop_journal(review, &journal.id, undone)?;
         return Err(Error::Io { action: "fsync the directories of", path: "the applied files".into(), source: e });
     }
     journal.state = State::Committed;
@@ -674,14 +676,32 @@ fn sync_parents<'a>(review: &Review, entries: impl Iterator<Item = &'a AppliedEn
 }
 
 /// Brings every step's real path back to its `before` state (best effort, logged).
-fn undo(review: &Review, steps: &[Step]) {
+/// Returns whether every step was undone.
+fn undo(review: &Review, steps: &[Step]) -> bool {
+    let mut ok = true;
     for step in steps.iter().rev() {
         if let Err(e) = undo_step(review, step) {
             tracing::error!(workspace = %step.entry.workspace, path = %step.entry.path, error = %e, "cannot undo an apply step");
+            ok = false;
         }
     }
     if let Err(e) = sync_parents(review, steps.iter().map(|s| &s.entry)) {
         tracing::error!(error = %e, "cannot fsync the directories of an undone apply");
+        ok = false;
+    }
+    ok
+}
+
+/// Removes the journal once its apply is undone; keeps it aside (for a human, with
+/// the pre-images it names) when some step could not be undone.
+fn drop_journal(review: &Review, id: &str, undone: bool) -> Result<(), Error> {
+    let j = review.store.journal();
+    if undone {
+        std::fs::remove_file(&j).ctx("remove", &j)
+    } else {
+        let aside = review.store.root.join(format!("journal.failed-{id}.json"));
+        tracing::error!(apply = %id, journal = %aside.display(), "an apply could not be fully undone; its journal is kept");
+        std::fs::rename(&j, &aside).ctx("move aside", &j)
     }
 }
 
@@ -867,8 +887,8 @@ pub(crate) fn recover(review: &Review) -> Result<(), Error> {
     match journal.state {
         State::Applying => {
             tracing::warn!(apply = %journal.id, steps = journal.steps.len(), "undoing an apply that a crash interrupted");
-            undo(review, &journal.steps);
-            std::fs::remove_file(review.store.journal()).ctx("remove", review.store.journal())?;
+            let undone = undo(review, &journal.steps);
+            drop_journal(review, &journal.id, undone)?;
         }
         State::Committed => {
             tracing::warn!(apply = %journal.id, steps = journal.steps.len(), "finishing an apply that a crash interrupted");

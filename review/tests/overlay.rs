@@ -208,8 +208,11 @@ fn changed_after_review_is_refused_and_discard_drops() {
     o.mount();
     write(&o.m("doc.txt"), b"v2\n");
     write(&o.m("planted.sh"), b"#!/bin/sh\n");
+    write(&o.m("blob.bin"), b"\x00\x01binary");
     let review = o.review(&files(&[], &[], &[]));
     let reviewed = by_path(&review.changes().unwrap())["doc.txt"].hash.clone();
+    let d = review.diff(Some("blob.bin")).unwrap();
+    assert!(d.contains(&format!("Binary files differ: size 0 -> 8, none -> {}", sha(b"\x00\x01binary"))), "{d}");
     write(&o.m("doc.txt"), b"v3 sneaked in after the review\n");
     let sel = Selection::Paths(vec![PathSel { path: "doc.txt".into(), expected_hash: reviewed }]);
     let report = review.apply(&sel, false).unwrap();
@@ -275,8 +278,10 @@ fn checkpoint_and_roll_back() {
     assert!(nix::unistd::geteuid().is_root(), "needs root");
     let mut o = Overlay::new();
     write(&o.r("keep.txt"), b"keep\n");
+    write(&o.r("gone.txt"), b"gone\n");
     write(&o.r("d/old.txt"), b"old\n");
     o.mount();
+    std::fs::remove_file(o.m("gone.txt")).unwrap();
     write(&o.m("a.txt"), b"1\n");
     std::os::unix::fs::symlink("a.txt", o.m("link")).unwrap();
     std::fs::remove_dir_all(o.m("d")).unwrap();
@@ -302,6 +307,7 @@ fn checkpoint_and_roll_back() {
     assert_eq!(std::fs::metadata(o.m("a.txt")).unwrap().mode() & 0o777, 0o600);
     assert_eq!(std::fs::read(o.m("keep.txt")).unwrap(), b"keep\n");
     assert!(!o.m("b.txt").exists());
+    assert!(!o.m("gone.txt").exists(), "the whiteout came back");
     assert_eq!(std::fs::read_link(o.m("link")).unwrap().to_str(), Some("a.txt"));
     assert!(!o.m("d/old.txt").exists(), "the opaque mark came back");
     assert_eq!(std::fs::read(o.m("d/new.txt")).unwrap(), b"new\n");
