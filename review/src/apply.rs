@@ -117,8 +117,9 @@ fn select<'a>(review: &Review, found: &'a [Found], sel: &Selection) -> Result<(V
         }
         Selection::Paths(paths) => {
             let mut ids = HashSet::new();
+            let index = review.index(found);
             for p in paths {
-                for f in review.resolve(found, &p.path)? {
+                for f in review.resolve(&index, &p.path)? {
                     if !ids.insert(f.change.id.clone()) {
                         continue;
                     }
@@ -496,6 +497,7 @@ pub(crate) fn apply(review: &Review, sel: &Selection, dry_run: bool) -> Result<A
     if plan.steps.is_empty() {
         return Ok(ApplyReport { id: None, dry_run, applied: Vec::new(), refused });
     }
+    review.store.sync_objects().ctx("fsync", review.store.objects())?;
     let t = store::now();
     let mut journal =
         Journal { id: store::new_id("a", t), at: store::rfc3339(t), state: State::Applying, steps: plan.steps };
@@ -960,8 +962,9 @@ pub(crate) fn discard(review: &Review, paths: &[PathSel]) -> Result<Vec<Change>,
     let found = review.scan()?;
     let mut picked: Vec<&Found> = Vec::new();
     let mut ids = HashSet::new();
+    let index = review.index(&found);
     for p in paths {
-        for f in review.resolve(&found, &p.path)? {
+        for f in review.resolve(&index, &p.path)? {
             if let Some(want) = &p.expected_hash {
                 if f.change.hash.as_ref() != Some(want) {
                     return Err(Error::Changed {

@@ -18,7 +18,7 @@ const MAX_TEXT: u64 = 4 << 20;
 pub(crate) fn diff(review: &Review, path: Option<&str>) -> Result<String, Error> {
     let found = review.scan()?;
     let picked: Vec<&Found> = match path {
-        Some(p) => review.resolve(&found, p)?,
+        Some(p) => review.resolve(&review.index(&found), p)?,
         None => found.iter().filter(|f| matches!(f.change.class, FileClass::AutoApply | FileClass::Review)).collect(),
     };
     let mut out = String::new();

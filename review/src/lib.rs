@@ -21,6 +21,7 @@ mod glob;
 mod scan;
 mod store;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use glob::{FileRules, Glob};
@@ -215,24 +216,34 @@ impl Review {
         checkpoint::rollback_to(self, checkpoint)
     }
 
-    /// Finds the changes a user's path names.
-    pub(crate) fn resolve<'a>(&self, found: &'a [Found], path: &str) -> Result<Vec<&'a Found>, Error> {
-        let mut hits: Vec<&Found> = Vec::new();
-        if path.starts_with('/') {
-            for f in found {
-                let ws = &self.workspaces[f.ws];
-                let full = scan::join_display(&ws.real.to_string_lossy(), &f.change.path);
-                if full == path.trim_end_matches('/') {
-                    hits.push(f);
-                }
-            }
-        } else {
-            let p = path.trim_end_matches('/');
-            hits.extend(found.iter().filter(|f| f.change.path == p));
+    /// Indexes the changes by path, for [`Review::resolve`].
+    pub(crate) fn index<'a>(&self, found: &'a [Found]) -> PathIndex<'a> {
+        let mut by_path: HashMap<&'a str, Vec<&'a Found>> = HashMap::new();
+        for f in found {
+            by_path.entry(f.change.path.as_str()).or_default().push(f);
         }
+        PathIndex { by_path }
+    }
+
+    /// Finds the changes a user's path names: relative to its workspace, or absolute.
+    pub(crate) fn resolve<'a>(&self, index: &PathIndex<'a>, path: &str) -> Result<Vec<&'a Found>, Error> {
+        let trimmed = path.trim_end_matches('/');
+        let hits: Vec<&Found> = if path.starts_with('/') {
+            self.workspaces
+                .iter()
+                .enumerate()
+                .filter_map(|(i, ws)| {
+                    let root = ws.real.to_string_lossy();
+                    let rel = trimmed.strip_prefix(root.trim_end_matches('/'))?.strip_prefix('/')?;
+                    Some(index.by_path.get(rel)?.iter().filter(move |f| f.ws == i).copied())
+                })
+                .flatten()
+                .collect()
+        } else {
+            index.by_path.get(trimmed).cloned().unwrap_or_default()
+        };
         match hits.len() {
             0 => Err(Error::NoChange(path.to_string())),
-            1 => Ok(hits),
             _ => {
                 let mut ws: Vec<String> = hits.iter().map(|f| f.change.workspace.clone()).collect();
                 ws.dedup();
@@ -244,4 +255,8 @@ impl Review {
             }
         }
     }
+}
+
+pub(crate) struct PathIndex<'a> {
+    by_path: HashMap<&'a str, Vec<&'a Found>>,
 }

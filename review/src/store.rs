@@ -49,7 +49,14 @@ impl Store {
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.objects().join(hex))
     }
 
-    /// Stores what `src` holds; returns its `sha256:<hex>`.
+    /// Makes the objects stored so far durable (their directory entries): call before
+    /// anything relies on them.
+    pub fn sync_objects(&self) -> io::Result<()> {
+        File::open(self.objects())?.sync_all()
+    }
+
+    /// Stores what `src` holds (the file fsynced, its name not yet: see
+    /// [`Store::sync_objects`]); returns its `sha256:<hex>`.
     pub fn put_object(&self, src: &mut impl Read) -> io::Result<String> {
         let dir = self.objects();
         let tmp = dir.join(format!(".tmp-{}", fsx::random_hex(8)));
@@ -62,7 +69,6 @@ impl Store {
             } else {
                 f.sync_all()?;
                 fs::rename(&tmp, &dest)?;
-                File::open(&dir)?.sync_all()?;
             }
             Ok(hash)
         })();
