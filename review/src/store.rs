@@ -49,14 +49,17 @@ impl Store {
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.objects().join(hex))
     }
 
-    /// Makes the objects stored so far durable (their directory entries): call before
-    /// anything relies on them.
+    /// Makes the objects stored so far durable, content and names: one `syncfs` of the
+    /// store's file system instead of an fsync per object (10,000 pre-images: 4.5 s of
+    /// fsyncs). Call before anything relies on them.
     pub fn sync_objects(&self) -> io::Result<()> {
-        File::open(self.objects())?.sync_all()
+        let dir = File::open(self.objects())?;
+        rustix::fs::syncfs(&dir)?;
+        Ok(())
     }
 
-    /// Stores what `src` holds (the file fsynced, its name not yet: see
-    /// [`Store::sync_objects`]); returns its `sha256:<hex>`.
+    /// Stores what `src` holds (not yet durable: see [`Store::sync_objects`]); returns
+    /// its `sha256:<hex>`.
     pub fn put_object(&self, src: &mut impl Read) -> io::Result<String> {
         let dir = self.objects();
         let tmp = dir.join(format!(".tmp-{}", fsx::random_hex(8)));
@@ -67,7 +70,6 @@ impl Store {
             if dest.exists() {
                 fs::remove_file(&tmp)?;
             } else {
-                f.sync_all()?;
                 fs::rename(&tmp, &dest)?;
             }
             Ok(hash)
