@@ -11,6 +11,7 @@ pub mod approvals;
 #[cfg(feature = "client")]
 pub mod client;
 pub use approvals::*;
+pub mod review;
 
 /// Prefix of every path of this version of the API.
 pub const V1: &str = "/v1";
