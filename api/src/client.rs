@@ -22,6 +22,8 @@ pub enum ClientError {
     PermissionDenied(PathBuf),
     #[error("cannot talk to gvmd on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("gvmd closed {0} without answering — did it stop or crash? `journalctl -u gvmd` says why; what it was doing is finished or undone when it starts again")]
+    Closed(PathBuf),
     #[error("gvmd answered something that is not HTTP ({0}) — is {1} really gvmd's socket?")]
     Protocol(String, PathBuf),
     #[error("{error}{}", hint.as_ref().map(|h| format!(" — {h}")).unwrap_or_default())]
@@ -81,7 +83,9 @@ impl Client {
 
         let mut reader = BufReader::new(stream);
         let mut status_line = String::new();
-        reader.read_line(&mut status_line).map_err(io)?;
+        if reader.read_line(&mut status_line).map_err(io)? == 0 {
+            return Err(ClientError::Closed(self.socket.clone()));
+        }
         let status: u16 = status_line
             .split_whitespace()
             .nth(1)

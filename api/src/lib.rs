@@ -403,6 +403,13 @@ pub struct RunSummary {
     pub dns_answered: u64,
     #[serde(default)]
     pub dns_refused: u64,
+    /// New files matching `[files] auto_apply`, brought into the real workspace when
+    /// the run ended.
+    #[serde(default)]
+    pub files_applied: u64,
+    /// Changes that wait for a human (`gvmctl changes P`), this run's and earlier ones.
+    #[serde(default)]
+    pub files_to_review: u64,
 }
 
 /// How a workspace appears inside a sandbox.

@@ -157,6 +157,90 @@ pub struct RollbackReport {
     pub refused: Vec<Refusal>,
 }
 
+impl ChangeKind {
+    /// `added`, `modified`, `deleted`, `renamed from notes.txt`: for people.
+    pub fn describe(&self) -> String {
+        match self {
+            ChangeKind::Renamed { from } => format!("renamed from {from}"),
+            other => other.as_str().to_string(),
+        }
+    }
+}
+
+impl FileClass {
+    /// The name used on the wire and in `gvmctl changes`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FileClass::AutoApply => "auto_apply",
+            FileClass::Review => "review",
+            FileClass::Discard => "discard",
+            FileClass::Refused => "refused",
+        }
+    }
+}
+
+/// `GET /v1/agents/{profile}/changes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangesResponse {
+    pub profile: String,
+    pub changes: Vec<Change>,
+}
+
+/// Query of `GET /v1/agents/{profile}/diff`: one path (relative to its workspace or
+/// absolute), or every change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffQuery {
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// `GET /v1/agents/{profile}/diff`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffResponse {
+    pub diff: String,
+}
+
+/// A path asked for, with the hash it had when reviewed: the apply refuses the path
+/// if its content differs now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PathRequest {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// `POST /v1/agents/{profile}/apply` (and `/discard`, which takes `paths` only).
+/// No paths and not `all`: the new files matching `[files] auto_apply`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyRequest {
+    #[serde(default)]
+    pub paths: Vec<PathRequest>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/agents/{profile}/rollback`: `applied` undoes an apply in the real
+/// workspace; otherwise the agent's unapplied changes go back to checkpoint `to`
+/// (every one of them is discarded when `to` is absent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub applied: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/agents/{profile}/checkpoint`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,7 +95,7 @@ fn summarize(details: &serde_json::Value) -> String {
     }
 }
 
-fn percent_encode(v: &str) -> String {
+pub(crate) fn percent_encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -4,6 +4,7 @@
 mod agents;
 mod approvals;
 mod audit;
+mod changes;
 mod output;
 mod policy;
 mod reload;
@@ -38,6 +39,8 @@ struct Cli {
 enum Command {
     /// Show whether gvmd runs, the profiles in force and the files it refused.
     Status {
+        /// Only this profile (and its agent), with what of it waits for a human.
+        profile: Option<String>,
         /// Print JSON for scripts instead of tables.
         #[arg(long)]
         json: bool,
@@ -127,6 +130,88 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the agent wrote in its overlay workspaces and not yet applied: added,
+    /// modified, deleted and renamed entries, each classified by the profile's [files].
+    #[command(
+        after_help = "Classes: auto_apply (new files matching [files] auto_apply: `gvmctl apply P` takes them),\nreview (needs `gvmctl apply P PATH` or `gvmctl approve ID`), discard (never applied),\nrefused (symlinks, hard links, devices, FIFOs, setuid files: never applied).\n\nExample:\n  gvmctl changes invoices && gvmctl diff invoices reports/q3.csv"
+    )]
+    Changes {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unified diff of the agent's changes against the real workspace (sizes and hashes
+    /// for binary files), paged like git when stdout is a terminal.
+    Diff {
+        profile: String,
+        /// One path, relative to its workspace or absolute; default: every change.
+        path: Option<String>,
+    },
+    /// Bring the agent's changes into the real workspace, each file atomically, with
+    /// pre-images kept so `gvmctl rollback P --applied ID` can undo it.
+    #[command(
+        after_help = "Without PATH or --all, applies the new files matching [files] auto_apply.\nModifying or deleting an existing file needs its PATH (or `gvmctl approve ID`).\nSymlinks, hard links, devices, FIFOs, sockets and setuid files are never applied.\n\nExamples:\n  gvmctl apply invoices --dry-run --all\n  gvmctl apply invoices reports/q3.csv ledger.csv"
+    )]
+    Apply {
+        profile: String,
+        /// Paths to apply, relative to their workspace or absolute.
+        paths: Vec<String>,
+        /// Every change marked review or auto_apply (not discard or refused).
+        #[arg(long)]
+        all: bool,
+        /// Show what would be applied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop some of the agent's unapplied changes from its overlay (the real files stay).
+    Discard {
+        profile: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo: an apply in the real workspace (--applied ID), or the agent's unapplied
+    /// changes back to a checkpoint (--to), or all of them (neither).
+    #[command(
+        after_help = "Examples:\n  gvmctl applied invoices                      # find the apply's ID\n  gvmctl rollback invoices --applied a-20261207T083000Z-1f2e\n  gvmctl rollback invoices --to before-import\n  gvmctl rollback invoices                     # discard every unapplied change"
+    )]
+    Rollback {
+        profile: String,
+        /// Restore the real files an apply changed, byte for byte.
+        #[arg(long, value_name = "ID")]
+        applied: Option<String>,
+        /// Reset the agent's overlay to this checkpoint (ID or name).
+        #[arg(long, value_name = "CHECKPOINT")]
+        to: Option<String>,
+        /// With --applied: restore files changed again since the apply, too.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshot the agent's unapplied changes, to roll back to later.
+    Checkpoint {
+        profile: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a profile's checkpoints.
+    Checkpoints {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a profile's applies, newest first (IDs for `rollback --applied`).
+    Applied {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -186,7 +271,7 @@ enum AuditCommand {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = gvm_api::client::Client::new(cli.socket);
     match cli.command {
-        Command::Status { json } => status::run(&client, json).map(|()| ExitCode::SUCCESS),
+        Command::Status { profile, json } => status::run(&client, profile.as_deref(), json).map(|()| ExitCode::SUCCESS),
         Command::Reload { json } => reload::run(&client, json),
         Command::Start { profile, json } => agents::act(&client, &profile, "start", json).map(|()| ExitCode::SUCCESS),
         Command::Stop { profile, json } => agents::act(&client, &profile, "stop", json).map(|()| ExitCode::SUCCESS),
@@ -202,6 +287,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deny { id, always, json } => {
             approvals::answer(&client, id, false, always, json).map(|()| ExitCode::SUCCESS)
         }
+        Command::Changes { profile, json } => changes::changes(&client, &profile, json),
+        Command::Diff { profile, path } => changes::diff(&client, &profile, path.as_deref()),
+        Command::Apply { profile, paths, all, dry_run, json } => {
+            changes::apply(&client, changes::ApplyArgs { profile: &profile, paths, all, dry_run, json })
+        }
+        Command::Discard { profile, paths, json } => changes::discard(&client, &profile, paths, json),
+        Command::Rollback { profile, applied, to, force, json } => {
+            changes::rollback(&client, &profile, applied, to, force, json)
+        }
+        Command::Checkpoint { profile, name, json } => changes::checkpoint(&client, &profile, name, json),
+        Command::Checkpoints { profile, json } => changes::checkpoints(&client, &profile, json),
+        Command::Applied { profile, json } => changes::applied(&client, &profile, json),
         Command::Audit(AuditCommand::Log { profile, since, limit, json }) => {
             let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;
             let query = gvm_api::EventsQuery { profile, since, after_seq: None, limit: Some(limit) };

@@ -76,7 +76,8 @@ pub fn run(client: &Client, profile: String, watch: bool, argv: Vec<String>) -> 
     }
 }
 
-/// `gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (review: gvmctl changes invoices)`,
+/// `gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed, 1 new applied (gvmctl applied
+/// invoices), 1 to review (gvmctl changes invoices)`,
 /// with `; N DNS names answered, M refused` before the files when the run asked any.
 pub fn summary_line(s: &RunSummary, code: i32) -> String {
     let mut line = format!(
@@ -93,8 +94,11 @@ pub fn summary_line(s: &RunSummary, code: i32) -> String {
         line.push_str(&format!("; {} DNS names answered, {} refused", s.dns_answered, s.dns_refused));
     }
     line.push_str(&format!("; {} files changed", s.files_changed));
-    if s.files_changed > 0 {
-        line.push_str(&format!(" (kept for review: gvmctl changes {})", s.profile));
+    if s.files_applied > 0 {
+        line.push_str(&format!(", {} new applied (gvmctl applied {})", s.files_applied, s.profile));
+    }
+    if s.files_to_review > 0 {
+        line.push_str(&format!(", {} to review (gvmctl changes {})", s.files_to_review, s.profile));
     }
     line
 }
@@ -111,18 +115,20 @@ mod tests {
             denied: 1,
             held: 0,
             files_changed: 2,
+            files_applied: 1,
+            files_to_review: 1,
             duration_ms: 1234,
             ..RunSummary::default()
         };
         assert_eq!(
             summary_line(&s, 0),
-            "gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed (kept for review: gvmctl changes invoices)"
+            "gvm: invoices: exit 0 in 1.2 s; 3 requests allowed, 1 denied; 2 files changed, 1 new applied (gvmctl applied invoices), 1 to review (gvmctl changes invoices)"
         );
         // DNS decisions are not requests, but a run that only looked names up says so.
         let s = RunSummary { profile: "p".into(), denied: 0, dns_answered: 2, dns_refused: 1_000_000, ..s };
         assert_eq!(
             summary_line(&s, 3),
-            "gvm: p: exit 3 in 1.2 s; 3 requests allowed, 0 denied; 2 DNS names answered, 1000000 refused; 2 files changed (kept for review: gvmctl changes p)"
+            "gvm: p: exit 3 in 1.2 s; 3 requests allowed, 0 denied; 2 DNS names answered, 1000000 refused; 2 files changed, 1 new applied (gvmctl applied p), 1 to review (gvmctl changes p)"
         );
     }
 }

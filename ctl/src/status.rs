@@ -18,8 +18,16 @@ fn profile_state(p: &gvm_api::ProfileStatus) -> String {
     state
 }
 
-pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
-    let s: StatusResponse = client.get(paths::STATUS)?;
+pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let mut s: StatusResponse = client.get(paths::STATUS)?;
+    if let Some(name) = only {
+        if !s.profiles.iter().any(|p| p.name == name) {
+            anyhow::bail!("no profile {name:?} is in force — `gvmctl status` lists them (and the refused files)");
+        }
+        s.profiles.retain(|p| p.name == name);
+        s.agents.retain(|a| a.profile == name);
+        s.refused.clear();
+    }
     if json {
         return output::json(&s);
     }
@@ -63,6 +71,13 @@ pub fn run(client: &Client, json: bool) -> anyhow::Result<()> {
         if !waiting.is_empty() {
             println!();
             println!("Waiting for approval ({}); see `gvmctl approvals`", waiting.join("; "));
+        }
+        if let Some(p) = only.and_then(|name| s.profiles.iter().find(|p| p.name == name)) {
+            println!();
+            println!(
+                "{}: {} held requests and {} file changes wait for a human (gvmctl approvals; gvmctl changes {})",
+                p.name, p.pending_requests, p.pending_files, p.name
+            );
         }
     }
     if let Some(n) = &s.notify {

@@ -202,6 +202,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         let d = daemon.clone();
         async move { crate::supervisor::control::reconcile(&d).await }
     });
+    let review_watch = tokio::spawn(crate::review::watch(daemon.clone()));
     let status = summary(&daemon);
     tracing::info!("gvmd {} ready: {status}", env!("CARGO_PKG_VERSION"));
     notifier.ready(&status);
@@ -225,6 +226,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         w.abort();
     }
     api.abort();
+    review_watch.abort();
     let _ = std::fs::remove_file(daemon.paths.socket());
     // Counts of folded refusals since the last tick go into the log before it closes.
     daemon.gateway.flush().await;

@@ -6,7 +6,8 @@
 //! rules, shows them as diffs, and applies the approved ones to `W` — per file atomically,
 //! with pre-images and an apply journal, so that a crash leaves every real file either
 //! entirely old or entirely new and an apply can be rolled back byte for byte. It also
-//! keeps checkpoints of the upper layers.
+//! keeps checkpoints of the upper layers, and prunes from them what no longer differs
+//! from the workspace (so that a stale upper copy does not hide a later real edit).
 //!
 //! Trusted: gvmd's state directory (the review root), the workspace and upper *roots*
 //! given by gvmd. Untrusted: everything under an upper dir (names, types, content, links,
@@ -98,6 +99,8 @@ pub enum Error {
     Workspace { id: String, reason: String },
     #[error("{path} changed since it was reviewed (now {found}); review it again")]
     Changed { path: String, found: String },
+    #[error("the agent's overlay is mounted (the agent runs); stop the agent first (gvmctl stop)")]
+    Mounted,
     #[error("corrupt review state {path}; move it aside to continue")]
     Corrupt {
         path: String,
@@ -105,6 +108,27 @@ pub enum Error {
         source: serde_json::Error,
     },
 }
+
+impl Error {
+    /// True when the request names something that does not exist or no longer holds
+    /// (unknown id, path without a change, content changed since review) or cannot be
+    /// done in the agent's current state (its overlay is mounted), rather than a failure
+    /// of the store or the file system.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Io { .. } | Error::Corrupt { .. })
+    }
+}
+
+/// What [`Review::prune`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Upper entries removed: files, whiteouts and directories.
+    pub removed: u64,
+}
+
+/// The apply journal's file name in the store: present only while an apply runs or
+/// after a crash interrupted one (the next [`Review::open`] finishes or undoes it).
+pub const JOURNAL: &str = "journal.json";
 
 pub(crate) trait IoCtx<T> {
     fn ctx(self, action: &'static str, path: impl AsRef<Path>) -> Result<T, Error>;
@@ -154,7 +178,10 @@ impl Review {
     /// cached dentries on the upper inodes, so removing them under a mounted overlay
     /// makes the agent's later writes to those files land in unlinked inodes and be
     /// lost (see ARCHITECTURE.md). The entries kept match the workspace and are no
-    /// longer listed as changes. Default: not mounted (entries are removed).
+    /// longer listed as changes; [`Review::prune`] removes them once no overlay is
+    /// mounted. While mounted, the calls that remove from the upper dirs
+    /// ([`Review::prune`], [`Review::discard`], [`Review::rollback_to`]) fail with
+    /// [`Error::Mounted`]. Default: not mounted (entries are removed).
     pub fn set_overlays_mounted(&mut self, mounted: bool) {
         self.mounted = mounted;
     }
@@ -194,7 +221,9 @@ impl Review {
     }
 
     /// Removes changes from the upper dirs (the user said no). Returns what was dropped.
+    /// Refused ([`Error::Mounted`]) while the overlays are mounted.
     pub fn discard(&self, paths: &[PathSel]) -> Result<Vec<Change>, Error> {
+        self.not_mounted()?;
         let _lock = self.store.lock()?;
         apply::discard(self, paths)
     }
@@ -210,10 +239,35 @@ impl Review {
     }
 
     /// `None`: discard every unapplied change. `Some(id or name)`: make the upper dirs
-    /// exactly what the checkpoint holds.
+    /// exactly what the checkpoint holds. Refused ([`Error::Mounted`]) while the
+    /// overlays are mounted.
     pub fn rollback_to(&self, checkpoint: Option<&str>) -> Result<RollbackReport, Error> {
+        self.not_mounted()?;
         let _lock = self.store.lock()?;
         checkpoint::rollback_to(self, checkpoint)
+    }
+
+    /// Removes from the upper dirs every entry that no longer differs from the workspace
+    /// — what an apply left there while the overlays were mounted, what the agent copied
+    /// up without changing — so that it does not hide a later edit of the real file.
+    /// Removed: a regular file equal to the real one in content and mode (whatever its
+    /// owner), a whiteout with no real entry below it, and a directory the workspace has
+    /// too, not opaque, left empty. The scan makes the decision: an entry is removed only
+    /// where [`Review::changes`] would not list it, and `changes` is the same after.
+    /// Nothing under an opaque directory is removed (the merged view shows only upper
+    /// there). Refused ([`Error::Mounted`]) while the overlays are mounted: the agent
+    /// must have stopped.
+    pub fn prune(&self) -> Result<PruneReport, Error> {
+        self.not_mounted()?;
+        let _lock = self.store.lock()?;
+        Ok(PruneReport { removed: scan::prune(&self.workspaces)? })
+    }
+
+    fn not_mounted(&self) -> Result<(), Error> {
+        if self.mounted {
+            return Err(Error::Mounted);
+        }
+        Ok(())
     }
 
     /// Indexes the changes by path, for [`Review::resolve`].

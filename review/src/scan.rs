@@ -5,6 +5,9 @@
 //! descriptor without following symlinks, re-checks each file's identity after opening
 //! it, and hashes content from the descriptor it keeps. The real workspace (the overlay's
 //! lower layer) is walked in step, by descriptor too.
+//!
+//! The same walk prunes (see [`prune`]): an upper entry is removed exactly where the
+//! scan decides it is not a change, so a pruned entry can never be one the scan lists.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
@@ -12,7 +15,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use gvm_api::review::{Change, ChangeKind, FileClass};
-use rustix::fs::{FileType, Stat};
+use rustix::fs::{AtFlags, FileType, Stat};
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::fsx;
@@ -62,14 +66,7 @@ struct Raw {
 pub(crate) fn scan(workspaces: &[Workspace], rules: &FileRules) -> Result<Vec<Found>, Error> {
     let mut out = Vec::new();
     for (wsi, ws) in workspaces.iter().enumerate() {
-        let up = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
-        let low = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
-        let mut raws = Vec::new();
-        walk(&mut raws, up.as_fd(), Some(low), "", None, false).map_err(|(path, source)| Error::Io {
-            action: "scan",
-            path: join_display(&ws.real.to_string_lossy(), &path),
-            source,
-        })?;
+        let raws = walk_workspace(ws, "scan", None)?;
         out.extend(finish(ws, wsi, raws, rules));
     }
     out.sort_by(|a, b| {
@@ -77,6 +74,52 @@ pub(crate) fn scan(workspaces: &[Workspace], rules: &FileRules) -> Result<Vec<Fo
             .cmp(&(b.change.workspace.as_str(), b.change.path.as_str()))
     });
     Ok(out)
+}
+
+/// Removes from every upper dir what the scan finds is not a change, where the workspace
+/// shows through the same without it: a regular file equal to its real counterpart in
+/// content and mode (whatever its owner), a whiteout with nothing below it, and then a
+/// directory left empty that the workspace has too. Nothing under an opaque directory
+/// (the merged view shows only upper there) or under a refused directory; never a
+/// directory with an overlay redirect; never the upper root. Only while no overlay is
+/// mounted on these upper dirs. Returns how many entries were removed.
+pub(crate) fn prune(workspaces: &[Workspace]) -> Result<u64, Error> {
+    let mut removed = 0;
+    for ws in workspaces {
+        walk_workspace(ws, "prune", Some(&mut removed))?;
+    }
+    Ok(removed)
+}
+
+/// Walks one workspace; with `pruned`, removes the unchanged upper entries as it goes.
+fn walk_workspace(ws: &Workspace, action: &'static str, pruned: Option<&mut u64>) -> Result<Vec<Raw>, Error> {
+    let up = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
+    let low = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
+    let mut raws = Vec::new();
+    walk(&mut raws, up.as_fd(), Some(low), "", None, false, pruned).map_err(|(path, source)| Error::Io {
+        action,
+        path: join_display(&ws.real.to_string_lossy(), &path),
+        source,
+    })?;
+    Ok(raws)
+}
+
+/// The overlay's mark on a renamed directory (`redirect_dir`): its content comes from
+/// elsewhere in the lower layer, so it is not "the same directory" as the workspace's.
+const REDIRECT: &str = "trusted.overlay.redirect";
+
+/// Prune mode: removes upper entry `name`, still the inode `st`, which the scan found is
+/// not a change. Anything else now at that name (it should not be: no overlay is
+/// mounted) stays.
+fn remove_unchanged(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, pruned: &mut u64) -> std::io::Result<()> {
+    match lstat(dir, name)? {
+        Some(now) if now.st_ino == st.st_ino && now.st_dev == st.st_dev => {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+            *pruned += 1;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn join(rel: &str, name: &str) -> String {
@@ -100,6 +143,7 @@ fn walk(
     rel: &str,
     refused_above: Option<&str>,
     opaque_above: bool,
+    mut pruned: Option<&mut u64>,
 ) -> Result<(), WalkErr> {
     let opaque = fsx::is_opaque(up);
     let hidden_lower = opaque_above || opaque;
@@ -174,13 +218,31 @@ fn walk(
                 if changed {
                     out.push(raw);
                 }
-                walk(out, sub.as_fd(), child_low, &path, below.as_deref(), hidden_lower)?;
+                walk(out, sub.as_fd(), child_low, &path, below.as_deref(), hidden_lower, pruned.as_deref_mut())?;
+                // Not a change, nothing left below: the workspace's directory shows through alike.
+                if let Some(n) = pruned.as_deref_mut() {
+                    if !changed
+                        && below.is_none()
+                        && !hidden_lower
+                        && !fsx::is_opaque(sub.as_fd())
+                        && fsx::get_xattr(sub.as_fd(), REDIRECT).is_none()
+                    {
+                        match rustix::fs::unlinkat(up, os, AtFlags::REMOVEDIR) {
+                            Ok(()) => *n += 1,
+                            Err(Errno::NOTEMPTY | Errno::EXIST) => {}
+                            Err(e) => return Err(err(e.into())),
+                        }
+                    }
+                }
             }
             FileType::CharacterDevice if fsx::is_char_whiteout(&st) => {
-                if let Some(d) =
-                    deleted(low.as_ref(), os, &path, lower_st.as_ref(), hidden_lower, Upper::Whiteout).map_err(err)?
-                {
-                    out.push(d);
+                match deleted(low.as_ref(), os, &path, lower_st.as_ref(), hidden_lower, Upper::Whiteout).map_err(err)? {
+                    Some(d) => out.push(d),
+                    None => {
+                        if let (Some(n), None, false) = (pruned.as_deref_mut(), refused_above, hidden_lower) {
+                            remove_unchanged(up, os, &st, n).map_err(err)?;
+                        }
+                    }
                 }
             }
             FileType::RegularFile => {
@@ -189,10 +251,15 @@ fn walk(
                     continue; // swapped while we looked; the next scan sees it
                 }
                 if fst.st_size == 0 && fsx::get_xattr(f.as_fd(), "trusted.overlay.whiteout").is_some() {
-                    if let Some(d) = deleted(low.as_ref(), os, &path, lower_st.as_ref(), hidden_lower, Upper::Whiteout)
+                    match deleted(low.as_ref(), os, &path, lower_st.as_ref(), hidden_lower, Upper::Whiteout)
                         .map_err(err)?
                     {
-                        out.push(d);
+                        Some(d) => out.push(d),
+                        None => {
+                            if let (Some(n), None, false) = (pruned.as_deref_mut(), refused_above, hidden_lower) {
+                                remove_unchanged(up, os, &fst, n).map_err(err)?;
+                            }
+                        }
                     }
                     continue;
                 }
@@ -226,7 +293,12 @@ fn walk(
                             && lst.st_mode & 0o7777 == fst.st_mode & 0o7777
                             && raw.refused.is_none()
                         {
-                            continue; // copied up unchanged (touch, chown, same-mode chmod)
+                            // Copied up unchanged (touch, chown, same-mode chmod). Under an
+                            // opaque directory it is all the merged view has: it stays.
+                            if let (Some(n), false) = (pruned.as_deref_mut(), hidden_lower) {
+                                remove_unchanged(up, os, &fst, n).map_err(err)?;
+                            }
+                            continue;
                         }
                         raw.before_hash = Some(before);
                     }
@@ -416,4 +488,76 @@ pub(crate) fn change_id(ws_id: &str, path: &str, kind: &ChangeKind, hash: Option
         h.update(part.as_bytes());
     }
     hex::encode(h.finalize())[..12].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::*;
+
+    fn put(root: &Path, rel: &str, content: &str, mode: u32) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn paths(ws: &Workspace) -> Vec<String> {
+        let rules = FileRules::new(&gvm_policy::Files::default()).unwrap();
+        scan(std::slice::from_ref(ws), &rules).unwrap().into_iter().map(|f| f.change.path).collect()
+    }
+
+    /// Prune removes exactly what the scan does not list, and the scan is the same after.
+    #[test]
+    fn prune_removes_only_what_the_scan_does_not_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace { id: "w".into(), real: tmp.path().join("real"), upper: tmp.path().join("upper") };
+        for (rel, real, upper, mode_real, mode_upper) in [
+            ("same.txt", "s", "s", 0o644, 0o644),
+            ("mode.txt", "m", "m", 0o644, 0o600),
+            ("diff.txt", "old", "new", 0o644, 0o644),
+            ("suid", "x", "x", 0o4755, 0o4755),
+            ("d/same.txt", "s", "s", 0o644, 0o644),
+            ("e/same.txt", "s", "s", 0o644, 0o644),
+            ("e/diff.txt", "old", "new", 0o644, 0o644),
+            ("hl.txt", "h", "h", 0o644, 0o644),
+        ] {
+            put(&ws.real, rel, real, mode_real);
+            put(&ws.upper, rel, upper, mode_upper);
+        }
+        put(&ws.upper, "new.txt", "n", 0o644);
+        std::fs::hard_link(ws.upper.join("hl.txt"), ws.upper.join("hl2.txt")).unwrap();
+        // A directory over a real file: refused, and so is what it holds.
+        put(&ws.real, "f", "file", 0o644);
+        put(&ws.upper, "f/same.txt", "s", 0o644);
+        std::fs::create_dir(ws.upper.join("empty-new")).unwrap();
+
+        let before = paths(&ws);
+        let removed = prune(std::slice::from_ref(&ws)).unwrap();
+        assert_eq!(paths(&ws), before, "prune changed what the scan lists");
+        // same.txt, d/same.txt, d, e/same.txt.
+        assert_eq!(removed, 4);
+        for gone in ["same.txt", "d/same.txt", "d", "e/same.txt"] {
+            assert!(!ws.upper.join(gone).exists(), "{gone} not pruned");
+            assert!(!before.iter().any(|p| p == gone), "{gone} was listed");
+        }
+        for kept in [
+            "mode.txt",
+            "diff.txt",
+            "suid",
+            "e",
+            "e/diff.txt",
+            "hl.txt",
+            "hl2.txt",
+            "new.txt",
+            "f/same.txt",
+            "empty-new",
+        ] {
+            assert!(ws.upper.join(kept).exists(), "{kept} pruned");
+        }
+        assert!(ws.upper.exists(), "never the upper root");
+        assert_eq!(prune(std::slice::from_ref(&ws)).unwrap(), 0, "a second prune finds nothing");
+    }
 }

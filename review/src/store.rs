@@ -40,7 +40,7 @@ impl Store {
         self.root.join("checkpoints")
     }
     pub fn journal(&self) -> PathBuf {
-        self.root.join("journal.json")
+        self.root.join(crate::JOURNAL)
     }
 
     /// `<root>/objects/<hex>` for `sha256:<hex>`; `None` if the name is not a hash.

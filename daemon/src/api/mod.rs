@@ -7,6 +7,7 @@
 //! fence, not the check. Routes and bodies are the wire contract of `gvm_api`.
 
 pub(crate) mod explain;
+mod review;
 mod routes;
 
 use std::sync::Arc;

@@ -26,6 +26,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
         .route("/v1/agents/{profile}/prepare", post(prepare))
         .route("/v1/agents/{profile}/teardown", post(teardown))
+        .route("/v1/agents/{profile}/changes", get(super::review::changes))
+        .route("/v1/agents/{profile}/diff", get(super::review::diff))
+        .route("/v1/agents/{profile}/apply", post(super::review::apply))
+        .route("/v1/agents/{profile}/discard", post(super::review::discard))
+        .route("/v1/agents/{profile}/rollback", post(super::review::rollback))
+        .route("/v1/agents/{profile}/checkpoint", post(super::review::checkpoint))
+        .route("/v1/agents/{profile}/checkpoints", get(super::review::checkpoints))
+        .route("/v1/agents/{profile}/applied", get(super::review::applied))
         .route("/v1/agents/{profile}/{action}", post(agent_action))
         .route("/v1/approvals/{id}/{answer}", post(answer))
         .fallback(not_found)
@@ -275,6 +283,8 @@ async fn teardown(
         ));
     }
     crate::supervisor::prepare::teardown(&d, &profile).await.map_err(ApiFailure::internal)?;
+    // The agent is gone (its unit stopped): its new files matching auto_apply go in now.
+    crate::review::auto_apply(&d, &profile).await;
     Ok(Json(serde_json::json!({ "profile": profile, "torn_down": true })))
 }
 

@@ -68,6 +68,7 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: &str) -> Result<Ag
                     if let Err(e) = super::prepare::teardown(&d, &name).await {
                         tracing::warn!(gvm_profile = %name, "teardown after the agent stopped failed: {e}");
                     }
+                    crate::review::auto_apply(&d, &name).await;
                 });
                 // Report the state once the launcher had a moment to start.
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -120,8 +120,11 @@ async fn run(
     }
     let (code, start_seq, started_at, clock) = ran?;
 
-    let summary =
+    let mut summary =
         summarize(daemon, &req.profile, start_seq, started_at, clock.elapsed().as_millis() as u64, &plan).await;
+    if let Some((applied, waiting)) = crate::review::auto_apply(daemon, &req.profile).await {
+        (summary.files_applied, summary.files_to_review) = (applied as u64, waiting as u64);
+    }
     daemon
         .record(NewEvent {
             profile: Some(req.profile.clone()),
@@ -131,7 +134,8 @@ async fn run(
             details: serde_json::json!({
                 "exit_code": code, "allowed": summary.allowed, "denied": summary.denied, "held": summary.held,
                 "dns_answered": summary.dns_answered, "dns_refused": summary.dns_refused,
-                "files_changed": summary.files_changed, "duration_ms": summary.duration_ms, "run_started_seq": start_seq,
+                "files_changed": summary.files_changed, "files_applied": summary.files_applied,
+                "files_to_review": summary.files_to_review, "duration_ms": summary.duration_ms, "run_started_seq": start_seq,
             }),
         })
         .await;

@@ -8,6 +8,7 @@
 
 pub mod creds;
 pub mod fdpass;
+pub mod freeze;
 pub mod listenfds;
 pub mod mdwe;
 pub mod nofile;
