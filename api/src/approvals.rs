@@ -53,6 +53,7 @@ pub struct Approval {
     pub change: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// Size of the agent's version of the file, in bytes (none for a deletion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_size: Option<u64>,
     /// `pending`, `approved`, `denied`, `expired` or `gone`.
@@ -69,13 +70,13 @@ pub struct Approval {
 
 impl Approval {
     /// One line saying what waits: `POST https://api.example/v1/x (1.2 kB json)` or
-    /// `modified reports/q3.csv (4.1 kB diff)`.
+    /// `modified reports/q3.csv (4.1 kB)`.
     pub fn what(&self) -> String {
         if self.kind == "file" {
             let mut s =
                 format!("{} {}", self.change.as_deref().unwrap_or("changed"), self.path.as_deref().unwrap_or("?"));
             if let Some(n) = self.diff_size {
-                s.push_str(&format!(" ({} diff)", human_bytes(n)));
+                s.push_str(&format!(" ({})", human_bytes(n)));
             }
             s
         } else {
