@@ -137,12 +137,43 @@ pub struct ProfileStatus {
     /// repeated refusals (and for 5 minutes after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noisy: Option<Noisy>,
+    /// Set while `gvmctl watch P on` holds the profile in watch mode (`mode` then says
+    /// `watch` whatever the file says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchState>,
     /// Held requests of this profile waiting for a human.
     #[serde(default)]
     pub pending_requests: u64,
     /// File changes of this profile waiting for review.
     #[serde(default)]
     pub pending_files: u64,
+}
+
+/// `POST /v1/agents/{profile}/watch`: switch a profile's network decisions to watch
+/// mode (allowed and recorded as what enforce mode would do) or back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchRequest {
+    pub on: bool,
+    /// Ends by itself after this many seconds (`--for`); none: until switched off.
+    #[serde(default)]
+    pub for_secs: Option<u64>,
+}
+
+/// A profile's mode after `gvmctl watch`, and in `gvmctl status` while switched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchState {
+    pub profile: String,
+    /// `watch` or `enforce`: how the gateway decides now.
+    pub mode: String,
+    /// What the profile file says.
+    pub file_mode: String,
+    /// When the switch was made, by whom, and when it ends (RFC 3339 UTC).
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub until: Option<String>,
 }
 
 /// Why a profile shows as noisy in `gvmctl status`.

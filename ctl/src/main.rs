@@ -10,6 +10,7 @@ mod policy;
 mod reload;
 mod run;
 mod status;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -212,6 +213,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Switch one profile to watch mode (its requests allowed and recorded with what
+    /// enforce mode would do) or back, without restarting its agent.
+    #[command(
+        after_help = "The sandbox stays as it is (files, system calls, deny_read); only network decisions change.\nThe other profiles are not touched. A gvmd restart puts every profile back to its file's mode.\n\nExamples:\n  gvmctl watch invoices on --for 1h\n  gvmctl watch invoices off\n  gvmctl status invoices          # shows the time left"
+    )]
+    Watch {
+        profile: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// With `on`: end by itself after this long (30s, 15m, 1h, 2d).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -286,6 +302,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deny { id, always, json } => {
             approvals::answer(&client, id, false, always, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Watch { profile, state, duration, json } => {
+            watch::run(&client, &profile, state == "on", duration.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }
         Command::Changes { profile, json } => changes::changes(&client, &profile, json),
         Command::Diff { profile, path } => changes::diff(&client, &profile, path.as_deref()),

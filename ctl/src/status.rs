@@ -8,6 +8,21 @@ use gvm_api::client::Client;
 /// `in force`, `stale: ...`, and `noisy: ...` while the profile hits its limits.
 fn profile_state(p: &gvm_api::ProfileStatus) -> String {
     let mut state = if p.stale { "stale: file refused, last good version in force" } else { "in force" }.to_string();
+    if let Some(w) = &p.watch {
+        match &w.until {
+            Some(until) => {
+                let left = time::OffsetDateTime::parse(until, &time::format_description::well_known::Rfc3339)
+                    .map(|u| (u - time::OffsetDateTime::now_utc()).whole_seconds().max(0) as u64)
+                    .unwrap_or(0);
+                state.push_str(&format!(
+                    "; WATCHING for {} more (until {})",
+                    output::duration(left),
+                    output::short_time(until)
+                ));
+            }
+            None => state.push_str("; WATCHING until `gvmctl watch ... off`"),
+        }
+    }
     if let Some(n) = &p.noisy {
         let mut why: Vec<String> = n.refused.iter().map(|(limit, count)| format!("{count} over {limit}")).collect();
         if n.folded > 0 {

@@ -109,6 +109,7 @@ impl ProfileSet {
                 stale: p.stale,
                 connections_cap: 0,
                 noisy: None,
+                watch: None,
                 pending_requests: 0,
                 pending_files: 0,
             })

@@ -29,6 +29,8 @@ pub struct Daemon {
     /// profile they belong to is prepared again.
     pub stored_fds: std::sync::Mutex<std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>>,
     pub admin: AdminGroup,
+    /// Profiles switched to watch mode at run time (`gvmctl watch P on`).
+    pub watches: crate::watch::Watches,
     pub started_at: OffsetDateTime,
     started: Instant,
     profiles: RwLock<Arc<ProfileSet>>,
@@ -63,6 +65,7 @@ impl Daemon {
             notifier: p.notifier,
             stored_fds: std::sync::Mutex::new(p.stored_fds),
             admin: p.admin,
+            watches: crate::watch::Watches::default(),
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
             profiles: RwLock::new(Arc::new(ProfileSet::default())),
@@ -116,7 +119,7 @@ impl Daemon {
             match change {
                 Change::Loaded { name, .. } => {
                     if let Some(loaded) = next.profiles.get(name) {
-                        self.gateway.set_profile(&loaded.profile);
+                        self.put_in_force(&loaded.profile);
                     }
                 }
                 Change::Removed { name } => self.gateway.remove_profile(name),
@@ -200,6 +203,11 @@ impl Daemon {
                 .into_iter()
                 .map(|mut p| {
                     p.connections_cap = self.gateway.connections_cap(&p.name);
+                    if let Some(loaded) = profiles.profiles.get(&p.name) {
+                        p.mode = self.effective_mode(&loaded.profile).to_string();
+                        p.watch =
+                            self.watches.get(&p.name).map(|_| crate::watch::state(self, &p.name, &loaded.profile));
+                    }
                     p.noisy = self.gateway.noisy(&p.name);
                     (p.pending_requests, p.pending_files) = pending.get(&p.name).copied().unwrap_or_default();
                     p

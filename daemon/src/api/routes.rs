@@ -26,6 +26,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
         .route("/v1/agents/{profile}/prepare", post(prepare))
         .route("/v1/agents/{profile}/teardown", post(teardown))
+        .route("/v1/agents/{profile}/watch", post(watch))
         .route("/v1/agents/{profile}/changes", get(super::review::changes))
         .route("/v1/agents/{profile}/diff", get(super::review::diff))
         .route("/v1/agents/{profile}/apply", post(super::review::apply))
@@ -301,6 +302,30 @@ async fn agent_action(
             ActError::Systemd { .. } => StatusCode::BAD_GATEWAY,
         };
         ApiFailure::new(status, e.to_string(), None)
+    })
+}
+
+/// `gvmctl watch P on|off [--for D]`.
+async fn watch(
+    State(d): State<Arc<Daemon>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path(profile): Path<String>,
+    Json(req): Json<gvm_api::WatchRequest>,
+) -> Result<Json<gvm_api::WatchState>, ApiFailure> {
+    use crate::watch::WatchError;
+    if req.for_secs.is_some() && !req.on {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "--for goes with `on`",
+            Some("gvmctl watch P on --for 1h"),
+        ));
+    }
+    let duration = req.for_secs.map(std::time::Duration::from_secs);
+    crate::watch::switch(&d, &profile, req.on, duration, &user_name(peer.uid)).await.map(Json).map_err(|e| match e {
+        WatchError::NoProfile(_) => {
+            ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), Some("`gvmctl status` lists the profiles in force"))
+        }
+        WatchError::FileSaysWatch(_) => ApiFailure::new(StatusCode::CONFLICT, e.to_string(), None),
     })
 }
 

@@ -299,11 +299,7 @@ struct WatchMode<'a> {
 
 impl<'a> WatchMode<'a> {
     fn enter(daemon: &'a Daemon, profile: &Arc<gvm_policy::Profile>) -> WatchMode<'a> {
-        let mut watched = (**profile).clone();
-        watched.agent.mode = gvm_policy::Mode::Watch;
-        watched.compiled =
-            Arc::new(gvm_policy::CompiledPolicy::compile(&watched.file, gvm_policy::Mode::Watch, &watched.network));
-        daemon.gateway.set_profile(&watched);
+        daemon.gateway.set_profile(&crate::watch::watched(profile));
         WatchMode { daemon, profile: profile.clone() }
     }
 }
@@ -311,6 +307,6 @@ impl<'a> WatchMode<'a> {
 impl Drop for WatchMode<'_> {
     fn drop(&mut self) {
         let current = self.daemon.profiles().profiles.get(self.profile.name.as_str()).map(|p| p.profile.clone());
-        self.daemon.gateway.set_profile(current.as_deref().unwrap_or(&self.profile));
+        self.daemon.put_in_force(current.as_deref().unwrap_or(&self.profile));
     }
 }
