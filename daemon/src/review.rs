@@ -136,7 +136,18 @@ pub fn failure(e: gvm_review::Error, profile: &str) -> ApiFailure {
         e if e.is_user_error() => (StatusCode::CONFLICT, String::new()),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "see `journalctl -u gvmd` for details".to_string()),
     };
-    ApiFailure::new(status, e.to_string(), (!hint.is_empty()).then_some(hint.as_str()))
+    ApiFailure::new(status, chain(&e), (!hint.is_empty()).then_some(hint.as_str()))
+}
+
+/// An error with its causes: `cannot store the pre-image of x: No space left on device`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// Paths and hashes of an apply, for its audit event.

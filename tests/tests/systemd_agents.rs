@@ -59,8 +59,11 @@ fn agent_units_start_log_decide_stop_clean_and_survive_sigkill() {
         root.join("etc/gvm/profiles/invoices.toml"),
         format!(
             r#"[agent]
-command = ["/bin/sh", "-c", "curl -s http://api.test.example:8089/ok.txt; curl -s -o /dev/null -w 'secret: %{{http_code}}\n' http://api.test.example:8089/secret.txt; echo run >> {ws}/ledger.csv; echo agent-ready; exec sleep 1000"]
+command = ["/bin/sh", "-c", "curl -s http://api.test.example:8089/ok.txt; curl -s -o /dev/null -w 'secret: %{{http_code}}\n' http://api.test.example:8089/secret.txt; echo run >> {ws}/ledger.csv; echo q3 > {ws}/report.csv; echo agent-ready; exec sleep 1000"]
 workspaces = [{{ path = "{ws}", mode = "overlay" }}]
+
+[files]
+auto_apply = ["*.csv"]
 
 [network]
 default = "deny"
@@ -171,6 +174,14 @@ action = "allow"
     );
     assert_ne!(sd.sh("systemctl show -p MainPID --value gvm-agent@invoices.service"), pid_before);
     assert_eq!(std::fs::read_to_string(&upper_ledger).unwrap(), "original\nrun\nrun\n");
+    // The unit ended once (ExecStopPost): its new file matching auto_apply went into the
+    // real workspace; the modified ledger waits for review.
+    let gvmd_log = sd.sh("journalctl -u gvmd -o cat --no-pager | tail -40");
+    let report = std::fs::read_to_string(workspace.path().join("report.csv"));
+    assert_eq!(report.ok().as_deref(), Some("q3\n"), "{gvmd_log}");
+    assert_eq!(std::fs::read_to_string(workspace.path().join("ledger.csv")).unwrap(), "original\n");
+    let applies = sd.sh(&format!("{gvmctl} audit log --profile invoices --json"));
+    assert!(applies.contains("\"file_apply\"") && applies.contains("auto_apply"), "{applies}");
 
     // Stop (through gvmctl): no namespace, mount or nft table left behind, no process.
     let out = sd.sh(&format!("{gvmctl} stop invoices"));
@@ -184,6 +195,10 @@ action = "allow"
     assert!(!mounts.contains("/run/gvm/netns") && !mounts.contains("overlay/"), "mounts left:\n{mounts}");
     let procs = sd.exec(&["pgrep", "-u", "gvm-invoices"]);
     assert!(procs.stdout.is_empty(), "agent processes left: {}", String::from_utf8_lossy(&procs.stdout));
+    let out = sd.sh(&format!("{gvmctl} changes invoices --json"));
+    let changes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let paths: Vec<&str> = changes.iter().filter_map(|c| c["path"].as_str()).collect();
+    assert_eq!(paths, ["ledger.csv"], "{out}");
     let out = sd.sh(&format!("{gvmctl} audit verify"));
     assert!(out.starts_with("ok: "), "{out}");
 }
