@@ -200,8 +200,8 @@ impl Audit {
         Self::open_with_durability(state_dir, cfg, Durability::Full)
     }
 
-    /// [`Audit::open`] with a chosen durability. gvmd uses [`Durability::Full`]; the
-    /// other exists to measure what it costs.
+    /// [`Audit::open`] with a chosen durability. gvmd uses what `gvmd.toml`'s `sync`
+    /// names: `full` (the default, [`Durability::Full`]) or `normal`.
     pub fn open_with_durability(
         state_dir: &Path,
         cfg: AuditConfig,
