@@ -10,6 +10,7 @@ mod policy;
 mod reload;
 mod run;
 mod status;
+mod versions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,10 @@ enum Command {
     },
     /// Re-read the profiles now (as SIGHUP does). Exits 1 when a file was refused.
     Reload {
+        /// Show what would change for every profile (and which files would be refused)
+        /// without applying anything.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -239,6 +244,26 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The versions of a profile that came into force: when, how, by whom.
+    History {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unified diff between versions (hashes or prefixes of 6+ hex digits). No
+    /// version: the one in force against the file on disk (what a reload would do);
+    /// one: it against the one in force; two: the first against the second.
+    Diff { profile: String, v1: Option<String>, v2: Option<String> },
+    /// Put an earlier version back in force: its bytes are written to the profile file
+    /// (the current text kept as FILE.bak), checked and reloaded. Default: the version
+    /// in force before the current one.
+    Rollback {
+        profile: String,
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +279,10 @@ enum AuditCommand {
         /// At most this many events (the newest).
         #[arg(long, value_name = "N", default_value_t = 1000)]
         limit: u32,
+        /// Decide the request of decision event SEQ again under the policy version it
+        /// was made under, and say whether the version in force today differs.
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["profile", "since"])]
+        explain: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -272,7 +301,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = gvm_api::client::Client::new(cli.socket);
     match cli.command {
         Command::Status { profile, json } => status::run(&client, profile.as_deref(), json).map(|()| ExitCode::SUCCESS),
-        Command::Reload { json } => reload::run(&client, json),
+        Command::Reload { dry_run: false, json } => reload::run(&client, json),
+        Command::Reload { dry_run: true, json } => versions::dry_run(&client, json),
         Command::Start { profile, json } => agents::act(&client, &profile, "start", json).map(|()| ExitCode::SUCCESS),
         Command::Stop { profile, json } => agents::act(&client, &profile, "stop", json).map(|()| ExitCode::SUCCESS),
         Command::Restart { profile, json } => {
@@ -299,7 +329,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint { profile, name, json } => changes::checkpoint(&client, &profile, name, json),
         Command::Checkpoints { profile, json } => changes::checkpoints(&client, &profile, json),
         Command::Applied { profile, json } => changes::applied(&client, &profile, json),
-        Command::Audit(AuditCommand::Log { profile, since, limit, json }) => {
+        Command::Audit(AuditCommand::Log { explain: Some(seq), json, .. }) => {
+            versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Log { profile, since, limit, explain: None, json }) => {
             let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;
             let query = gvm_api::EventsQuery { profile, since, after_seq: None, limit: Some(limit) };
             audit::log(&client, query, json).map(|()| ExitCode::SUCCESS)
@@ -308,6 +341,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { file, json }) => policy::check(&file, json),
         Command::Policy(PolicyCommand::Explain { profile, method, url, json }) => {
             policy::explain(&client, profile, method, url, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::History { profile, json }) => {
+            versions::history(&client, &profile, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Diff { profile, v1, v2 }) => {
+            versions::diff(&client, &profile, v1.as_deref(), v2.as_deref())
+        }
+        Command::Policy(PolicyCommand::Rollback { profile, to, json }) => {
+            versions::rollback(&client, &profile, to, json).map(|()| ExitCode::SUCCESS)
         }
     }
 }

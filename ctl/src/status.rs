@@ -8,6 +8,9 @@ use gvm_api::client::Client;
 /// `in force`, `stale: ...`, and `noisy: ...` while the profile hits its limits.
 fn profile_state(p: &gvm_api::ProfileStatus) -> String {
     let mut state = if p.stale { "stale: file refused, last good version in force" } else { "in force" }.to_string();
+    if p.drift && !p.stale {
+        state.push_str(&format!("; file on disk differs from the version in force: gvmctl policy diff {}", p.name));
+    }
     if let Some(n) = &p.noisy {
         let mut why: Vec<String> = n.refused.iter().map(|(limit, count)| format!("{count} over {limit}")).collect();
         if n.folded > 0 {

@@ -157,10 +157,15 @@ pub(crate) async fn respond(
             }
         }
     };
-    let details = json!({
+    let mut details = json!({
         "name": q.name, "qtype": q.qtype, "transport": transport,
         "rcode": rcode, "answer": rdata.as_ref().map(|_| answer.to_string()), "reason": reason,
     });
+    if let Some(state) = inner.profile(profile) {
+        if rule.as_deref() != Some("protocol") {
+            state.stamp(&mut details);
+        }
+    }
     if inner.note("dns", profile, decision, rule.as_deref(), details).await.is_err() {
         return Some(dnswire::answer(raw, &q, dnswire::RCODE_REFUSED, None));
     }
