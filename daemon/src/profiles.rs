@@ -164,3 +164,31 @@ impl ProfileSet {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_lists_what_a_reload_would_change_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        write("kept", "");
+        write("edited", "[network]\ndefault = \"deny\"\n");
+        write("gone", "");
+        let (set, _) = ProfileSet::default().reload(dir.path());
+        write("edited", "[network]\ndefault = \"hold\"\n");
+        write("new", "");
+        write("broken", "[network]\ndefault = \"allow\"\n");
+        std::fs::remove_file(dir.path().join("gone.toml")).unwrap();
+
+        let dry = set.dry_run(dir.path());
+        let seen: Vec<(&str, &str)> = dry.changes.iter().map(|c| (c.profile.as_str(), c.change.as_str())).collect();
+        assert_eq!(seen, [("edited", "changed"), ("new", "added"), ("gone", "removed")]);
+        assert!(dry.changes[0].diff.contains("-default = \"deny\"\n+default = \"hold\""), "{}", dry.changes[0].diff);
+        assert_eq!(dry.refused.len(), 1);
+        assert!(set.profiles["edited"].profile.text.contains("deny"), "the set in force is untouched");
+        assert!(set.statuses().iter().any(|p| p.name == "edited" && p.drift), "the edited file drifts");
+        assert!(set.statuses().iter().any(|p| p.name == "kept" && !p.drift));
+    }
+}

@@ -24,6 +24,8 @@ pub const MIN_PREFIX: usize = 6;
 pub enum VersionError {
     #[error("cannot {what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    BadName(#[from] gvm_policy::ProfileNameError),
     #[error("profile {profile} has no recorded versions: it was never loaded by this gvmd")]
     NeverLoaded { profile: String },
     #[error("{given:?} is not a version of {profile}: give at least {MIN_PREFIX} hex digits of a hash — known versions: {}", known.join(", "))]
@@ -52,17 +54,20 @@ impl VersionStore {
         VersionStore { root: state_dir.join("policy") }
     }
 
-    fn dir(&self, profile: &str) -> PathBuf {
-        self.root.join(profile)
+    /// The directory of `profile`: only a valid profile name (never `..` or a `/`)
+    /// becomes a path.
+    fn dir(&self, profile: &str) -> Result<PathBuf, VersionError> {
+        let name = gvm_policy::ProfileName::parse(profile)?;
+        Ok(self.root.join(name.as_str()))
     }
 
-    fn index(&self, profile: &str) -> PathBuf {
-        self.dir(profile).join("index.jsonl")
+    fn index(&self, profile: &str) -> Result<PathBuf, VersionError> {
+        Ok(self.dir(profile)?.join("index.jsonl"))
     }
 
     /// Keeps `bytes` as a version of `profile` (once) and appends `entry` to its index.
     pub fn record(&self, profile: &str, bytes: &[u8], entry: &VersionEntry) -> Result<(), VersionError> {
-        let dir = self.dir(profile);
+        let dir = self.dir(profile)?;
         for d in [&self.root, &dir] {
             std::fs::DirBuilder::new().mode(0o700).recursive(true).create(d).map_err(io("create", d))?;
         }
@@ -82,7 +87,7 @@ impl VersionStore {
             std::fs::rename(&tmp, &file).map_err(io("rename", &file))?;
             sync_dir(&dir)?;
         }
-        let index = self.index(profile);
+        let index = self.index(profile)?;
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -113,7 +118,7 @@ impl VersionStore {
 
     /// Every entry of `profile`, oldest first (a torn or unreadable line is skipped).
     pub fn history(&self, profile: &str) -> Result<Vec<VersionEntry>, VersionError> {
-        let index = self.index(profile);
+        let index = self.index(profile)?;
         let text = match std::fs::read_to_string(&index) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -176,7 +181,7 @@ impl VersionStore {
                 known: self.known(profile).unwrap_or_default(),
             });
         }
-        let file = self.dir(profile).join(format!("{version}.toml"));
+        let file = self.dir(profile)?.join(format!("{version}.toml"));
         std::fs::read(&file).map_err(io("read", &file))
     }
 }
@@ -263,6 +268,7 @@ mod tests {
         assert!(unknown.contains("known versions: abcdef100000, abcdef200000"), "{unknown}");
         let short = store.resolve("p", "abc").unwrap_err().to_string();
         assert!(short.contains("at least 6 hex digits"), "{short}");
+        assert!(matches!(store.history("../p"), Err(VersionError::BadName(_))), "no path escapes the store");
         let never = store.history("q").unwrap_err().to_string();
         assert!(never.contains("never loaded"), "{never}");
     }

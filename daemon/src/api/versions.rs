@@ -22,6 +22,7 @@ use crate::versions::VersionError;
 fn version_failure(e: VersionError) -> ApiFailure {
     match e {
         VersionError::NeverLoaded { .. } => ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None),
+        VersionError::BadName(_) => ApiFailure::new(StatusCode::BAD_REQUEST, e.to_string(), None),
         VersionError::Unknown { .. } | VersionError::Ambiguous { .. } => {
             ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), Some("see `gvmctl policy history PROFILE`"))
         }
@@ -215,6 +216,30 @@ fn recorded_request(ev: &gvm_api::AuditEvent) -> Result<(Scheme, Host, u16, Stri
     }
 }
 
+/// A request decided again: a tunnel (`CONNECT`) as the gateway decides it, at the
+/// host level (`intercept` when the requests inside it would each be decided).
+fn redecide(policy: &gvm_policy::CompiledPolicy, request: &Request<'_>) -> gvm_api::ExplainResponse {
+    let mut e = super::explain::explanation(policy, request);
+    if request.method == "CONNECT" {
+        match policy.decide_connect(request.host, request.port, std::time::SystemTime::now()) {
+            gvm_policy::ConnectPlan::Intercept => {
+                (e.decision, e.policy_decision) = ("intercept".into(), "intercept".into());
+                (e.rule, e.file, e.line) = (None, None, None);
+                e.reason = "rules for this host look inside the tunnel: each request in it is decided".into();
+            }
+            gvm_policy::ConnectPlan::Decided(d) => {
+                e.decision = d.verdict.to_string();
+                e.policy_decision = d.policy_verdict.to_string();
+                e.rule = d.rule.as_ref().map(|r| format!("network.rule[{}]", r.index));
+                e.file = d.rule.as_ref().map(|r| r.file.display().to_string());
+                e.line = d.rule.as_ref().map(|r| r.line);
+                e.reason = "decided at the host level, before looking inside the tunnel".into();
+            }
+        }
+    }
+    e
+}
+
 pub async fn explain_event(
     State(d): State<Arc<Daemon>>,
     Path(seq): Path<u64>,
@@ -245,9 +270,9 @@ pub async fn explain_event(
     })
     .await?;
     let request = Request { scheme, host: &host, port, method: &method, path: &path };
-    let then = super::explain::explanation(&then_profile.compiled, &request);
+    let then = redecide(&then_profile.compiled, &request);
     let current = d.profiles().profiles.get(&profile).cloned();
-    let now = current.as_ref().map(|c| super::explain::explanation(&c.profile.compiled, &request));
+    let now = current.as_ref().map(|c| redecide(&c.profile.compiled, &request));
     let url = if method == "CONNECT" {
         format!("{}:{port}", host.url_form())
     } else {
