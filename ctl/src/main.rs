@@ -235,12 +235,19 @@ enum PolicyCommand {
         json: bool,
     },
     /// How the profile in force decides METHOD URL, by which rule (file:line), and why.
+    /// With --at SEQ: the request of decision event SEQ, under the version it was
+    /// decided under and under the version in force (as `audit log --explain SEQ`).
     Explain {
-        profile: String,
+        #[arg(required_unless_present = "at")]
+        profile: Option<String>,
         /// GET, POST, ... (case-insensitive)
-        method: String,
+        #[arg(required_unless_present = "at")]
+        method: Option<String>,
         /// e.g. https://api.stripe.com/v1/charges
-        url: String,
+        #[arg(required_unless_present = "at")]
+        url: Option<String>,
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["profile", "method", "url"])]
+        at: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -339,7 +346,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Verify { state_dir, json }) => audit::verify(&client, state_dir.as_deref(), json),
         Command::Policy(PolicyCommand::Check { file, json }) => policy::check(&file, json),
-        Command::Policy(PolicyCommand::Explain { profile, method, url, json }) => {
+        Command::Policy(PolicyCommand::Explain { at: Some(seq), json, .. }) => {
+            versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Explain { profile, method, url, at: None, json }) => {
+            let (Some(profile), Some(method), Some(url)) = (profile, method, url) else {
+                anyhow::bail!("give PROFILE METHOD URL, or --at SEQ");
+            };
             policy::explain(&client, profile, method, url, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::History { profile, json }) => {

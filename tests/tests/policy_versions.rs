@@ -121,6 +121,7 @@ fn a_rule_change_is_versioned_diffed_explained_and_rolled_back() {
     assert!(explained.contains(&format!("under version {}", &h1[..12])), "{explained}");
     assert!(explained.contains(&format!("deny by network.rule[0] at {}:", file.display())), "{explained}");
     assert!(explained.contains("decided differently"), "{explained}");
+    assert_eq!(ok(&dirs, &["policy", "explain", "--at", &first_seq.to_string()]), explained, "one implementation");
 
     // Rollback: the old bytes back, the previous text in .bak, v1 in force again.
     let out = ok(&dirs, &["policy", "rollback", "invoices"]);
