@@ -12,6 +12,7 @@ pub mod approvals;
 pub mod client;
 pub use approvals::*;
 pub mod review;
+pub mod versions;
 
 /// Prefix of every path of this version of the API.
 pub const V1: &str = "/v1";
@@ -147,6 +148,12 @@ pub struct ProfileStatus {
     /// File changes of this profile waiting for review.
     #[serde(default)]
     pub pending_files: u64,
+    /// SHA-256 of the version in force (`gvmctl policy history`).
+    #[serde(default)]
+    pub version: String,
+    /// The file on disk differs from the version in force (edited, not reloaded).
+    #[serde(default)]
+    pub drift: bool,
 }
 
 /// `POST /v1/agents/{profile}/watch`: switch a profile's network decisions to watch

@@ -357,6 +357,13 @@ impl Audit {
         read_events(&conn, &self.inner.db_path, q)
     }
 
+    /// The event numbered `seq`, if there is one.
+    pub fn event(&self, seq: u64) -> Result<Option<AuditEvent>, AuditError> {
+        let conn = self.inner.reader.lock().map_err(|_| AuditError::WriterStopped)?;
+        let q = EventsQuery { after_seq: seq.checked_sub(1), ..Default::default() };
+        read_events_from(&conn, &self.inner.db_path, &q, "ASC", 1).map(|mut v| v.pop().filter(|e| e.seq == seq))
+    }
+
     /// How many events of each kind and decision match `q` (its `limit` is ignored):
     /// exact however many there are, where [`Audit::events`] returns at most
     /// [`MAX_EVENTS`].
@@ -462,15 +469,28 @@ fn count_decisions(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Ve
 }
 
 fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<AuditEvent>, AuditError> {
-    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
     let limit = q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS);
+    let mut out = read_events_from(conn, path, q, "DESC", limit)?;
+    out.reverse();
+    Ok(out)
+}
+
+/// Up to `limit` events matching `q`, in `order` of seq (`ASC`: the oldest first).
+fn read_events_from(
+    conn: &Connection,
+    path: &Path,
+    q: &EventsQuery,
+    order: &'static str,
+    limit: u32,
+) -> Result<Vec<AuditEvent>, AuditError> {
+    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
     let (filter, mut params) = query_filter(q)?;
     let mut sql = format!(
         "SELECT seq, time, profile, kind, decision, rule, details, prev_hash, hash
            FROM events{filter}"
     );
     params.push(Box::new(limit));
-    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", params.len()));
+    sql.push_str(&format!(" ORDER BY seq {order} LIMIT ?{}", params.len()));
 
     let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(read_err)?;
@@ -494,7 +514,6 @@ fn read_events(conn: &Connection, path: &Path, q: &EventsQuery) -> Result<Vec<Au
             hash: hex::encode(hash),
         });
     }
-    out.reverse();
     Ok(out)
 }
 

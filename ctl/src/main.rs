@@ -10,6 +10,7 @@ mod policy;
 mod reload;
 mod run;
 mod status;
+mod versions;
 mod watch;
 
 use std::path::PathBuf;
@@ -66,6 +67,10 @@ enum Command {
     },
     /// Re-read the profiles now (as SIGHUP does). Exits 1 when a file was refused.
     Reload {
+        /// Show what would change for every profile (and which files would be refused)
+        /// without applying anything.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -246,12 +251,39 @@ enum PolicyCommand {
         json: bool,
     },
     /// How the profile in force decides METHOD URL, by which rule (file:line), and why.
+    /// With --at SEQ: the request of decision event SEQ, under the version it was
+    /// decided under and under the version in force (as `audit log --explain SEQ`).
     Explain {
-        profile: String,
+        #[arg(required_unless_present = "at")]
+        profile: Option<String>,
         /// GET, POST, ... (case-insensitive)
-        method: String,
+        #[arg(required_unless_present = "at")]
+        method: Option<String>,
         /// e.g. https://api.stripe.com/v1/charges
-        url: String,
+        #[arg(required_unless_present = "at")]
+        url: Option<String>,
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["profile", "method", "url"])]
+        at: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions of a profile that came into force: when, how, by whom.
+    History {
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unified diff between versions (hashes or prefixes of 6+ hex digits). No
+    /// version: the one in force against the file on disk (what a reload would do);
+    /// one: it against the one in force; two: the first against the second.
+    Diff { profile: String, v1: Option<String>, v2: Option<String> },
+    /// Put an earlier version back in force: its bytes are written to the profile file
+    /// (the current text kept as FILE.bak), checked and reloaded. Default: the version
+    /// in force before the current one.
+    Rollback {
+        profile: String,
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -270,6 +302,10 @@ enum AuditCommand {
         /// At most this many events (the newest).
         #[arg(long, value_name = "N", default_value_t = 1000)]
         limit: u32,
+        /// Decide the request of decision event SEQ again under the policy version it
+        /// was made under, and say whether the version in force today differs.
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["profile", "since"])]
+        explain: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -288,7 +324,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = gvm_api::client::Client::new(cli.socket);
     match cli.command {
         Command::Status { profile, json } => status::run(&client, profile.as_deref(), json).map(|()| ExitCode::SUCCESS),
-        Command::Reload { json } => reload::run(&client, json),
+        Command::Reload { dry_run: false, json } => reload::run(&client, json),
+        Command::Reload { dry_run: true, json } => versions::dry_run(&client, json),
         Command::Start { profile, json } => agents::act(&client, &profile, "start", json).map(|()| ExitCode::SUCCESS),
         Command::Stop { profile, json } => agents::act(&client, &profile, "stop", json).map(|()| ExitCode::SUCCESS),
         Command::Restart { profile, json } => {
@@ -318,15 +355,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint { profile, name, json } => changes::checkpoint(&client, &profile, name, json),
         Command::Checkpoints { profile, json } => changes::checkpoints(&client, &profile, json),
         Command::Applied { profile, json } => changes::applied(&client, &profile, json),
-        Command::Audit(AuditCommand::Log { profile, since, limit, json }) => {
+        Command::Audit(AuditCommand::Log { explain: Some(seq), json, .. }) => {
+            versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Log { profile, since, limit, explain: None, json }) => {
             let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;
             let query = gvm_api::EventsQuery { profile, since, after_seq: None, limit: Some(limit) };
             audit::log(&client, query, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify { state_dir, json }) => audit::verify(&client, state_dir.as_deref(), json),
         Command::Policy(PolicyCommand::Check { file, json }) => policy::check(&file, json),
-        Command::Policy(PolicyCommand::Explain { profile, method, url, json }) => {
+        Command::Policy(PolicyCommand::Explain { at: Some(seq), json, .. }) => {
+            versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Explain { profile, method, url, at: None, json }) => {
+            let (Some(profile), Some(method), Some(url)) = (profile, method, url) else {
+                anyhow::bail!("give PROFILE METHOD URL, or --at SEQ");
+            };
             policy::explain(&client, profile, method, url, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::History { profile, json }) => {
+            versions::history(&client, &profile, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Diff { profile, v1, v2 }) => {
+            versions::diff(&client, &profile, v1.as_deref(), v2.as_deref())
+        }
+        Command::Policy(PolicyCommand::Rollback { profile, to, json }) => {
+            versions::rollback(&client, &profile, to, json).map(|()| ExitCode::SUCCESS)
         }
     }
 }

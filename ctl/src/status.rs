@@ -23,6 +23,9 @@ fn profile_state(p: &gvm_api::ProfileStatus) -> String {
             None => state.push_str("; WATCHING until `gvmctl watch ... off`"),
         }
     }
+    if p.drift && !p.stale {
+        state.push_str(&format!("; file on disk differs from the version in force: gvmctl policy diff {}", p.name));
+    }
     if let Some(n) = &p.noisy {
         let mut why: Vec<String> = n.refused.iter().map(|(limit, count)| format!("{count} over {limit}")).collect();
         if n.folded > 0 {

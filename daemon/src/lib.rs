@@ -17,6 +17,7 @@ pub mod run;
 pub mod state;
 pub mod supervisor;
 pub mod sys;
+pub mod versions;
 pub mod watch;
 
 pub use config::Paths;

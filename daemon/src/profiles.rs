@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gvm_policy::{Diagnostic, Profile};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 /// One profile in force.
@@ -19,7 +18,8 @@ use time::OffsetDateTime;
 pub struct LoadedProfile {
     pub profile: Arc<Profile>,
     pub loaded_at: OffsetDateTime,
-    /// SHA-256 of the file it was loaded from, to tell a changed file from a reread one.
+    /// SHA-256 of the file bytes it was parsed from (`Profile::version`), to tell a
+    /// changed file from a reread one.
     pub digest: String,
     /// The file on disk was refused at the last reload; this older version stays.
     pub stale: bool,
@@ -43,8 +43,14 @@ pub enum Change {
     Removed { name: String },
 }
 
-fn digest_of(path: &Path) -> String {
-    std::fs::read(path).map(|bytes| hex::encode(Sha256::digest(bytes))).unwrap_or_default()
+/// The first 12 hex digits of a version, as shown to people.
+pub fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}
+
+/// The file on disk no longer holds the version in force (edited, not reloaded, or gone).
+fn drifted(file: &Path, version: &str) -> bool {
+    std::fs::read(file).map(|b| gvm_policy::version_of(&b) != version).unwrap_or(true)
 }
 
 impl ProfileSet {
@@ -58,7 +64,7 @@ impl ProfileSet {
 
         for profile in outcome.profiles {
             let name = profile.name.to_string();
-            let digest = digest_of(&profile.file);
+            let digest = profile.version.clone();
             let unchanged = self.profiles.get(&name).filter(|old| old.digest == digest && !old.stale);
             let entry = match unchanged {
                 Some(old) => old.clone(),
@@ -96,6 +102,47 @@ impl ProfileSet {
         (next, changes)
     }
 
+    /// What a reload would change, without changing anything: every profile added,
+    /// removed or changed with a short diff, and the files that would be refused.
+    pub fn dry_run(&self, dir: &Path) -> gvm_api::versions::DryRunResponse {
+        let (next, changes) = self.reload(dir);
+        let mut out = gvm_api::versions::DryRunResponse {
+            refused: next.refused.iter().map(Into::into).collect(),
+            ..Default::default()
+        };
+        for change in changes {
+            let (profile, change, from, to, diff) = match change {
+                Change::Loaded { name, digest, .. } => {
+                    let new = next.profiles.get(&name).map(|p| p.profile.text.clone()).unwrap_or_default();
+                    match self.profiles.get(&name) {
+                        Some(old) => {
+                            let diff = crate::versions::unified(
+                                &format!("{name} {}", short(&old.digest)),
+                                &old.profile.text,
+                                &format!("{name} {} (file)", short(&digest)),
+                                &new,
+                            );
+                            (name, "changed", Some(old.digest.clone()), Some(digest), diff)
+                        }
+                        None => {
+                            (name, "added", None, Some(digest), crate::versions::unified("/dev/null", "", "file", &new))
+                        }
+                    }
+                }
+                Change::Removed { name } => {
+                    let old = self.profiles.get(&name);
+                    let diff = old
+                        .map(|o| crate::versions::unified(&name, &o.profile.text, "/dev/null", ""))
+                        .unwrap_or_default();
+                    (name, "removed", old.map(|o| o.digest.clone()), None, diff)
+                }
+                Change::Refused { .. } => continue,
+            };
+            out.changes.push(gvm_api::versions::DryRunChange { profile, change: change.into(), from, to, diff });
+        }
+        out
+    }
+
     /// The wire view of the profiles in force.
     pub fn statuses(&self) -> Vec<gvm_api::ProfileStatus> {
         self.profiles
@@ -112,7 +159,37 @@ impl ProfileSet {
                 watch: None,
                 pending_requests: 0,
                 pending_files: 0,
+                version: p.digest.clone(),
+                drift: drifted(&p.profile.file, &p.digest),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_lists_what_a_reload_would_change_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        write("kept", "");
+        write("edited", "[network]\ndefault = \"deny\"\n");
+        write("gone", "");
+        let (set, _) = ProfileSet::default().reload(dir.path());
+        write("edited", "[network]\ndefault = \"hold\"\n");
+        write("new", "");
+        write("broken", "[network]\ndefault = \"allow\"\n");
+        std::fs::remove_file(dir.path().join("gone.toml")).unwrap();
+
+        let dry = set.dry_run(dir.path());
+        let seen: Vec<(&str, &str)> = dry.changes.iter().map(|c| (c.profile.as_str(), c.change.as_str())).collect();
+        assert_eq!(seen, [("edited", "changed"), ("new", "added"), ("gone", "removed")]);
+        assert!(dry.changes[0].diff.contains("-default = \"deny\"\n+default = \"hold\""), "{}", dry.changes[0].diff);
+        assert_eq!(dry.refused.len(), 1);
+        assert!(set.profiles["edited"].profile.text.contains("deny"), "the set in force is untouched");
+        assert!(set.statuses().iter().any(|p| p.name == "edited" && p.drift), "the edited file drifts");
+        assert!(set.statuses().iter().any(|p| p.name == "kept" && !p.drift));
     }
 }

@@ -188,7 +188,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             })
             .await;
     }
-    daemon.reload().await;
+    daemon.reload_as(gvm_api::versions::Origin::Start, None).await;
 
     let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));
     for (profile, listener) in host_listeners {

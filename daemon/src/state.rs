@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use gvm_api::versions::{Origin, VersionEntry};
 use gvm_api::{ReloadResponse, StatusResponse};
 use gvm_audit::{Audit, NewEvent};
 use time::OffsetDateTime;
@@ -34,6 +35,8 @@ pub struct Daemon {
     pub started_at: OffsetDateTime,
     started: Instant,
     profiles: RwLock<Arc<ProfileSet>>,
+    /// Every profile version that came into force (`<state>/policy`).
+    pub versions: crate::versions::VersionStore,
     /// Serialises reloads so two at once cannot interleave their changes.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -55,6 +58,7 @@ pub struct Parts {
 impl Daemon {
     pub fn new(p: Parts) -> Daemon {
         Daemon {
+            versions: crate::versions::VersionStore::new(&p.paths.state_dir),
             paths: p.paths,
             config: p.config,
             audit: p.audit,
@@ -106,7 +110,24 @@ impl Daemon {
 
     /// Re-reads the profiles directory, puts the result in force and audits each change.
     pub async fn reload(&self) -> ReloadResponse {
+        self.reload_as(Origin::Reload, None).await
+    }
+
+    /// [`Daemon::reload`], saying how the new versions come into force and who asked:
+    /// each one is kept in the version store and named in its `profile_loaded` event.
+    pub async fn reload_as(&self, how: Origin, by: Option<String>) -> ReloadResponse {
         let _serial = self.reload_lock.lock().await;
+        self.reload_locked(how, by).await
+    }
+
+    /// Holds the reload lock for a caller that edits a profile file before reloading
+    /// (a rollback), so no other reload sees a half-done change.
+    pub async fn reload_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload_lock.lock().await
+    }
+
+    /// The reload itself; the caller holds the reload lock.
+    pub async fn reload_locked(&self, how: Origin, by: Option<String>) -> ReloadResponse {
         let current = self.profiles();
         let dir = self.paths.profiles_dir();
         let (next, changes) = tokio::task::spawn_blocking(move || current.reload(&dir))
@@ -127,6 +148,29 @@ impl Daemon {
             }
         }
 
+        // Each version in force is kept before it is audited, so an event's `version`
+        // can always be looked up.
+        let at = crate::rfc3339(OffsetDateTime::now_utc());
+        let mut kept = Vec::new();
+        for change in &changes {
+            if let Change::Loaded { name, digest, rules, .. } = change {
+                if let Some(loaded) = next.profiles.get(name) {
+                    let entry =
+                        VersionEntry { version: digest.clone(), at: at.clone(), how, by: by.clone(), rules: *rules };
+                    kept.push((name.clone(), loaded.profile.text.clone(), entry));
+                }
+            }
+        }
+        let store = self.versions.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            for (name, text, entry) in kept {
+                if let Err(e) = store.record(&name, text.as_bytes(), &entry) {
+                    tracing::error!(gvm_profile = %name, "version {} of {name} was not kept: {e}", entry.version);
+                }
+            }
+        });
+        let _ = stored.await;
+
         for change in changes {
             let event = match change {
                 Change::Loaded { name, file, digest, rules } => {
@@ -136,7 +180,10 @@ impl Daemon {
                         kind: "profile_loaded".into(),
                         decision: None,
                         rule: None,
-                        details: serde_json::json!({ "file": file, "sha256": digest, "rules": rules }),
+                        details: serde_json::json!({
+                            "file": file, "sha256": digest, "version": digest, "rules": rules,
+                            "how": how, "by": by,
+                        }),
                     }
                 }
                 Change::Refused { name, diagnostic, kept } => {

@@ -436,6 +436,20 @@ mod tests {
     }
 
     #[test]
+    fn a_folded_event_never_spans_two_policy_versions() {
+        let b = Budgets::default();
+        b.set_limits("p", limits(100));
+        let under = |v: &str| json!({"host": "evil.example", "method": "GET", "policy_version": v});
+        let Admit::Record(Some(key)) = b.admit("p", "http", "deny", None, &under("a")) else { panic!("recorded") };
+        b.recorded("p", key, 7, ("http", "deny", None, &under("a")));
+        assert!(matches!(b.admit("p", "http", "deny", None, &under("a")), Admit::Folded));
+        assert!(
+            matches!(b.admit("p", "http", "deny", None, &under("b")), Admit::Record(Some(_))),
+            "the same refusal under a new version is an event of its own"
+        );
+    }
+
+    #[test]
     fn identical_refusals_fold_into_one_counted_event() {
         let b = Budgets::default();
         b.set_limits("p", limits(100));

@@ -60,6 +60,9 @@ pub(crate) enum ConnectRuling {
 pub(crate) struct ProfileState {
     pub name: Arc<str>,
     pub policy: Arc<CompiledPolicy>,
+    /// SHA-256 of the profile version `policy` was compiled from; every decision event
+    /// names it as `details.policy_version`.
+    pub version: Arc<str>,
     /// Secret name → value, loaded by `set_profile`; `Err` keeps why it is missing.
     pub secrets: HashMap<String, Result<String, String>>,
     pub limits: gvm_policy::Limits,
@@ -68,6 +71,14 @@ pub(crate) struct ProfileState {
 }
 
 impl ProfileState {
+    /// Names the version a decision was made under in its event's details (part of the
+    /// folding key too, so a folded event never spans two versions).
+    pub(crate) fn stamp(&self, details: &mut serde_json::Value) {
+        if let serde_json::Value::Object(m) = details {
+            m.insert("policy_version".into(), serde_json::Value::String(self.version.to_string()));
+        }
+    }
+
     fn ruling(&self, d: Decision) -> Ruling {
         let rule = d.rule.as_ref().map(ToString::to_string);
         let rule_index = d.rule.as_ref().map(|r| r.index);

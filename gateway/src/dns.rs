@@ -136,10 +136,12 @@ pub(crate) async fn respond(
         }
     };
     let opcode = (q.flags >> 11) & 0x0f;
+    // One snapshot decides and names its version.
+    let state = inner.profile(profile);
     let (rcode, rdata, decision, rule, reason): (u8, Option<Vec<u8>>, &str, Option<String>, &str) = if opcode != 0 {
         (dnswire::RCODE_NOTIMP, None, "deny", Some("protocol".into()), "only standard queries")
     } else {
-        match (Host::parse(&q.name), inner.profile(profile)) {
+        match (Host::parse(&q.name), state.as_deref()) {
             (Err(_), _) => (dnswire::RCODE_NXDOMAIN, None, "deny", Some("protocol".into()), "not a valid host name"),
             (_, None) => (dnswire::RCODE_REFUSED, None, "deny", None, "the profile is not loaded"),
             (Ok(host), Some(state)) => {
@@ -157,10 +159,13 @@ pub(crate) async fn respond(
             }
         }
     };
-    let details = json!({
+    let mut details = json!({
         "name": q.name, "qtype": q.qtype, "transport": transport,
         "rcode": rcode, "answer": rdata.as_ref().map(|_| answer.to_string()), "reason": reason,
     });
+    if let Some(state) = state.as_deref().filter(|_| rule.as_deref() != Some("protocol")) {
+        state.stamp(&mut details);
+    }
     if inner.note("dns", profile, decision, rule.as_deref(), details).await.is_err() {
         return Some(dnswire::answer(raw, &q, dnswire::RCODE_REFUSED, None));
     }

@@ -333,6 +333,7 @@ impl Gateway {
         let state = ProfileState {
             name: name.clone(),
             policy: profile.compiled.clone(),
+            version: Arc::from(profile.version.as_str()),
             secrets,
             limits: profile.limits,
             body,

@@ -674,6 +674,7 @@ impl Inner {
         details: &mut Value,
         body: Option<String>,
     ) -> Result<SocketAddr, Response<RespBody>> {
+        state.stamp(details);
         let profile = state.name.clone();
         let rule = ruling.rule.as_deref();
         match ruling.verdict {
@@ -914,6 +915,7 @@ impl Inner {
         };
         match state.decide_connect(&target.host, target.port) {
             ConnectRuling::Intercept => {
+                state.stamp(&mut details);
                 if let Err(e) = self.note("connect", profile, "intercept", None, details).await {
                     return Err(e.answer(profile, what));
                 }

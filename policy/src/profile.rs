@@ -174,6 +174,11 @@ pub struct Profile {
     pub files: Files,
     pub limits: Limits,
     pub compiled: Arc<CompiledPolicy>,
+    /// SHA-256 (lower-case hex) of the exact bytes this profile was parsed from: the
+    /// version every decision made under it names (`policy_version`).
+    pub version: String,
+    /// The text it was parsed from (what a version store keeps and diffs).
+    pub text: Arc<str>,
 }
 
 // ---------------------------------------------------------------------------
@@ -309,7 +314,25 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
     let files = v.files(raw.files)?;
     let limits = v.limits(raw.limits)?;
     let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
-    Ok(Profile { name, file: file.to_path_buf(), agent, network, secrets, files, limits, compiled })
+    let version = version_of(text.as_bytes());
+    Ok(Profile {
+        name,
+        file: file.to_path_buf(),
+        agent,
+        network,
+        secrets,
+        files,
+        limits,
+        compiled,
+        version,
+        text: Arc::from(text),
+    })
+}
+
+/// The version hash of a profile's file bytes: lower-case hex SHA-256.
+pub fn version_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Reads and parses one profile file.

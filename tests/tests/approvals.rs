@@ -289,6 +289,15 @@ fn approve_always_writes_a_rule_the_next_request_passes_by() {
     assert!(pending(&dirs).is_empty());
     let events = events_json(&dirs);
     assert_eq!(events.iter().filter(|e| e["kind"] == "rule_added").count(), 2);
+    // Each version the rules brought is kept and named: start, then two --always.
+    let history = gvmctl(&dirs, &["policy", "history", "invoices", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let hows: Vec<&str> = history["entries"].as_array().unwrap().iter().map(|e| e["how"].as_str().unwrap()).collect();
+    assert_eq!(hows, ["start", "always", "always"], "{history}");
+    let now = gvm_policy::version_of(&std::fs::read(&file).unwrap());
+    assert_eq!(history["in_force"], now.as_str());
+    let put = events.iter().rev().find(|e| e["kind"] == "http" && e["details"]["method"] == "PUT").unwrap();
+    assert_eq!(put["details"]["policy_version"], now.as_str(), "{put}");
     drop(gvmd);
 }
 
@@ -425,8 +434,15 @@ fn the_webhook_speaks_https_verified_against_the_configured_roots() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(hook.seen.lock().unwrap()[0], "POST /hook HTTP/1.1");
-    let status: serde_json::Value = serde_json::from_slice(&gvmctl(&dirs, &["status", "--json"]).stdout).unwrap();
-    assert_eq!(status["notify"]["sent"], 1, "{status:#}");
+    // The hook has the request before gvmd has its answer: `sent` counts the answer.
+    loop {
+        let status: serde_json::Value = serde_json::from_slice(&gvmctl(&dirs, &["status", "--json"]).stdout).unwrap();
+        if status["notify"]["sent"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the notice was not counted as sent: {status:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(gvmctl(&dirs, &["deny", &id.to_string()]).status.success());
     assert_eq!(waiting.join().unwrap().unwrap().0, 403);
     drop(gvmd);

@@ -72,8 +72,13 @@ pub async fn explain(
     })?;
     let method = req.method.to_ascii_uppercase();
     let request = Request { scheme, host: &host, port, method: &method, path: &path };
-    let e = loaded.profile.compiled.explain(&request, SystemTime::now());
-    Ok(Json(ExplainResponse {
+    Ok(Json(explanation(&loaded.profile.compiled, &request)))
+}
+
+/// The wire form of `policy`'s explanation of `request`, decided now.
+pub fn explanation(policy: &gvm_policy::CompiledPolicy, request: &Request<'_>) -> ExplainResponse {
+    let e = policy.explain(request, SystemTime::now());
+    ExplainResponse {
         decision: e.decision.verdict.to_string(),
         policy_decision: e.decision.policy_verdict.to_string(),
         mode: e.decision.mode.to_string(),
@@ -91,7 +96,7 @@ pub async fn explain(
                 outcome: c.outcome.to_string(),
             })
             .collect(),
-    }))
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub(crate) mod explain;
 mod review;
 mod routes;
+mod versions;
 
 use std::sync::Arc;
 

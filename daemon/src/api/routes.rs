@@ -24,6 +24,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(paths::RELOAD, post(reload))
         .route(approval_paths::APPROVALS, get(approvals))
         .route(paths::POLICY_EXPLAIN, post(super::explain::explain))
+        .route("/v1/policy/{profile}/history", get(super::versions::history))
+        .route("/v1/policy/{profile}/diff", get(super::versions::diff))
+        .route("/v1/policy/{profile}/rollback", post(super::versions::rollback))
+        .route(gvm_api::versions::paths::RELOAD_DRY_RUN, post(super::versions::dry_run))
+        .route("/v1/audit/events/{seq}/explain", get(super::versions::explain_event))
         .route("/v1/agents/{profile}/prepare", post(prepare))
         .route("/v1/agents/{profile}/teardown", post(teardown))
         .route("/v1/agents/{profile}/watch", post(watch))
@@ -71,8 +76,8 @@ async fn audit_verify(State(d): State<Arc<Daemon>>) -> Result<Json<VerifyReport>
     tokio::task::spawn_blocking(move || audit.verify()).await.map(Json).map_err(ApiFailure::internal)
 }
 
-async fn reload(State(d): State<Arc<Daemon>>) -> Json<ReloadResponse> {
-    Json(d.reload().await)
+async fn reload(State(d): State<Arc<Daemon>>, axum::Extension(peer): axum::Extension<Peer>) -> Json<ReloadResponse> {
+    Json(d.reload_as(gvm_api::versions::Origin::Reload, Some(user_name(peer.uid))).await)
 }
 
 async fn approvals(State(d): State<Arc<Daemon>>) -> Result<Json<ApprovalsResponse>, ApiFailure> {
@@ -185,7 +190,7 @@ async fn answer(
                     Some(&format!("nothing was answered; answer without --always: gvmctl {answer} {id}")),
                 )
             })?;
-        let reloaded = d.reload().await;
+        let reloaded = d.reload_as(gvm_api::versions::Origin::Always, Some(by.clone())).await;
         tracing::info!(gvm_profile = %item.profile, "rule added to {} by {by}: {}", w.file.display(), w.rule);
         d.record(gvm_audit::NewEvent {
             profile: Some(item.profile.clone()),

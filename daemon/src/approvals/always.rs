@@ -142,7 +142,7 @@ pub fn add_rule(file: &Path, method: &str, url: &str, allow: bool) -> Result<Wri
 }
 
 /// `file.bak` ← old text; then temp + fsync + rename over `file`, same owner and mode.
-fn replace(file: &Path, old: &str, new: &str) -> Result<(), AlwaysError> {
+pub(crate) fn replace(file: &Path, old: &str, new: &str) -> Result<(), AlwaysError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| AlwaysError::Io { what, path, source }
