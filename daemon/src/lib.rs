@@ -11,10 +11,12 @@ pub mod approvals;
 pub mod config;
 pub mod launcher;
 pub mod logging;
+pub mod profile_file;
 pub mod profiles;
 pub mod review;
 pub mod run;
 pub mod state;
+pub mod suggest;
 pub mod supervisor;
 pub mod sys;
 
