@@ -108,3 +108,19 @@ pub fn render(r: &SuggestResponse) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_window_says_so_and_a_dry_run_says_how_to_apply() {
+        let mut r = SuggestResponse { profile: "inv".into(), base_sha256: "sha256:ab".into(), ..Default::default() };
+        assert!(render(&r).contains("No network traffic in this window"), "{}", render(&r));
+        r.decisions = 3;
+        r.already_allowed = 3;
+        assert!(render(&r).contains("already allows everything seen"), "{}", render(&r));
+        r.diff = "--- f\n+++ f\n".into();
+        assert!(render(&r).contains("gvmctl suggest inv --apply --expect sha256:ab"), "{}", render(&r));
+    }
+}

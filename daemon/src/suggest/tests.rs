@@ -240,3 +240,34 @@ fn diffs_are_unified() {
     let d = unified_diff("f", "a\nb\nc\nd\ne\nf\ng\nh\n", "a\nb\nc\nd\nX\nf\ng\nh\ni\n");
     assert_eq!(d, "--- f\n+++ f (suggested)\n@@ -2,7 +2,8 @@\n b\n c\n d\n-e\n+X\n f\n g\n h\n+i\n");
 }
+
+#[test]
+fn rules_land_in_a_profile_whose_rules_are_not_last() {
+    let text = "[network]\ndefault = \"deny\"\n\n[[network.rule]]\nhost = \"ok.example\"\naction = \"allow\"\n\n[files]\nauto_apply = [\"out/*.txt\"]   # ours\n";
+    let (plan, out) = run(text, &[http(1, "GET", "api.example", 443, "/v1/x")]);
+    assert_eq!(plan.rules.len(), 1);
+    let p = profile(&out.new_text);
+    assert_eq!(p.network.rules.len(), 2);
+    assert!(out.new_text.contains("auto_apply = [\"out/*.txt\"]   # ours"), "{}", out.new_text);
+}
+
+#[test]
+fn new_files_become_comment_only_globs() {
+    let mut obs = Observations::new();
+    obs.add_new_file("reports/q3.csv");
+    obs.add(&ev(
+        1,
+        "file_apply",
+        "",
+        json!({"by": "root", "applied": [{"path": "reports/2026/q4.csv", "kind": "added"}, {"path": "x.py", "kind": "modified"}]}),
+    ));
+    obs.add(&ev(2, "file_apply", "", json!({"by": "auto_apply", "applied": [{"path": "a.log", "kind": "added"}]})));
+    let p = profile("");
+    let plan = plan(&p.compiled, &obs, SystemTime::now());
+    assert_eq!(plan.files.len(), 1);
+    assert_eq!((plan.files[0].glob.as_str(), plan.files[0].files), ("reports/**/*.csv", 2));
+    let out = render(Path::new("/etc/gvm/profiles/p.toml"), "", plan, "now", SystemTime::now()).unwrap();
+    assert!(out.new_text.contains("#   auto_apply = [\"reports/**/*.csv\"]"), "{}", out.new_text);
+    // A comment only: the profile's [files] is unchanged.
+    assert!(profile(&out.new_text).files.auto_apply.is_empty());
+}
