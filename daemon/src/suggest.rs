@@ -558,7 +558,7 @@ fn edit(file: &Path, text: &str, plan: &Plan, stamp: &str) -> Result<String, Sug
     let mut tables = Vec::new();
     for (i, r) in plan.rules.iter().enumerate() {
         let mut t = toml_edit::Table::new();
-        let head = if i == 0 { format!("\n# Suggested by `gvmctl suggest` on {stamp}.\n") } else { String::new() };
+        let head = if i == 0 { format!("\n# Suggested by `gvmctl suggest` on {stamp}.") } else { String::new() };
         t.decor_mut().set_prefix(format!("{head}\n# {}\n", one_line(&r.reason)));
         t["host"] = toml_edit::value(r.host.as_str());
         t["port"] = toml_edit::value(i64::from(r.port));

@@ -24,6 +24,13 @@ fn curl(name: &str, method: &str, url: &str) -> String {
     format!("echo @@{name}; curl -sS -X {method} -w '\\nstatus=%{{http_code}}\\n' '{url}' 2>&1; echo \"exit=$?\"; ")
 }
 
+/// A POST of `bytes` zero bytes.
+fn upload(name: &str, url: &str, bytes: u64) -> String {
+    format!(
+        "echo @@{name}; head -c {bytes} /dev/zero | curl -sS -X POST -H 'Content-Type: application/octet-stream' --data-binary @- -w '\\nstatus=%{{http_code}}\\n' '{url}' 2>&1; echo \"exit=$?\"; "
+    )
+}
+
 /// The workload: three hosts, paths that differ by ids; `d` optionally.
 fn workload(a: u16, b: u16, c: u16, with_d: bool) -> String {
     let mut s = [
@@ -158,4 +165,44 @@ fn watch_suggest_enforce() {
     assert_eq!(j["already_allowed"].as_u64(), Some(7), "{j:#}");
     let hosts: Vec<&str> = j["rules"].as_array().unwrap().iter().filter_map(|r| r["host"].as_str()).collect();
     assert_eq!(hosts, vec!["d.test.example"], "{j:#}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_large_upload_to_a_new_host_and_dns_only_names_are_flagged_not_allowed() {
+    assert_root();
+    let mut sb = Sandboxed::new("sx");
+    let up = Upstream::start(None);
+    let hosts = "[gateway.hosts]\n\"e.test.example\" = [\"127.0.0.1\"]\n\"a.test.example\" = [\"127.0.0.1\"]\n";
+    sb.start(hosts, PROFILE, &[]);
+    let file = sb.dirs.profiles().join(format!("{}.toml", sb.profile));
+    let p = up.port();
+    let script = format!(
+        "{}{}python3 -c \"import socket\ntry: socket.getaddrinfo('lookup-only.test.example', 80)\nexcept Exception: pass\"; true",
+        upload("e", &format!("http://e.test.example:{p}/upload"), 400_000),
+        curl("a", "GET", &format!("http://a.test.example:{p}/v1/ping")),
+    );
+    let ran = run_watch(&sb, &script, true);
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let s = sections(&ran.out);
+    assert!(section(&s, "e", &ran).contains("status=200"), "{ran:#?}");
+    let run = last_run_seq(&sb).to_string();
+    let out = suggest(&sb, &["--run", &run, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let hosts: Vec<&str> = j["rules"].as_array().unwrap().iter().filter_map(|r| r["host"].as_str()).collect();
+    assert_eq!(hosts, vec!["a.test.example"], "{j:#}");
+    let flags: Vec<(&str, &str)> = j["flagged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["host"].as_str().unwrap_or(""), f["kind"].as_str().unwrap_or("")))
+        .collect();
+    assert!(flags.contains(&("e.test.example", "large_upload_once")), "{j:#}");
+    assert!(flags.contains(&("lookup-only.test.example", "dns_only")), "{j:#}");
+    let out = suggest(&sb, &["--run", &run, "--apply"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(!written.contains("host = \"e.test.example\""), "{written}");
+    assert!(written.contains("#   e.test.example (large_upload_once, 1 seen)"), "{written}");
 }
