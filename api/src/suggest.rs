@@ -49,8 +49,8 @@ pub struct Flagged {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     pub requests: u64,
-    /// `dns_only`, `ip_address`, `large_upload_once`, `top_level_domain`, `denied_by_rule`,
-    /// `unwritable_path`, `ineffective`.
+    /// `dns_only`, `ip_address`, `large_upload_once`, `top_level_domain`,
+    /// `decided_by_rule`, `ssrf_refused`, `unwritable_path`, `ineffective`.
     pub kind: String,
     pub reason: String,
 }

@@ -69,6 +69,8 @@ pub struct Observations {
     requests: HashMap<Key, u64>,
     hosts: HashMap<String, HostSeen>,
     dns: BTreeMap<String, u64>,
+    /// Requests the gateway's SSRF check refused, by host.
+    ssrf: BTreeMap<String, u64>,
     /// Network decisions read, folded repeats counted.
     pub decisions: u64,
     /// New files of the agent (workspace-relative), for `[files]` suggestions.
@@ -92,7 +94,14 @@ impl Observations {
                 // Refused before the policy was asked (malformed, SSRF, not loaded), or
                 // the inner requests of an intercepted tunnel follow as `http` events.
                 let rule = ev.rule.as_deref().unwrap_or("");
-                if decision == "intercept" || rule == "protocol" || rule == "upstream-safety" {
+                if rule == "upstream-safety" {
+                    // The SSRF check refused the address: no allow rule is the answer.
+                    if let Some(host) = s("host") {
+                        *self.ssrf.entry(host.to_string()).or_default() += n;
+                    }
+                    return;
+                }
+                if decision == "intercept" || rule == "protocol" {
                     return;
                 }
                 let (Some(host), Some(port)) = (s("host"), d.get("port").and_then(serde_json::Value::as_u64)) else {
@@ -446,6 +455,16 @@ pub fn plan(policy: &CompiledPolicy, obs: &Observations, now: SystemTime) -> Pla
                 plan.covers.push(covers);
             }
         }
+    }
+    for (host, n) in &obs.ssrf {
+        plan.flagged.push(Flagged {
+            host: host.clone(),
+            port: None,
+            requests: *n,
+            kind: "ssrf_refused".into(),
+            reason: "the gateway refused its address (loopback, private, link-local, ...): not a rule's business"
+                .into(),
+        });
     }
     // Names looked up but never asked for.
     for (name, n) in &obs.dns {

@@ -175,6 +175,12 @@ fn exfiltration_and_broad_hosts_are_flagged_never_allowed() {
         small_done,
         ev(7, "dns", "allow", json!({"name": "lookup-only.example", "qtype": 1})),
         ev(8, "dns", "allow", json!({"name": "once.example", "qtype": 1})),
+        {
+            let mut e = http(9, "GET", "169.254.169.254", 80, "/latest/meta-data");
+            e.decision = Some("deny".into());
+            e.rule = Some("upstream-safety".into());
+            e
+        },
     ];
     let (plan, out) = run("", &evs);
     let kinds: Vec<(&str, &str)> = plan.flagged.iter().map(|f| (f.host.as_str(), f.kind.as_str())).collect();
@@ -182,6 +188,7 @@ fn exfiltration_and_broad_hosts_are_flagged_never_allowed() {
     assert!(kinds.contains(&("localhost", "top_level_domain")), "{kinds:?}");
     assert!(kinds.contains(&("paste.example", "large_upload_once")), "{kinds:?}");
     assert!(kinds.contains(&("lookup-only.example", "dns_only")), "{kinds:?}");
+    assert!(kinds.contains(&("169.254.169.254", "ssrf_refused")), "{kinds:?}");
     assert!(!kinds.iter().any(|(h, _)| *h == "once.example"), "{kinds:?}");
     let hosts: Vec<&str> = plan.rules.iter().map(|r| r.host.as_str()).collect();
     assert_eq!(hosts, vec!["once.example"]);
