@@ -278,3 +278,18 @@ fn new_files_become_comment_only_globs() {
     // A comment only: the profile's [files] is unchanged.
     assert!(profile(&out.new_text).files.auto_apply.is_empty());
 }
+
+#[test]
+fn siblings_under_an_id_collapse_to_a_valid_pattern() {
+    let evs: Vec<AuditEvent> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| http(i as u64, "GET", "api.example", 443, &format!("/items/{i}/{leaf}")))
+        .collect();
+    let (plan, out) = run("", &evs);
+    assert_eq!(plan.rules.len(), 1, "{:?}", plan.rules);
+    assert_eq!(plan.rules[0].path.as_deref(), Some("/items/*/**"));
+    assert_eq!(profile(&out.new_text).network.rules.len(), 1);
+    let (again, _) = run(&out.new_text, &evs);
+    assert_eq!((again.rules.len(), again.already_allowed), (0, 5));
+}
