@@ -7,7 +7,8 @@
 //! against the compiled profile, generalising the paths, editing the TOML and diffing.
 //! The traffic: 20 hosts, each with id-bearing paths (`/v1/customers/cus_N`, numbers,
 //! UUID-like), a `/docs/<word>` tree with many siblings, an `http.done` per request and
-//! a DNS query every 10 requests. Size: GVM_BENCH_SUGGEST_EVENTS.
+//! a DNS query every 10 requests. Size: GVM_BENCH_SUGGEST_EVENTS; GVM_BENCH_SHOW=1 prints
+//! the diff.
 
 // `is_multiple_of` is newer than the workspace's rust-version (1.85).
 #![allow(clippy::manual_is_multiple_of)]
@@ -27,13 +28,13 @@ fn events(n: u64) -> Vec<NewEvent> {
     let mut i = 0u64;
     while (out.len() as u64) < n {
         let host = format!("h{}.example", i % 20);
-        let path = match i % 4 {
+        let path = match (i / 20) % 4 {
             0 => format!("/v1/customers/cus_{i}"),
             1 => format!("/items/{i}/parts"),
             2 => format!("/jobs/{:08x}-1234-4abc-8def-{:012x}", i, i * 7),
-            _ => format!("/docs/page{}", i % 40),
+            _ => format!("/docs/page{}", (i / 80) % 40),
         };
-        let method = ["GET", "POST", "GET", "DELETE"][(i % 4) as usize];
+        let method = ["GET", "POST", "GET", "DELETE"][((i / 20) % 4) as usize];
         let details =
             json!({"method": method, "scheme": "https", "host": host, "port": 443, "path": path, "via": "connect"});
         let mut done = details.clone();
@@ -94,6 +95,14 @@ fn main() {
             out.plan.flagged.len(),
             out.diff.lines().count()
         );
+    }
+    if std::env::var_os("GVM_BENCH_SHOW").is_some() {
+        let mut obs = Observations::new();
+        let q = gvm_api::EventsQuery { profile: Some("bench".into()), ..Default::default() };
+        audit.scan(&q, |e| obs.add(&e)).expect("scan");
+        let p = gvm_policy::parse_profile(file, PROFILE).expect("profile");
+        let out = render(file, PROFILE, plan(&p.compiled, &obs, SystemTime::now()), "now", SystemTime::now());
+        print!("{}", out.expect("render").diff);
     }
     audit.close().expect("close");
 }

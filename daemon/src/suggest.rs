@@ -155,7 +155,7 @@ impl Observations {
 }
 
 /// Does this path segment look like an id rather than a name? Prefixed ids (`cus_123`,
-/// `ch_3Nx…`: lower-case prefix, `_`, then letters/digits with a digit), UUIDs, decimal
+/// `ch_3Nx…`, `cus_0`: lower-case prefix, `_`, then letters/digits with a digit), UUIDs, decimal
 /// numbers, hex of 8 or more characters with a digit, base64/base64url tokens of 16 or
 /// more characters with a digit and a letter.
 pub fn is_id(seg: &str) -> bool {
@@ -172,7 +172,6 @@ pub fn is_id(seg: &str) -> bool {
         if (1..=8).contains(&prefix.len())
             && prefix.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             && prefix.as_bytes()[0].is_ascii_lowercase()
-            && rest.len() >= 3
             && rest.bytes().all(|c| c.is_ascii_alphanumeric())
             && rest.bytes().any(|c| c.is_ascii_digit())
         {

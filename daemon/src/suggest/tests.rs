@@ -50,6 +50,7 @@ fn run(text: &str, events: &[AuditEvent]) -> (Plan, Outcome) {
 fn ids_are_recognised() {
     for id in [
         "cus_123",
+        "cus_0",
         "ch_3NxAbc9Zq",
         "42",
         "0",
@@ -69,7 +70,8 @@ fn ids_are_recognised() {
         "deadbeef",
         "charges.json",
         "authentication-settings",
-        "abc_12",
+        "cus_",
+        "_123",
         "repos",
         "",
     ] {
