@@ -113,6 +113,16 @@ fn watch_suggest_enforce() {
     let a = rules.iter().find(|r| r["host"] == "a.test.example").unwrap();
     assert_eq!((a["requests"].as_u64(), a["methods"].clone()), (Some(3), serde_json::json!(["GET", "POST"])), "{a:#}");
     let base = j["base_sha256"].as_str().unwrap().to_string();
+    // The other windows see the same run: since the profile was loaded, and by age.
+    for extra in [&["--json"][..], &["--since", "1h", "--json"][..]] {
+        let out = suggest(&sb, extra);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(j["rules"].as_array().map(Vec::len), Some(3), "{extra:?}: {j:#}");
+    }
+    let out = suggest(&sb, &["--run", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is not a run_started event of profile"), "{}", stderr(&out));
 
     // 3. The file changes between the dry run and the apply: refused, nothing written.
     let edited = format!("{PROFILE}# edited by hand meanwhile\n");
