@@ -12,6 +12,7 @@ pub mod approvals;
 pub mod client;
 pub use approvals::*;
 pub mod review;
+pub mod suggest;
 pub mod versions;
 
 /// Prefix of every path of this version of the API.

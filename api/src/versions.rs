@@ -32,8 +32,10 @@ pub mod paths {
 pub enum Origin {
     /// gvmd started.
     Start,
-    /// `gvmctl reload` or SIGHUP (also `suggest --apply`).
+    /// `gvmctl reload` or SIGHUP.
     Reload,
+    /// `gvmctl suggest --apply` wrote rules.
+    Suggest,
     /// `gvmctl approve --always` wrote a rule.
     Always,
     /// `gvmctl policy rollback`.
@@ -46,6 +48,7 @@ impl std::fmt::Display for Origin {
             Origin::Start => "start",
             Origin::Reload => "reload",
             Origin::Always => "--always",
+            Origin::Suggest => "suggest",
             Origin::Rollback => "rollback",
         })
     }

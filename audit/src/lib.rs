@@ -364,6 +364,46 @@ impl Audit {
         read_events_from(&conn, &self.inner.db_path, &q, "ASC", 1).map(|mut v| v.pop().filter(|e| e.seq == seq))
     }
 
+    /// Every event matching `q` (its `limit` is ignored), oldest first, handed to `f`
+    /// one at a time: for readers that must see a whole window (`gvmctl suggest`) and
+    /// would be cut short by [`MAX_EVENTS`]. Holds the reader connection meanwhile.
+    pub fn scan(&self, q: &EventsQuery, mut f: impl FnMut(AuditEvent)) -> Result<u64, AuditError> {
+        let conn = self.inner.reader.lock().map_err(|_| AuditError::WriterStopped)?;
+        let path = &self.inner.db_path;
+        let read_err = |source| AuditError::Read { path: path.to_owned(), source };
+        let (filter, params) = query_filter(q)?;
+        let sql = format!(
+            "SELECT seq, time, profile, kind, decision, rule, details, prev_hash, hash
+               FROM events{filter} ORDER BY seq"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(read_err)?;
+        let mut n = 0;
+        while let Some(row) = rows.next().map_err(read_err)? {
+            f(event_of(row, path)?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The newest event of `kind` for `profile`, if any.
+    pub fn last_of_kind(&self, profile: &str, kind: &str) -> Result<Option<AuditEvent>, AuditError> {
+        let conn = self.inner.reader.lock().map_err(|_| AuditError::WriterStopped)?;
+        let path = &self.inner.db_path;
+        let read_err = |source| AuditError::Read { path: path.to_owned(), source };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, time, profile, kind, decision, rule, details, prev_hash, hash
+                   FROM events WHERE profile = ?1 AND kind = ?2 ORDER BY seq DESC LIMIT 1",
+            )
+            .map_err(read_err)?;
+        let mut rows = stmt.query(rusqlite::params![profile, kind]).map_err(read_err)?;
+        match rows.next().map_err(read_err)? {
+            Some(row) => Ok(Some(event_of(row, path)?)),
+            None => Ok(None),
+        }
+    }
+
     /// How many events of each kind and decision match `q` (its `limit` is ignored):
     /// exact however many there are, where [`Audit::events`] returns at most
     /// [`MAX_EVENTS`].
@@ -496,25 +536,31 @@ fn read_events_from(
     let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(read_err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(read_err)? {
-        let seq: u64 = row.get(0).map_err(read_err)?;
-        let corrupt = |problem: &str| AuditError::Corrupt { seq, problem: problem.to_owned() };
-        let details: String = row.get(6).map_err(read_err)?;
-        let details = serde_json::from_str(&details).map_err(|_| corrupt("its details are not JSON"))?;
-        let prev_hash: Vec<u8> = row.get(7).map_err(read_err)?;
-        let hash: Vec<u8> = row.get(8).map_err(read_err)?;
-        out.push(AuditEvent {
-            seq,
-            time: row.get(1).map_err(read_err)?,
-            profile: row.get(2).map_err(read_err)?,
-            kind: row.get(3).map_err(read_err)?,
-            decision: row.get(4).map_err(read_err)?,
-            rule: row.get(5).map_err(read_err)?,
-            details,
-            prev_hash: hex::encode(prev_hash),
-            hash: hex::encode(hash),
-        });
+        out.push(event_of(row, path)?);
     }
     Ok(out)
+}
+
+/// One row of `SELECT seq, time, profile, kind, decision, rule, details, prev_hash, hash`.
+fn event_of(row: &rusqlite::Row<'_>, path: &Path) -> Result<AuditEvent, AuditError> {
+    let read_err = |source| AuditError::Read { path: path.to_owned(), source };
+    let seq: u64 = row.get(0).map_err(read_err)?;
+    let corrupt = |problem: &str| AuditError::Corrupt { seq, problem: problem.to_owned() };
+    let details: String = row.get(6).map_err(read_err)?;
+    let details = serde_json::from_str(&details).map_err(|_| corrupt("its details are not JSON"))?;
+    let prev_hash: Vec<u8> = row.get(7).map_err(read_err)?;
+    let hash: Vec<u8> = row.get(8).map_err(read_err)?;
+    Ok(AuditEvent {
+        seq,
+        time: row.get(1).map_err(read_err)?,
+        profile: row.get(2).map_err(read_err)?,
+        kind: row.get(3).map_err(read_err)?,
+        decision: row.get(4).map_err(read_err)?,
+        rule: row.get(5).map_err(read_err)?,
+        details,
+        prev_hash: hex::encode(prev_hash),
+        hash: hex::encode(hash),
+    })
 }
 
 #[cfg(test)]

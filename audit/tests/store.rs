@@ -158,6 +158,24 @@ fn events_query_filters_and_returns_the_newest_oldest_first() {
 }
 
 #[test]
+fn scan_reads_a_whole_window_oldest_first_and_last_of_kind_finds_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with(dir.path(), 30);
+    let audit = Audit::open(dir.path(), cfg20()).unwrap();
+    let mut seen = Vec::new();
+    let q = EventsQuery { profile: Some("invoices".into()), after_seq: Some(20), limit: Some(1), ..Default::default() };
+    let n = audit.scan(&q, |e| seen.push(e.seq)).unwrap();
+    assert_eq!((n, seen), (5, vec![22, 24, 26, 28, 30]), "the limit is ignored, oldest first");
+    let all = audit.events(&EventsQuery::default()).unwrap();
+    let mut scanned = Vec::new();
+    audit.scan(&EventsQuery::default(), |e| scanned.push(e)).unwrap();
+    assert_eq!(scanned, all);
+    let last = audit.last_of_kind("mail", "net.decision").unwrap().unwrap();
+    assert_eq!(last.seq, 29);
+    assert!(audit.last_of_kind("mail", "profile_loaded").unwrap().is_none());
+}
+
+#[test]
 fn details_are_stored_as_canonical_json() {
     let dir = tempfile::tempdir().unwrap();
     let audit = Audit::open(dir.path(), cfg20()).unwrap();

@@ -10,6 +10,7 @@ mod policy;
 mod reload;
 mod run;
 mod status;
+mod suggest;
 mod versions;
 mod watch;
 
@@ -233,6 +234,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Suggest the rules that would allow what a profile's agent was seen doing (in
+    /// watch mode, or refused by the default), as a diff of its profile file.
+    #[command(after_help = suggest::HELP)]
+    Suggest {
+        profile: String,
+        /// Only events since this time (2026-11-23T10:00:00Z) or within this age (30m, 2h, 7d).
+        #[arg(long, value_name = "T", conflicts_with = "run")]
+        since: Option<String>,
+        /// Only one run's events: the seq of its run_started event (`gvmctl audit log`).
+        #[arg(long, value_name = "SEQ")]
+        run: Option<u64>,
+        /// Write the change into the profile file (kept: comments, FILE.bak) and reload.
+        #[arg(long)]
+        apply: bool,
+        /// With --apply: refuse unless the file is still the one the dry run showed
+        /// (its `sha256:...`).
+        #[arg(long, value_name = "SHA256", requires = "apply")]
+        expect: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -357,6 +379,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Applied { profile, json } => changes::applied(&client, &profile, json),
         Command::Audit(AuditCommand::Log { explain: Some(seq), json, .. }) => {
             versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Suggest { profile, since, run, apply, expect, json } => {
+            suggest::run(&client, suggest::Args { profile, since, run, apply, expect, json })
         }
         Command::Audit(AuditCommand::Log { profile, since, limit, explain: None, json }) => {
             let since = since.map(|s| audit::parse_since(&s, time::OffsetDateTime::now_utc())).transpose()?;

@@ -9,6 +9,7 @@
 pub(crate) mod explain;
 mod review;
 mod routes;
+mod suggest;
 mod versions;
 
 use std::sync::Arc;

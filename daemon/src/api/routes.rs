@@ -40,6 +40,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/agents/{profile}/checkpoint", post(super::review::checkpoint))
         .route("/v1/agents/{profile}/checkpoints", get(super::review::checkpoints))
         .route("/v1/agents/{profile}/applied", get(super::review::applied))
+        .route("/v1/agents/{profile}/suggest", get(super::suggest::dry_run).post(super::suggest::apply))
         .route("/v1/agents/{profile}/{action}", post(agent_action))
         .route("/v1/approvals/{id}/{answer}", post(answer))
         .fallback(not_found)

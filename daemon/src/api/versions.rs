@@ -165,7 +165,7 @@ pub async fn rollback(
             ));
         }
         let on_disk = std::fs::read_to_string(&file).unwrap_or_else(|_| loaded.text.to_string());
-        crate::approvals::always::replace(&file, &on_disk, &text).map_err(ApiFailure::internal)?;
+        crate::profile_file::replace(&file, &on_disk, &text).map_err(ApiFailure::internal)?;
         Ok((target, format!("{}.bak", file.display())))
     })
     .await?;

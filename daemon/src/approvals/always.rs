@@ -6,10 +6,9 @@
 //! is validated exactly like `gvmctl policy check` and must decide the request as
 //! asked before it replaces the file (a temporary file, fsynced, renamed over it, same
 //! owner and mode); the previous version stays as `<file>.bak` (the profile loader
-//! reads `*.toml` only). On any failure the file is untouched.
+//! reads `*.toml` only). On any failure the file is untouched. The writing is
+//! `crate::profile_file`'s, shared with `gvmctl suggest --apply`.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -20,6 +19,8 @@ use gvm_policy::{Request, Scheme, Verdict};
 pub enum AlwaysError {
     #[error("cannot {what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] crate::profile_file::WriteError),
     #[error("{path} is not TOML that can be edited: {reason}")]
     Edit { path: PathBuf, reason: String },
     #[error("the rule for {url} would make {path} invalid: {diagnostic}")]
@@ -91,28 +92,8 @@ pub fn add_rule(file: &Path, method: &str, url: &str, allow: bool) -> Result<Wri
         shown.push_str(&format!("methods = [{}]\npath = {}\n", q(method), q(&path)));
     }
     shown.push_str(&format!("action = {}", q(action)));
-    let network = doc.entry("network").or_insert_with(|| {
-        let mut t = toml_edit::Table::new();
-        t.set_implicit(true);
-        toml_edit::Item::Table(t)
-    });
-    let Some(network) = network.as_table_mut() else {
-        return Err(AlwaysError::Edit { path: file.into(), reason: "`network` is not a table".into() });
-    };
-    match network.get_mut("rule") {
-        None => {
-            let mut aot = toml_edit::ArrayOfTables::new();
-            aot.push(rule);
-            network.insert("rule", toml_edit::Item::ArrayOfTables(aot));
-        }
-        Some(toml_edit::Item::ArrayOfTables(aot)) => aot.push(rule),
-        Some(_) => {
-            return Err(AlwaysError::Edit {
-                path: file.into(),
-                reason: "`network.rule` is not written as [[network.rule]] tables; add the rule by hand".into(),
-            })
-        }
-    }
+    crate::profile_file::push_rules(&mut doc, vec![rule])
+        .map_err(|reason| AlwaysError::Edit { path: file.into(), reason })?;
     let new_text = doc.to_string();
 
     // Validate exactly like `gvmctl policy check`, and check the rule does its job.
@@ -137,50 +118,14 @@ pub fn add_rule(file: &Path, method: &str, url: &str, allow: bool) -> Result<Wri
             why,
         });
     }
-    replace(file, &text, &new_text)?;
+    crate::profile_file::replace(file, &text, &new_text)?;
     Ok(Written { rule: shown, file: file.into() })
-}
-
-/// `file.bak` ← old text; then temp + fsync + rename over `file`, same owner and mode.
-pub(crate) fn replace(file: &Path, old: &str, new: &str) -> Result<(), AlwaysError> {
-    let io = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| AlwaysError::Io { what, path, source }
-    };
-    let meta = std::fs::metadata(file).map_err(io("stat", file))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let write_synced = |path: &Path, text: &str| -> Result<(), AlwaysError> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(io("create", path))?;
-        f.write_all(text.as_bytes()).map_err(io("write", path))?;
-        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(io("chmod", path))?;
-        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid())).map_err(io("chown", path))?;
-        f.sync_all().map_err(io("fsync", path))
-    };
-    let bak = dir.join(format!("{name}.bak"));
-    let bak_tmp = dir.join(format!(".{name}.bak.tmp"));
-    write_synced(&bak_tmp, old)?;
-    std::fs::rename(&bak_tmp, &bak).map_err(io("rename", &bak))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    if let Err(e) = write_synced(&tmp, new) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, file).map_err(io("rename", file))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     const PROFILE: &str = "# invoices: the billing agent\n[network]\ndefault = \"deny\"\n\n# charges wait for a human\n[[network.rule]]\nhost = \"api.example\"\npath = \"/v1/**\"\naction = \"hold\"   # keep this\n";
 
