@@ -76,7 +76,7 @@ pub async fn with_review<T: Send + 'static>(
         return Err(ApiFailure::new(
             StatusCode::CONFLICT,
             format!("profile {profile} has no overlay workspace, so nothing of its agent waits for review"),
-            Some("give it `[[agent.workspaces]] path = \"...\" mode = \"overlay\"` in its profile file"),
+            Some("give its [agent] `workspaces = [{ path = \"/srv/work\", mode = \"overlay\" }]`"),
         ));
     }
     let root = store_dir(&d.paths.state_dir, profile);
