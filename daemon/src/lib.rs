@@ -14,6 +14,7 @@ pub mod logging;
 pub mod profiles;
 pub mod review;
 pub mod run;
+pub mod secrets;
 pub mod state;
 pub mod supervisor;
 pub mod sys;

@@ -71,6 +71,7 @@ pub fn watched(profile: &gvm_policy::Profile) -> gvm_policy::Profile {
 impl Daemon {
     /// Hands `profile` to the gateway, in watch mode while a switch says so.
     pub fn put_in_force(&self, profile: &gvm_policy::Profile) {
+        self.gateway.set_file_values(profile.name.as_str(), crate::secrets::file_values(profile));
         if self.watches.get(profile.name.as_str()).is_some() && profile.agent.mode != gvm_policy::Mode::Watch {
             self.gateway.set_profile(&watched(profile));
         } else {
