@@ -53,8 +53,11 @@ impl ProfileSet {
     pub fn reload(&self, dir: &Path) -> (ProfileSet, Vec<Change>) {
         let mut outcome = gvm_policy::load_dir(dir);
         // A profile whose secret gvmd cannot read is refused (the others load).
-        let (ok, bad): (Vec<_>, Vec<_>) =
-            outcome.profiles.into_iter().map(|p| (crate::secrets::check_secret_files(&p), p)).partition(|r| r.0.is_ok());
+        let (ok, bad): (Vec<_>, Vec<_>) = outcome
+            .profiles
+            .into_iter()
+            .map(|p| (crate::secrets::check_secret_files(&p), p))
+            .partition(|r| r.0.is_ok());
         outcome.profiles = ok.into_iter().map(|(_, p)| p).collect();
         outcome.refused.extend(bad.into_iter().filter_map(|(r, _)| r.err()));
         let now = OffsetDateTime::now_utc();

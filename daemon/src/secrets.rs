@@ -26,9 +26,11 @@ pub fn check_secret_files(profile: &Profile) -> Result<(), Diagnostic> {
     for (name, src) in &profile.secrets {
         let SecretSource::File(path) = src else { continue };
         if let Err(e) = std::fs::File::open(path).and_then(|mut f| f.read(&mut [0u8; 1])) {
-            let mut d = profile.secret_use.get(name).map(|u| u.at.clone()).unwrap_or_else(|| {
-                Diagnostic::file_level(&profile.file, String::new())
-            });
+            let mut d = profile
+                .secret_use
+                .get(name)
+                .map(|u| u.at.clone())
+                .unwrap_or_else(|| Diagnostic::file_level(&profile.file, String::new()));
             d.message = format!("secret {name}: gvmd cannot read {}: {e}", path.display());
             d.fix = Some(format!(
                 "create {} (owned by root, mode 0600, holding only the value) or correct the path, then run `gvmctl reload`",

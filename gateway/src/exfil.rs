@@ -116,7 +116,8 @@ const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 pub fn base64(data: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         let chars = c.len() + 1;
         for i in 0..chars {
             out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize]);
@@ -314,7 +315,7 @@ mod tests {
                     data.extend_from_slice(&b"\xff\xfe\x01"[..suf]);
                     for alpha in [B64, B64URL] {
                         let mut enc = base64(&data, alpha);
-                        while enc.len() % 4 != 0 {
+                        while !enc.len().is_multiple_of(4) {
                             enc.push(b'=');
                         }
                         let hit = s.scan_once(&enc).unwrap_or_else(|| panic!("pre {pre} suf {suf}"));

@@ -333,7 +333,9 @@ pub fn file_values(path: &std::path::Path, text: &[u8]) -> (Vec<FileValue>, usiz
         let kv = line.strip_prefix(b"export ").unwrap_or(line);
         if let Some(eq) = kv.iter().position(|b| *b == b'=') {
             let key = kv[..eq].trim_ascii();
-            if !key.is_empty() && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' || *b == b'-') {
+            if !key.is_empty()
+                && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' || *b == b'-')
+            {
                 let mut v = kv[eq + 1..].trim_ascii();
                 if v.len() >= 2 && (v[0] == b'"' || v[0] == b'\'') && v[v.len() - 1] == v[0] {
                     v = &v[1..v.len() - 1];
@@ -371,7 +373,12 @@ fn compile_scan(state: &ProfileState, files: &[FileValue]) -> Option<Arc<exfil::
         }
     }
     for f in files {
-        needles.push(Needle { kind: NeedleKind::File, label: Arc::from(f.label.as_str()), secret: None, value: f.value.clone() });
+        needles.push(Needle {
+            kind: NeedleKind::File,
+            label: Arc::from(f.label.as_str()),
+            secret: None,
+            value: f.value.clone(),
+        });
     }
     exfil::Scanner::new(needles).map(Arc::new)
 }
@@ -476,11 +483,7 @@ impl Gateway {
     /// set to the secret's placeholder, never its value.
     pub fn agent_env(&self, profile: &gvm_policy::Profile) -> Vec<(String, String)> {
         let placeholders = self.placeholders(profile);
-        profile
-            .secret_use
-            .iter()
-            .filter_map(|(k, u)| Some((u.env.clone()?, placeholders.get(k)?.clone())))
-            .collect()
+        profile.secret_use.iter().filter_map(|(k, u)| Some((u.env.clone()?, placeholders.get(k)?.clone()))).collect()
     }
 
     /// Sets the values of `profile`'s `deny_read` files the scan looks for (gvmd reads

@@ -590,7 +590,9 @@ impl Inner {
                 }
             };
             if let Err(reason) = swap_placeholders(&state, &swap, req.headers_mut()) {
-                return self.deny_event("secret_egress", &profile, ruling.rule.as_deref(), &what, details, &reason).await;
+                return self
+                    .deny_event("secret_egress", &profile, ruling.rule.as_deref(), &what, details, &reason)
+                    .await;
             }
         }
         let body = body_summary(req.headers());
@@ -858,7 +860,8 @@ impl Inner {
         details: Value,
     ) -> Box<dyn FnOnce(crate::exfil::Hit) + Send> {
         Box::new(move |hit| {
-            let Err(leak) = state.judge(&hit, Place::Body, &ruling, false, &gvm_policy::Host::from_ip([0, 0, 0, 0].into()))
+            let Err(leak) =
+                state.judge(&hit, Place::Body, &ruling, false, &gvm_policy::Host::from_ip([0, 0, 0, 0].into()))
             else {
                 return;
             };
@@ -1160,7 +1163,9 @@ fn check_head(
     let mut swap: Vec<String> = Vec::new();
     for (name, value) in headers {
         if let Some(hit) = scan.scan_once(name.as_str().as_bytes()) {
-            state.judge(&hit, Place::HeaderName, ruling, target.tls, &target.host).map_err(|l| (l, Place::HeaderName))?;
+            state
+                .judge(&hit, Place::HeaderName, ruling, target.tls, &target.host)
+                .map_err(|l| (l, Place::HeaderName))?;
         }
         for hit in scan.scan_all(value.as_bytes()) {
             state.judge(&hit, Place::Header, ruling, target.tls, &target.host).map_err(|l| (l, Place::Header))?;

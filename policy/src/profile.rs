@@ -698,12 +698,20 @@ impl Validator<'_> {
                 }
                 if RESERVED_ENV.contains(&upper.as_str()) || upper.ends_with("_PROXY") {
                     return Err(self
-                        .err(e.span(), format!("{field}.env"), format!("`{key}` is set by the launcher and cannot be overridden"))
+                        .err(
+                            e.span(),
+                            format!("{field}.env"),
+                            format!("`{key}` is set by the launcher and cannot be overridden"),
+                        )
                         .fix("choose another name"));
                 }
                 if agent.env.contains_key(key) || !envs.insert(key.clone()) {
                     return Err(self
-                        .err(e.span(), format!("{field}.env"), format!("`{key}` is already set by [agent] env or another secret"))
+                        .err(
+                            e.span(),
+                            format!("{field}.env"),
+                            format!("`{key}` is already set by [agent] env or another secret"),
+                        )
                         .fix("remove one of them: the secret's env gives the agent its placeholder"));
                 }
                 using.env = Some(key.clone());
