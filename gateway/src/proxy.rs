@@ -632,7 +632,8 @@ impl Inner {
         let body = Counting::new(body, Some(done.clone()), true).throttled(state.body.clone());
         let watch = match (&state.scan, &leak_details) {
             (Some(scan), Some(d)) => {
-                let late = self.clone().late_leak(state.clone(), ruling.clone(), what.clone(), d.clone());
+                let late =
+                    self.clone().late_leak(state.clone(), ruling.clone(), target.clone(), what.clone(), d.clone());
                 Some((scan.stream(), Arc::new(LeakWatch::new(late))))
             }
             _ => None,
@@ -856,15 +857,12 @@ impl Inner {
         self: Arc<Self>,
         state: Arc<ProfileState>,
         ruling: Ruling,
+        target: Target,
         what: Described,
         details: Value,
     ) -> Box<dyn FnOnce(crate::exfil::Hit) + Send> {
         Box::new(move |hit| {
-            let Err(leak) =
-                state.judge(&hit, Place::Body, &ruling, false, &gvm_policy::Host::from_ip([0, 0, 0, 0].into()))
-            else {
-                return;
-            };
+            let Err(leak) = state.judge(&hit, Place::Body, &ruling, target.tls, &target.host) else { return };
             tokio::spawn(async move {
                 let profile = state.name.clone();
                 let _ = self.leak(&profile, ruling.rule.as_deref(), &what, details, &leak, Place::Body).await;
