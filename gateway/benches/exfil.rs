@@ -2,6 +2,11 @@
 //! 50 needles in all their forms (~650 patterns), whole and streamed in 16 KiB
 //! chunks, beside the same body passed through with no scan (a copy per chunk, what
 //! forwarding a frame costs at least). `cargo bench -p gvm-gateway --bench exfil`.
+//!
+//! On the 2-core shared dev machine (LTO off): 487 patterns in a 9.3 MiB DFA; no scan
+//! 16,800 MB/s, scan_once 373 MB/s, streamed in 16 KiB chunks 337 MB/s, i.e. ~2.9 ms
+//! of one core per MB scanned. With the builder's default (a contiguous NFA) streaming
+//! was 120 MB/s. Either is above the default `[limits] request_body_per_sec` (32 MB/s).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,7 +60,11 @@ fn main() {
             assert!(st.feed(c).is_none());
         }
     });
-    println!("exfil scan, 50 needles x all forms = {} patterns, {mb:.0} MiB body:", scanner.patterns());
+    println!(
+        "exfil scan, 50 needles x all forms = {} patterns (DFA {:.1} MiB), {mb:.0} MiB body:",
+        scanner.patterns(),
+        scanner.memory_usage() as f64 / (1 << 20) as f64
+    );
     println!("  no scan (copy per 16 KiB chunk): {none:>8.0} MB/s");
     println!("  scan_once (whole body):           {once:>8.0} MB/s");
     println!("  streamed (16 KiB chunks):         {streamed:>8.0} MB/s");
