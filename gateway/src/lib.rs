@@ -601,3 +601,23 @@ impl Gateway {
         self.inner.ca.ca_pem().to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::file_values;
+
+    #[test]
+    fn dotenv_values_and_whole_lines_are_taken_short_ones_counted() {
+        let text = b"# comment\nexport API_KEY=\"quoted-value-1\"\nDB_PASSWORD='single-quoted'\nPLAIN=plainvalue99\nTINY=abc\n\n-----BEGIN KEY-----\n";
+        let (v, short) = file_values(std::path::Path::new("/ws/.env"), text);
+        let got: Vec<(&str, &[u8])> = v.iter().map(|f| (f.label.as_str(), f.value.as_slice())).collect();
+        assert!(got.contains(&(".env value API_KEY from /ws/.env", b"quoted-value-1".as_slice())), "{got:?}");
+        assert!(got.contains(&(".env value DB_PASSWORD from /ws/.env", b"single-quoted".as_slice())), "{got:?}");
+        assert!(got.contains(&(".env value PLAIN from /ws/.env", b"plainvalue99".as_slice())), "{got:?}");
+        assert!(got.contains(&("line 2 of /ws/.env", b"export API_KEY=\"quoted-value-1\"".as_slice())), "{got:?}");
+        assert!(got.contains(&("line 7 of /ws/.env", b"-----BEGIN KEY-----".as_slice())), "{got:?}");
+        assert!(!got.iter().any(|(_, v)| v.starts_with(b"# comment")), "comments are skipped");
+        assert_eq!(short, 1, "TINY=abc: `abc` is too short (the line itself is 8 bytes and kept)");
+        assert!(got.iter().any(|(_, v)| *v == b"TINY=abc"));
+    }
+}

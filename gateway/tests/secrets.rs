@@ -139,7 +139,7 @@ async fn a_value_split_across_two_chunks_is_stopped_before_the_completing_chunk(
     let second = format!("{b}-chunk-two-marker");
     let mut tcp = tokio::net::TcpStream::connect(env.proxy).await.unwrap();
     let head = format!(
-        "POST http://{HOST}:{p}/split HTTP/1.1\r\nHost: {HOST}:{p}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+        "POST http://{HOST}:{p}/split HTTP/1.1\r\nHost: {HOST}:{p}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{first}\r\n",
         first.len()
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
