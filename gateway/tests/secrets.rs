@@ -224,3 +224,46 @@ async fn a_placeholder_is_swapped_for_its_bound_host_and_refused_elsewhere() {
     assert!(j["exfiltration"].as_str().unwrap().starts_with("secret openai"), "{j}");
     assert!(!j.to_string().contains(REAL));
 }
+
+/// One pipeline for every way in (ATTACKS.md class 1): the same masked value in a body
+/// is refused on the proxy (plain and intercepted CONNECT) and on the transparent
+/// listener (plain and TLS), each refusal audited with its `via`; the bound placeholder
+/// is swapped on transparent TLS as on intercepted CONNECT.
+#[tokio::test]
+async fn every_way_in_is_scanned() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let (p, s) = (env.up_http, env.up_https);
+    let body = format!("leak={DB_PASSWORD}");
+    let mut proxy = proxy_conn(env).await;
+    let r = send(&mut proxy, "POST", &format!("http://{HOST}:{p}/w1"), &format!("{HOST}:{p}"), &body).await;
+    assert_eq!(r.status, 403, "proxy: {}", r.body);
+    let mut tunnel = connect_tls(env, &format!("{HOST}:{s}"), HOST).await.unwrap();
+    let r = send(&mut tunnel, "POST", "/w2", &format!("{HOST}:{s}"), &body).await;
+    assert_eq!(r.status, 403, "intercept: {}", r.body);
+    let mut t_http = handshake(tokio::net::TcpStream::connect(transparent(env, p).await).await.unwrap()).await;
+    let r = send(&mut t_http, "POST", "/w3", &format!("{HOST}:{p}"), &body).await;
+    assert_eq!(r.status, 403, "transparent http: {}", r.body);
+    let mut t_tls = transparent_tls(env, s, HOST).await;
+    let r = send(&mut t_tls, "POST", "/w4", &format!("{HOST}:{s}"), &body).await;
+    assert_eq!(r.status, 403, "transparent tls: {}", r.body);
+    for (path, via) in [("/w1", "proxy"), ("/w2", "intercept"), ("/w3", "transparent"), ("/w4", "transparent")] {
+        let ev = wait_event(env, "exfiltration", path).await;
+        assert_eq!(ev.details["via"], via, "{path}");
+    }
+    assert!(!upstream_saw(DB_PASSWORD.as_bytes()));
+    // The placeholder through transparent TLS to its bound host.
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri("/v1/t")
+        .header("host", format!("{HOST}:{s}"))
+        .header("x-api-key", rig.placeholder.as_str())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    t_tls.ready().await.unwrap();
+    let r = t_tls.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["headers"]["x-api-key"], REAL, "{j}");
+}
