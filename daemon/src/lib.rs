@@ -15,6 +15,7 @@ pub mod profile_file;
 pub mod profiles;
 pub mod review;
 pub mod run;
+pub mod secrets;
 pub mod state;
 pub mod suggest;
 pub mod supervisor;

@@ -57,7 +57,15 @@ impl ProfileSet {
     /// Loads `dir` afresh on top of `self` (the set in force) and returns the new set
     /// with what changed.
     pub fn reload(&self, dir: &Path) -> (ProfileSet, Vec<Change>) {
-        let outcome = gvm_policy::load_dir(dir);
+        let mut outcome = gvm_policy::load_dir(dir);
+        // A profile whose secret gvmd cannot read is refused (the others load).
+        let (ok, bad): (Vec<_>, Vec<_>) = outcome
+            .profiles
+            .into_iter()
+            .map(|p| (crate::secrets::check_secret_files(&p), p))
+            .partition(|r| r.0.is_ok());
+        outcome.profiles = ok.into_iter().map(|(_, p)| p).collect();
+        outcome.refused.extend(bad.into_iter().filter_map(|(r, _)| r.err()));
         let now = OffsetDateTime::now_utc();
         let mut next = ProfileSet::default();
         let mut changes = Vec::new();

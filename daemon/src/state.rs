@@ -140,6 +140,12 @@ impl Daemon {
             match change {
                 Change::Loaded { name, .. } => {
                     if let Some(loaded) = next.profiles.get(name) {
+                        // The scan's values of the masked files first, read off the runtime.
+                        let p = loaded.profile.clone();
+                        let values = tokio::task::spawn_blocking(move || crate::secrets::file_values(&p))
+                            .await
+                            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        self.gateway.set_file_values(name, values);
                         self.put_in_force(&loaded.profile);
                     }
                 }

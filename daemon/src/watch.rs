@@ -69,7 +69,8 @@ pub fn watched(profile: &gvm_policy::Profile) -> gvm_policy::Profile {
 }
 
 impl Daemon {
-    /// Hands `profile` to the gateway, in watch mode while a switch says so.
+    /// Hands `profile` to the gateway, in watch mode while a switch says so. (The values
+    /// of its masked files are the caller's: [`crate::secrets::file_values`] reads files.)
     pub fn put_in_force(&self, profile: &gvm_policy::Profile) {
         if self.watches.get(profile.name.as_str()).is_some() && profile.agent.mode != gvm_policy::Mode::Watch {
             self.gateway.set_profile(&watched(profile));

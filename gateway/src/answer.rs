@@ -60,6 +60,25 @@ pub(crate) fn denied(profile: &str, rule: Option<&str>, what: &Described, reason
     )
 }
 
+/// 403: the request carries a secret's value, a masked file's value, or a placeholder
+/// headed where its secret is not bound. Names what, never the value.
+pub(crate) fn leaked(profile: &str, what: &Described, kind: &str, label: &str, reason: &str) -> Response<RespBody> {
+    json_response(
+        StatusCode::FORBIDDEN,
+        json!({
+            "error": "gvm refused this request: it would send out a value that must not leave",
+            "profile": profile,
+            kind: label,
+            "request": { "method": what.method, "url": what.url },
+            "reason": reason,
+            "what_to_do": "do not retry this request in any form or encoding, and do not try to send the value \
+                another way: secrets and the files the profile hides stay inside. If a host needs a credential, \
+                use the placeholder from your environment in a header; gvm puts the real value in on the way out \
+                for the hosts the operator bound it to.",
+        }),
+    )
+}
+
 /// 429 with Retry-After.
 pub(crate) fn rate_limited(profile: &str, rule: &str, what: &Described, retry_after_secs: u64) -> Response<RespBody> {
     let mut r = json_response(

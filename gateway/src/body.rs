@@ -111,3 +111,107 @@ where
         self.inner.size_hint()
     }
 }
+
+/// A request body's exfiltration scan, shared by the body and the exchange that sent
+/// it: the body records the hit and fails the upstream request; whoever sees the hit
+/// first after that answers and records it (the exchange, when the response has not
+/// started: a 403; otherwise `late`, in the background).
+pub(crate) struct LeakWatch {
+    state: Mutex<LeakState>,
+}
+
+#[derive(Default)]
+struct LeakState {
+    hit: Option<crate::exfil::Hit>,
+    /// The response was handed to the agent: a later hit is recorded by `late`.
+    responded: bool,
+    late: Option<Box<dyn FnOnce(crate::exfil::Hit) + Send>>,
+}
+
+impl LeakWatch {
+    pub(crate) fn new(late: Box<dyn FnOnce(crate::exfil::Hit) + Send>) -> Self {
+        LeakWatch { state: Mutex::new(LeakState { late: Some(late), ..LeakState::default() }) }
+    }
+
+    fn found(&self, hit: crate::exfil::Hit) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.hit.is_some() {
+            return;
+        }
+        s.hit = Some(hit);
+        if s.responded {
+            if let Some(late) = s.late.take() {
+                drop(s);
+                late(hit);
+            }
+        }
+    }
+
+    /// Called once the upstream answered (or failed): the hit so far, if any; from
+    /// now on a hit is recorded by `late`.
+    pub(crate) fn respond(&self) -> Option<crate::exfil::Hit> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.responded = true;
+        s.hit
+    }
+}
+
+/// Why a scanned body stopped: it carried a value that must not leave.
+#[derive(Debug)]
+pub(crate) struct Leaked;
+
+impl std::fmt::Display for Leaked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body carries a value that must not leave (exfiltration scan)")
+    }
+}
+
+impl std::error::Error for Leaked {}
+
+/// A request body scanned frame by frame before each frame is passed on: the frame
+/// that completes a match is never forwarded; the body fails instead, which makes
+/// hyper abort the upstream request.
+pub(crate) struct Scanned<B> {
+    inner: B,
+    scan: Option<(crate::exfil::Stream, Arc<LeakWatch>)>,
+}
+
+impl<B> Scanned<B> {
+    pub(crate) fn new(inner: B, scan: Option<(crate::exfil::Stream, Arc<LeakWatch>)>) -> Self {
+        Scanned { inner, scan }
+    }
+}
+
+impl<B> Body for Scanned<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let r = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match r {
+            Some(Ok(f)) => {
+                if let (Some(d), Some((stream, watch))) = (f.data_ref(), self.scan.as_mut()) {
+                    if let Some(hit) = stream.feed(d) {
+                        watch.found(hit);
+                        return Poll::Ready(Some(Err(Box::new(Leaked))));
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

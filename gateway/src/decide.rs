@@ -7,10 +7,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gvm_policy::{CompiledPolicy, ConnectPlan, Decision, Host, Scheme};
+use gvm_policy::{CompiledPolicy, ConnectPlan, Decision, Host, HostPattern, Scheme};
 use http::{HeaderName, HeaderValue};
 
 pub(crate) use gvm_policy::Verdict;
+
+use crate::exfil::{Encoding, Hit, NeedleKind, Scanner};
 
 /// A decision, with what the transport needs already worked out.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub(crate) struct Ruling {
     /// `(count, per)`.
     pub rate: Option<(u32, Duration)>,
     pub inject: Vec<(HeaderName, HeaderValue)>,
+    /// The secrets the deciding rule injects: their placeholders may go with it.
+    pub inject_secrets: Vec<String>,
     pub hold_timeout: Duration,
 }
 
@@ -46,6 +50,7 @@ impl Ruling {
             rule_index: reason_rule,
             rate: None,
             inject: Vec::new(),
+            inject_secrets: Vec::new(),
             hold_timeout: Duration::ZERO,
         }
     }
@@ -57,6 +62,7 @@ pub(crate) enum ConnectRuling {
 }
 
 /// One profile as the gateway holds it.
+#[derive(Clone)]
 pub(crate) struct ProfileState {
     pub name: Arc<str>,
     pub policy: Arc<CompiledPolicy>,
@@ -68,6 +74,69 @@ pub(crate) struct ProfileState {
     pub limits: gvm_policy::Limits,
     /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.
     pub body: Arc<std::sync::Mutex<crate::budget::Bucket>>,
+    /// Secret values, placeholders and `deny_read` file values; `None`: nothing to scan.
+    pub scan: Option<Arc<Scanner>>,
+    /// Secret name → `[secrets.NAME] hosts`.
+    pub bound: HashMap<String, Vec<HostPattern>>,
+    /// Secret name → placeholder.
+    pub placeholders: HashMap<String, String>,
+}
+
+/// Why a request was refused for what it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Leak {
+    /// A secret's value or a masked file's value (`kind = exfiltration`).
+    Exfiltration { label: String, encoding: Encoding, secret: Option<String> },
+    /// A placeholder headed where its secret is not bound (`kind = secret_egress`).
+    Egress { secret: String, reason: String },
+}
+
+impl Leak {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Leak::Exfiltration { .. } => "exfiltration",
+            Leak::Egress { .. } => "secret_egress",
+        }
+    }
+
+    /// What the agent and the audit log are told: names, never values.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Leak::Exfiltration { label, encoding, .. } => format!("{label} ({})", encoding.as_str()),
+            Leak::Egress { secret, .. } => format!("placeholder of secret {secret}"),
+        }
+    }
+
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Leak::Exfiltration { .. } => format!(
+                "the request carries {}: values of secrets and of files the profile hides from the agent \
+                 (`[files] deny_read`) never leave through gvm, in any encoding",
+                self.label()
+            ),
+            Leak::Egress { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+/// Where in the request a value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    Url,
+    HeaderName,
+    Header,
+    Body,
+}
+
+impl Place {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Place::Url => "url",
+            Place::HeaderName => "header name",
+            Place::Header => "header",
+            Place::Body => "body",
+        }
+    }
 }
 
 impl ProfileState {
@@ -83,8 +152,10 @@ impl ProfileState {
         let rule = d.rule.as_ref().map(ToString::to_string);
         let rule_index = d.rule.as_ref().map(|r| r.index);
         let mut inject = Vec::new();
+        let mut inject_secrets = Vec::new();
         if d.verdict != Verdict::Deny {
             if let Some(inj) = &d.inject {
+                inject_secrets = inj.secrets().map(str::to_owned).collect();
                 let rendered =
                     inj.render(|name| self.secrets.get(name).and_then(|r| r.as_ref().ok()).map(String::as_str));
                 let header = HeaderName::from_bytes(inj.header.as_bytes());
@@ -108,7 +179,51 @@ impl ProfileState {
             rule_index,
             rate: d.rate.map(|r| (r.count, r.per.as_duration())),
             inject,
+            inject_secrets,
             hold_timeout: d.hold_timeout,
+        }
+    }
+
+    /// True when `secret`'s placeholder may be swapped for its value on this request:
+    /// over TLS, to a host of `[secrets.NAME] hosts` or by a rule that injects it.
+    pub(crate) fn placeholder_bound(&self, secret: &str, ruling: &Ruling, tls: bool, host: &Host) -> bool {
+        tls && (ruling.inject_secrets.iter().any(|s| s == secret)
+            || self.bound.get(secret).is_some_and(|hs| hs.iter().any(|h| h.matches(host))))
+    }
+
+    /// What a hit in `place` means for this request: `Ok(())` for a placeholder that
+    /// may be swapped here (a literal one, in a header, bound to this request).
+    pub(crate) fn judge(&self, hit: &Hit, place: Place, ruling: &Ruling, tls: bool, host: &Host) -> Result<(), Leak> {
+        let Some(scan) = &self.scan else { return Ok(()) };
+        let n = &scan.needles()[hit.needle];
+        match n.kind {
+            NeedleKind::Secret | NeedleKind::File => Err(Leak::Exfiltration {
+                label: n.label.to_string(),
+                encoding: hit.encoding,
+                secret: n.secret.as_deref().map(str::to_owned),
+            }),
+            NeedleKind::Placeholder => {
+                let secret = n.secret.as_deref().unwrap_or_default().to_string();
+                let bound = self.placeholder_bound(&secret, ruling, tls, host);
+                if bound && place == Place::Header && hit.encoding == Encoding::Literal {
+                    return Ok(());
+                }
+                let why = if !tls {
+                    "it would travel in plain HTTP".to_string()
+                } else if !bound {
+                    format!("`{host}` is not a host the secret is bound to")
+                } else if place != Place::Header {
+                    format!("a placeholder is only swapped in header values, not in the {}", place.as_str())
+                } else {
+                    format!("it is {}, and only the placeholder as it is is swapped", hit.encoding.as_str())
+                };
+                let reason = format!(
+                    "the request carries the placeholder of secret {secret}, and {why}. The placeholder \
+                     (in your environment) stands for a credential gvm adds itself: send it as it is, \
+                     in a header, over HTTPS, only to the hosts the profile binds the secret to ([secrets.{secret}] hosts, or a rule that injects it)"
+                );
+                Err(Leak::Egress { secret, reason })
+            }
         }
     }
 

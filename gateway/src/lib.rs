@@ -49,6 +49,7 @@ mod ca;
 mod decide;
 mod dns;
 mod dnswire;
+mod exfil;
 mod holds;
 mod limit;
 mod proxy;
@@ -88,6 +89,10 @@ pub mod fuzz_api {
         crate::dnswire::answer(b, &q, rcode, addr.as_ref().map(|a| &a[..]))
     }
 
+    /// The exfiltration scanner (values → forms → automaton), for the property that a
+    /// stream in any chunking finds exactly what one scan of the whole finds.
+    pub use crate::exfil::{forms, Encoding, Hit, Needle, NeedleKind, Scanner, Stream};
+
     /// The server_name of a TLS ClientHello record.
     pub fn client_hello_sni(rec: &[u8]) -> Option<String> {
         crate::stream::client_hello_sni(rec)
@@ -105,6 +110,11 @@ use tokio::task::JoinHandle;
 pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
 pub use transparent::OriginalDst;
+
+/// The scanner, for benchmarks and tools (`gateway/benches`).
+pub mod scan {
+    pub use crate::exfil::{forms, Encoding, Hit, Needle, NeedleKind, Scanner, Stream, MIN_VALUE_LEN};
+}
 
 use crate::decide::ProfileState;
 use crate::proxy::{ConnCtx, ConnKind};
@@ -171,6 +181,10 @@ pub(crate) struct Inner {
     rate: rate::RateLimiter,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
+    /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
+    placeholders: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Profile → values of its `deny_read` files ([`Gateway::set_file_values`]).
+    file_values: Mutex<HashMap<String, Arc<Vec<FileValue>>>>,
     /// The task writing folded counts, started with the first listener.
     folder: std::sync::OnceLock<()>,
 }
@@ -279,6 +293,96 @@ fn load_secret(src: &gvm_policy::SecretSource) -> Result<String, String> {
     Ok(v)
 }
 
+/// A value the scan looks for, read from a file the profile masks (`deny_read`).
+#[derive(Clone)]
+pub struct FileValue {
+    /// What a refusal names: `.env value DB_PASSWORD from /ws/.env`.
+    pub label: String,
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for FileValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileValue").field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
+/// The values of a masked file's text: each `KEY=VALUE` line's value (an `export `
+/// prefix and one pair of matching quotes removed), and each whole non-empty line.
+/// Values shorter than [`scan::MIN_VALUE_LEN`] are counted in the second result, not
+/// returned. `path` names the file in labels.
+pub fn file_values(path: &std::path::Path, text: &[u8]) -> (Vec<FileValue>, usize) {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut out: Vec<FileValue> = Vec::new();
+    let mut short = 0;
+    let mut push = |label: String, v: &[u8]| {
+        if v.is_empty() {
+            return;
+        }
+        if v.len() < exfil::MIN_VALUE_LEN {
+            short += 1;
+        } else if !out.iter().any(|o| o.value == v) {
+            out.push(FileValue { label, value: v.to_vec() });
+        }
+    };
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with(b"#") {
+            continue;
+        }
+        let kv = line.strip_prefix(b"export ").unwrap_or(line);
+        if let Some(eq) = kv.iter().position(|b| *b == b'=') {
+            let key = kv[..eq].trim_ascii();
+            if !key.is_empty()
+                && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' || *b == b'-')
+            {
+                let mut v = kv[eq + 1..].trim_ascii();
+                if v.len() >= 2 && (v[0] == b'"' || v[0] == b'\'') && v[v.len() - 1] == v[0] {
+                    v = &v[1..v.len() - 1];
+                }
+                let key = String::from_utf8_lossy(key);
+                push(format!("{file} value {key} from {}", path.display()), v);
+            }
+        }
+        push(format!("line {} of {}", i + 1, path.display()), line);
+    }
+    (out, short)
+}
+
+/// The profile's scan: secret values, placeholders, file values.
+fn compile_scan(state: &ProfileState, files: &[FileValue]) -> Option<Arc<exfil::Scanner>> {
+    use exfil::{Needle, NeedleKind};
+    let mut needles = Vec::new();
+    for (name, value) in &state.secrets {
+        let secret: Arc<str> = Arc::from(name.as_str());
+        if let Ok(v) = value {
+            needles.push(Needle {
+                kind: NeedleKind::Secret,
+                label: Arc::from(format!("secret {name}")),
+                secret: Some(secret.clone()),
+                value: v.as_bytes().to_vec(),
+            });
+        }
+        if let Some(p) = state.placeholders.get(name) {
+            needles.push(Needle {
+                kind: NeedleKind::Placeholder,
+                label: Arc::from(format!("placeholder of secret {name}")),
+                secret: Some(secret),
+                value: p.as_bytes().to_vec(),
+            });
+        }
+    }
+    for f in files {
+        needles.push(Needle {
+            kind: NeedleKind::File,
+            label: Arc::from(f.label.as_str()),
+            secret: None,
+            value: f.value.clone(),
+        });
+    }
+    exfil::Scanner::new(needles).map(Arc::new)
+}
+
 /// Presents one certificate whatever the client asks (the SNI was checked before).
 #[derive(Debug)]
 struct FixedCert(Arc<rustls::sign::CertifiedKey>);
@@ -318,30 +422,82 @@ impl Gateway {
                 rate: rate::RateLimiter::default(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
+                placeholders: Mutex::default(),
+                file_values: Mutex::default(),
                 folder: std::sync::OnceLock::new(),
             }),
         })
     }
 
     /// Puts a profile's policy in force; the next request uses it. Reads the secrets
-    /// its injections need (a secret that cannot be read makes those rules deny).
+    /// its injections need (a secret that cannot be read makes those rules deny; gvmd
+    /// refuses such a profile before it gets here) and compiles the exfiltration scan:
+    /// the secrets' values, their placeholders and the profile's `deny_read` file values.
     pub fn set_profile(&self, profile: &gvm_policy::Profile) {
         let name: Arc<str> = Arc::from(profile.name.as_str());
-        let secrets = profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
+        let secrets: HashMap<String, Result<String, String>> =
+            profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
         self.inner.budgets.set_limits(&name, profile.limits);
         let body = self.inner.budgets.body(&name);
-        let state = ProfileState {
+        let placeholders = self.placeholders(profile);
+        let bound = profile.secret_use.iter().map(|(k, u)| (k.clone(), u.hosts.clone())).collect();
+        let mut state = ProfileState {
             name: name.clone(),
             policy: profile.compiled.clone(),
             version: Arc::from(profile.version.as_str()),
             secrets,
             limits: profile.limits,
             body,
+            scan: None,
+            bound,
+            placeholders,
         };
+        let files = self.inner.file_values.lock().unwrap_or_else(|e| e.into_inner()).get(&*name).cloned();
+        state.scan = compile_scan(&state, files.as_deref().map_or(&[][..], Vec::as_slice));
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(state));
         self.inner.rate.forget(&name);
         self.inner.upstreams.forget(&name);
         self.inner.share_descriptors();
+    }
+
+    /// The placeholders of `profile`'s secrets (secret → placeholder), made on first
+    /// use: `gvm-secret-<name>-<24 URL-safe characters from getrandom>`. They stay the
+    /// same for the life of gvmd (reloads keep them) and change when gvmd restarts.
+    fn placeholders(&self, profile: &gvm_policy::Profile) -> HashMap<String, String> {
+        let mut all = self.inner.placeholders.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = all.entry(profile.name.as_str().to_string()).or_default();
+        for name in profile.secrets.keys() {
+            mine.entry(name.clone()).or_insert_with(|| {
+                let mut raw = [0u8; 18];
+                // Fail closed: without randomness the placeholder would be guessable,
+                // and guessing it is harmless only because it is bound; still, refuse.
+                getrandom::getrandom(&mut raw).expect("the kernel's random source failed");
+                let tail = exfil::base64(&raw, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
+                format!("gvm-secret-{name}-{}", String::from_utf8_lossy(&tail))
+            });
+        }
+        mine.retain(|k, _| profile.secrets.contains_key(k));
+        mine.clone()
+    }
+
+    /// What the agent's environment gets for `profile`'s secrets: `[secrets.NAME] env`
+    /// set to the secret's placeholder, never its value.
+    pub fn agent_env(&self, profile: &gvm_policy::Profile) -> Vec<(String, String)> {
+        let placeholders = self.placeholders(profile);
+        profile.secret_use.iter().filter_map(|(k, u)| Some((u.env.clone()?, placeholders.get(k)?.clone()))).collect()
+    }
+
+    /// Sets the values of `profile`'s `deny_read` files the scan looks for (gvmd reads
+    /// them on load, reload and prepare) and recompiles the profile's scan.
+    pub fn set_file_values(&self, profile: &str, values: Vec<FileValue>) {
+        let values = Arc::new(values);
+        self.inner.file_values.lock().unwrap_or_else(|e| e.into_inner()).insert(profile.to_string(), values.clone());
+        let mut map = self.inner.profiles.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = map.get(profile) {
+            let mut state = (**old).clone();
+            state.scan = compile_scan(&state, &values);
+            map.insert(profile.to_string(), Arc::new(state));
+        }
     }
 
     /// Takes a profile out: its listeners refuse everything from now on.
@@ -444,5 +600,25 @@ impl Gateway {
     /// The CA certificate agents must trust, PEM.
     pub fn ca_pem(&self) -> String {
         self.inner.ca.ca_pem().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_values;
+
+    #[test]
+    fn dotenv_values_and_whole_lines_are_taken_short_ones_counted() {
+        let text = b"# comment\nexport API_KEY=\"quoted-value-1\"\nDB_PASSWORD='single-quoted'\nPLAIN=plainvalue99\nTINY=abc\n\n-----BEGIN KEY-----\n";
+        let (v, short) = file_values(std::path::Path::new("/ws/.env"), text);
+        let got: Vec<(&str, &[u8])> = v.iter().map(|f| (f.label.as_str(), f.value.as_slice())).collect();
+        assert!(got.contains(&(".env value API_KEY from /ws/.env", b"quoted-value-1".as_slice())), "{got:?}");
+        assert!(got.contains(&(".env value DB_PASSWORD from /ws/.env", b"single-quoted".as_slice())), "{got:?}");
+        assert!(got.contains(&(".env value PLAIN from /ws/.env", b"plainvalue99".as_slice())), "{got:?}");
+        assert!(got.contains(&("line 2 of /ws/.env", b"export API_KEY=\"quoted-value-1\"".as_slice())), "{got:?}");
+        assert!(got.contains(&("line 7 of /ws/.env", b"-----BEGIN KEY-----".as_slice())), "{got:?}");
+        assert!(!got.iter().any(|(_, v)| v.starts_with(b"# comment")), "comments are skipped");
+        assert_eq!(short, 1, "TINY=abc: `abc` is too short (the line itself is 8 bytes and kept)");
+        assert!(got.iter().any(|(_, v)| *v == b"TINY=abc"));
     }
 }

@@ -23,9 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use gvm_policy::Host;
 
 use crate::answer::{self, Described, RespBody};
-use crate::body::{Completion, Counting};
+use crate::body::{Completion, Counting, LeakWatch, Scanned};
 use crate::budget::Admit;
-use crate::decide::{ConnectRuling, ProfileState, Ruling, Verdict};
+use crate::decide::{ConnectRuling, Leak, Place, ProfileState, Ruling, Verdict};
 use crate::holds::{HeldInfo, HoldOutcome};
 use crate::limit::Slot;
 use crate::stream::{sniff, Prefixed, Sniffed};
@@ -572,6 +572,29 @@ impl Inner {
             return self.deny_event("http", &profile, None, &what, details, "the profile is not loaded").await;
         };
         let ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
+        // The scan reads the agent's bytes as it sent them, before gvm adds anything:
+        // an injected or swapped-in value is never flagged (ARCHITECTURE.md).
+        if let Some(scan) = &state.scan {
+            let swap = match check_head(&state, scan, &ruling, &target, &path_q, req.headers()) {
+                Ok(s) => s,
+                Err((leak, place)) => {
+                    let what = if place == Place::Url {
+                        Described {
+                            method: what.method.clone(),
+                            url: format!("{}://{}/[redacted]", target.scheme(), target.authority()),
+                        }
+                    } else {
+                        what
+                    };
+                    return self.leak(&profile, ruling.rule.as_deref(), &what, details, &leak, place).await;
+                }
+            };
+            if let Err(reason) = swap_placeholders(&state, &swap, req.headers_mut()) {
+                return self
+                    .deny_event("secret_egress", &profile, ruling.rule.as_deref(), &what, details, &reason)
+                    .await;
+            }
+        }
         let body = body_summary(req.headers());
         let addr = match self.admit("http", &state, &ruling, &target, &what, &mut details, body).await {
             Ok(a) => a,
@@ -584,6 +607,7 @@ impl Inner {
         };
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let leak_details = state.scan.is_some().then(|| details.clone());
         let done = Arc::new(self.completion("http", &profile, &ruling, details, seq, start));
 
         let (mut parts, body) = req.into_parts();
@@ -606,7 +630,16 @@ impl Inner {
         };
         parts.version = http::Version::HTTP_11;
         let body = Counting::new(body, Some(done.clone()), true).throttled(state.body.clone());
-        let up_req = Request::from_parts(parts, body);
+        let watch = match (&state.scan, &leak_details) {
+            (Some(scan), Some(d)) => {
+                let late =
+                    self.clone().late_leak(state.clone(), ruling.clone(), target.clone(), what.clone(), d.clone());
+                Some((scan.stream(), Arc::new(LeakWatch::new(late))))
+            }
+            _ => None,
+        };
+        let watching = watch.as_ref().map(|(_, w)| w.clone());
+        let up_req = Request::from_parts(parts, Scanned::new(body, watch));
 
         let key = PoolKey {
             profile: profile.clone(),
@@ -625,7 +658,17 @@ impl Inner {
                 }
             },
         };
-        let resp = match sender.send_request(up_req).await {
+        let sent = sender.send_request(up_req).await;
+        if let Some(hit) = watching.as_ref().and_then(|w| w.respond()) {
+            // The body failed at the chunk that completed the match: hyper aborted the
+            // upstream request, and the connection is not returned to the pool.
+            done.status.store(403, Ordering::Relaxed);
+            let leak = state.judge(&hit, Place::Body, &ruling, target.tls, &target.host).err();
+            let leak = leak.unwrap_or_else(|| Leak::Egress { secret: String::new(), reason: "unexpected".into() });
+            let details = leak_details.unwrap_or_default();
+            return self.leak(&profile, ruling.rule.as_deref(), &what, details, &leak, Place::Body).await;
+        }
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 done.status.store(502, Ordering::Relaxed);
@@ -781,6 +824,51 @@ impl Inner {
                     .await)
             }
         }
+    }
+
+    /// Records and answers a request refused for what it carries (`exfiltration` or
+    /// `secret_egress`, decision deny). Names the secret or file, never the value.
+    async fn leak(
+        &self,
+        profile: &str,
+        rule: Option<&str>,
+        what: &Described,
+        mut details: Value,
+        leak: &Leak,
+        place: Place,
+    ) -> Response<RespBody> {
+        details["status"] = json!(403);
+        details[leak.kind()] = json!(leak.label());
+        details["place"] = json!(place.as_str());
+        details["reason"] = json!(leak.reason());
+        if let Leak::Egress { secret, .. } | Leak::Exfiltration { secret: Some(secret), .. } = leak {
+            details["secret"] = json!(secret);
+        }
+        if place == Place::Url {
+            details["path"] = json!("[redacted]");
+        }
+        if let Err(e) = self.note(leak.kind(), profile, "deny", rule, details).await {
+            return e.answer(profile, what);
+        }
+        answer::leaked(profile, what, leak.kind(), &leak.label(), &leak.reason())
+    }
+
+    /// What records a body hit found after the response reached the agent.
+    fn late_leak(
+        self: Arc<Self>,
+        state: Arc<ProfileState>,
+        ruling: Ruling,
+        target: Target,
+        what: Described,
+        details: Value,
+    ) -> Box<dyn FnOnce(crate::exfil::Hit) + Send> {
+        Box::new(move |hit| {
+            let Err(leak) = state.judge(&hit, Place::Body, &ruling, target.tls, &target.host) else { return };
+            tokio::spawn(async move {
+                let profile = state.name.clone();
+                let _ = self.leak(&profile, ruling.rule.as_deref(), &what, details, &leak, Place::Body).await;
+            });
+        })
     }
 
     async fn deny_event(
@@ -1056,6 +1144,59 @@ where
         done.up.fetch_add(a, Ordering::Relaxed);
         done.down.fetch_add(b, Ordering::Relaxed);
     }
+}
+
+/// Scans the URL and the headers as the agent sent them. `Ok`: the secrets whose
+/// placeholders appear (as they are, in header values, bound to this request) and are
+/// to be swapped for their values; `Err`: the first thing that must not leave.
+fn check_head(
+    state: &ProfileState,
+    scan: &crate::exfil::Scanner,
+    ruling: &Ruling,
+    target: &Target,
+    path_q: &str,
+    headers: &HeaderMap,
+) -> Result<Vec<String>, (Leak, Place)> {
+    if let Some(hit) = scan.scan_once(path_q.as_bytes()) {
+        state.judge(&hit, Place::Url, ruling, target.tls, &target.host).map_err(|l| (l, Place::Url))?;
+    }
+    let mut swap: Vec<String> = Vec::new();
+    for (name, value) in headers {
+        if let Some(hit) = scan.scan_once(name.as_str().as_bytes()) {
+            state
+                .judge(&hit, Place::HeaderName, ruling, target.tls, &target.host)
+                .map_err(|l| (l, Place::HeaderName))?;
+        }
+        for hit in scan.scan_all(value.as_bytes()) {
+            state.judge(&hit, Place::Header, ruling, target.tls, &target.host).map_err(|l| (l, Place::Header))?;
+            if let Some(s) = &scan.needles()[hit.needle].secret {
+                if !swap.iter().any(|x| **x == **s) {
+                    swap.push(s.to_string());
+                }
+            }
+        }
+    }
+    Ok(swap)
+}
+
+/// Puts the real values of `secrets` where their placeholders are, in header values.
+fn swap_placeholders(state: &ProfileState, secrets: &[String], headers: &mut HeaderMap) -> Result<(), String> {
+    for name in secrets {
+        let (Some(ph), Some(value)) = (state.placeholders.get(name), state.secrets.get(name)) else { continue };
+        let value = value.as_ref().map_err(|e| format!("secret {name} cannot be read by gvmd: {e}"))?;
+        for v in headers.values_mut() {
+            let bytes = v.as_bytes();
+            if !bytes.windows(ph.len()).any(|w| w == ph.as_bytes()) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(bytes).replace(ph.as_str(), value);
+            let mut new = HeaderValue::from_str(&text)
+                .map_err(|_| format!("secret {name}'s value cannot travel in a header (control characters)"))?;
+            new.set_sensitive(true);
+            *v = new;
+        }
+    }
+    Ok(())
 }
 
 /// The length of `uri` as written (without formatting it).

@@ -14,10 +14,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
-use crate::body::Counting;
+use crate::body::{Counting, Scanned};
 use crate::GatewayError;
 
-pub(crate) type UpBody = Counting<Incoming>;
+pub(crate) type UpBody = Scanned<Counting<Incoming>>;
 pub(crate) type Sender = SendRequest<UpBody>;
 
 /// System CA bundle read for upstream verification.

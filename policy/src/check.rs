@@ -100,10 +100,31 @@ pub fn check(profile: &Profile) -> Vec<Warning> {
 
     let used: BTreeSet<&str> = rules.iter().filter_map(|r| r.inject.as_deref()).flat_map(|i| i.secrets()).collect();
     for name in profile.secrets.keys() {
-        if !used.contains(name.as_str()) {
+        let bound = profile.secret_use.get(name).is_some_and(|u| !u.hosts.is_empty());
+        let placeholder = profile.secret_use.get(name).is_some_and(|u| u.env.is_some());
+        if !used.contains(name.as_str()) && !bound {
             let mut d = Diagnostic::file_level(&profile.file, "this secret is not used by any rule");
             d.field = Some(format!("secrets.{name}"));
-            d.fix = Some("remove it, or inject it with {secret:NAME}".into());
+            d.fix =
+                Some("remove it, or inject it with {secret:NAME}, or bind its placeholder with hosts = [...]".into());
+            out.push(d);
+        }
+        if bound && !placeholder {
+            let mut d = Diagnostic::file_level(
+                &profile.file,
+                "this secret has hosts but no env: the agent has no placeholder to send",
+            );
+            d.field = Some(format!("secrets.{name}.hosts"));
+            d.fix = Some("add env = \"NAME_OF_THE_VARIABLE\" (the agent gets a placeholder in it)".into());
+            out.push(d);
+        }
+        if placeholder && !bound && !used.contains(name.as_str()) {
+            let mut d = Diagnostic::file_level(
+                &profile.file,
+                "this secret's placeholder is bound to no host: every request carrying it is refused",
+            );
+            d.field = Some(format!("secrets.{name}.env"));
+            d.fix = Some("add hosts = [\"api.example.com\"], or a rule that injects {secret:NAME}".into());
             out.push(d);
         }
     }

@@ -36,7 +36,7 @@ pub use name::{ProfileName, ProfileNameError, MAX_PROFILE_NAME};
 pub use path::{PathError, PathPattern};
 pub use profile::{
     load_dir, load_profile, parse_profile, validate_glob, version_of, Agent, DefaultAction, Files, Limits, LoadOutcome,
-    Mode, Network, Profile, SecretSource, Workspace, WorkspaceMode, DEFAULT_HOLD_TIMEOUT, RESERVED_ENV,
+    Mode, Network, Profile, SecretSource, SecretUse, Workspace, WorkspaceMode, DEFAULT_HOLD_TIMEOUT, RESERVED_ENV,
 };
 pub use rule::{Action, HostPattern, HostPatternError, InjectError, InjectPart, Injection, Rule};
 pub use units::{parse_cpu_quota, parse_duration, parse_size, Rate, RatePer, UnitError};

@@ -117,6 +117,17 @@ pub enum SecretSource {
     Credential(String),
 }
 
+/// How the agent may use a secret without holding it: `env` names the variable that
+/// carries the profile's placeholder, `hosts` are where the gateway swaps the
+/// placeholder for the value (besides the hosts of rules that inject the secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretUse {
+    pub env: Option<String>,
+    pub hosts: Vec<HostPattern>,
+    /// `file:line:col` of the secret's source, for load-time refusals by gvmd.
+    pub at: Diagnostic,
+}
+
 /// `[files]`: globs, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Files {
@@ -171,6 +182,8 @@ pub struct Profile {
     pub agent: Agent,
     pub network: Network,
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `env` / `hosts` of each secret (every secret has an entry).
+    pub secret_use: BTreeMap<String, SecretUse>,
     pub files: Files,
     pub limits: Limits,
     pub compiled: Arc<CompiledPolicy>,
@@ -260,6 +273,8 @@ struct RawInject {
 struct RawSecret {
     file: Option<Spanned<String>>,
     credential: Option<Spanned<String>>,
+    env: Option<Spanned<String>>,
+    hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -309,7 +324,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
     let raw: RawProfile = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
     let v = Validator { file, text };
     let agent = v.agent(raw.agent)?;
-    let secrets = v.secrets(raw.secrets)?;
+    let (secrets, secret_use) = v.secrets(raw.secrets, &agent)?;
     let network = v.network(raw.network, &secrets)?;
     let files = v.files(raw.files)?;
     let limits = v.limits(raw.limits)?;
@@ -321,6 +336,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         agent,
         network,
         secrets,
+        secret_use,
         files,
         limits,
         compiled,
@@ -675,8 +691,15 @@ impl Validator<'_> {
         Ok(agent)
     }
 
-    fn secrets(&self, raw: Option<BTreeMap<Spanned<String>, Spanned<RawSecret>>>) -> V<BTreeMap<String, SecretSource>> {
+    #[allow(clippy::type_complexity)]
+    fn secrets(
+        &self,
+        raw: Option<BTreeMap<Spanned<String>, Spanned<RawSecret>>>,
+        agent: &Agent,
+    ) -> V<(BTreeMap<String, SecretSource>, BTreeMap<String, SecretUse>)> {
         let mut out = BTreeMap::new();
+        let mut uses = BTreeMap::new();
+        let mut envs: BTreeSet<String> = BTreeSet::new();
         for (k, v) in raw.unwrap_or_default() {
             let name = k.get_ref();
             let field = format!("secrets.{name}");
@@ -685,8 +708,53 @@ impl Validator<'_> {
             }
             let span = v.span();
             let v = v.into_inner();
+            let mut using = SecretUse { env: None, hosts: Vec::new(), at: self.err(span.clone(), field.clone(), "") };
+            if let Some(e) = &v.env {
+                let key = e.get_ref();
+                let upper = key.to_ascii_uppercase();
+                if key.is_empty()
+                    || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    || key.as_bytes()[0].is_ascii_digit()
+                {
+                    return Err(self
+                        .err(e.span(), format!("{field}.env"), "an environment variable name may only contain letters, digits and `_`, and may not start with a digit")
+                        .fix("e.g. env = \"OPENAI_API_KEY\""));
+                }
+                if RESERVED_ENV.contains(&upper.as_str()) || upper.ends_with("_PROXY") {
+                    return Err(self
+                        .err(
+                            e.span(),
+                            format!("{field}.env"),
+                            format!("`{key}` is set by the launcher and cannot be overridden"),
+                        )
+                        .fix("choose another name"));
+                }
+                if agent.env.contains_key(key) || !envs.insert(key.clone()) {
+                    return Err(self
+                        .err(
+                            e.span(),
+                            format!("{field}.env"),
+                            format!("`{key}` is already set by [agent] env or another secret"),
+                        )
+                        .fix("remove one of them: the secret's env gives the agent its placeholder"));
+                }
+                using.env = Some(key.clone());
+            }
+            for (j, h) in v.hosts.iter().flatten().enumerate() {
+                let pat = HostPattern::parse(h.get_ref()).map_err(|e| {
+                    self.err(h.span(), format!("{field}.hosts[{j}]"), e.to_string())
+                        .fix("write a host name (\"api.example.com\"), \"*.example.com\", an IP or a CIDR")
+                })?;
+                if pat == HostPattern::Any {
+                    return Err(self
+                        .err(h.span(), format!("{field}.hosts[{j}]"), "a secret cannot be bound to every host (`*`)")
+                        .fix("name the hosts that need it, e.g. hosts = [\"api.openai.com\"]"));
+                }
+                using.hosts.push(pat);
+            }
             let src = match (v.file, v.credential) {
                 (Some(f), None) => {
+                    using.at = self.err(f.span(), format!("{field}.file"), "");
                     let p = Path::new(f.get_ref());
                     if !p.is_absolute()
                         || f.get_ref().contains('\0')
@@ -722,9 +790,10 @@ impl Validator<'_> {
                         .fix("write { file = \"/abs/path\" } or { credential = \"name\" }"))
                 }
             };
+            uses.insert(k.get_ref().clone(), using);
             out.insert(k.into_inner(), src);
         }
-        Ok(out)
+        Ok((out, uses))
     }
 
     fn network(&self, raw: Option<RawNetwork>, secrets: &BTreeMap<String, SecretSource>) -> V<Network> {

@@ -37,7 +37,7 @@ fn unknown_field_lists_the_accepted_fields() {
     );
     assert_eq!(
         says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),
-        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential"
+        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential, env, hosts"
     );
 }
 
@@ -184,4 +184,26 @@ fn limits_have_defaults_and_say_what_is_wrong() {
     assert!(says("[limits]\nconnection = 5\n").contains(
         "unknown field `connection` — accepted fields: connections, held_requests, dns_queries, decisions, request_body_per_sec"
     ));
+}
+
+#[test]
+fn secret_env_and_hosts_are_validated() {
+    assert_eq!(
+        says("[secrets]\nx = { file = \"/a\", env = \"HTTPS_PROXY\" }\n"),
+        "profiles/inv.toml:2:26: `secrets.x.env`: `HTTPS_PROXY` is set by the launcher and cannot be overridden — choose another name"
+    );
+    assert!(says("[agent]\nenv = { K = \"v\" }\n[secrets]\nx = { file = \"/a\", env = \"K\" }\n")
+        .contains("`K` is already set by [agent] env or another secret"));
+    assert!(says("[secrets]\nx = { file = \"/a\", env = \"1X\" }\n").contains("may not start with a digit"));
+    assert!(says("[secrets]\nx = { file = \"/a\", hosts = [\"*\"] }\n").contains("cannot be bound to every host"));
+    assert!(says("[secrets]\nx = { file = \"/a\", hosts = [\"a.com:443\"] }\n").contains("`secrets.x.hosts[0]`"));
+    let p = gvm_policy::parse_profile(
+        std::path::Path::new("profiles/ok.toml"),
+        "[secrets]\nx = { file = \"/a\", env = \"X_KEY\", hosts = [\"api.x.com\", \"*.y.com\"] }\n",
+    )
+    .unwrap();
+    let u = &p.secret_use["x"];
+    assert_eq!(u.env.as_deref(), Some("X_KEY"));
+    assert_eq!(u.hosts.len(), 2);
+    assert_eq!((u.at.line, u.at.column), (Some(2), Some(14)), "points at the file");
 }

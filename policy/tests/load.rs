@@ -134,3 +134,19 @@ unused = { file = "/s" }
     assert!(has("`network.hold_timeout`: held requests are denied after the default 120s"), "{w:#?}");
     assert!(has("`secrets.unused`: this secret is not used by any rule"), "{w:#?}");
 }
+
+#[test]
+fn check_warns_about_secrets_a_placeholder_cannot_use() {
+    let p = parse_profile(
+        Path::new("p/s.toml"),
+        "[secrets]\nok = { file = \"/a\", env = \"OK_KEY\", hosts = [\"api.x.com\"] }\n\
+         nohosts = { file = \"/b\", env = \"NOHOSTS\" }\nnoenv = { file = \"/c\", hosts = [\"api.x.com\"] }\n",
+    )
+    .unwrap();
+    let w: Vec<String> = check(&p).iter().map(ToString::to_string).collect();
+    let has = |needle: &str| w.iter().any(|x| x.contains(needle));
+    assert!(!w.iter().any(|x| x.contains("`secrets.ok")), "{w:#?}");
+    assert!(has("`secrets.nohosts.env`: this secret's placeholder is bound to no host"), "{w:#?}");
+    assert!(has("`secrets.noenv.hosts`: this secret has hosts but no env"), "{w:#?}");
+    assert!(!has("`secrets.noenv`: this secret is not used by any rule"), "{w:#?}");
+}

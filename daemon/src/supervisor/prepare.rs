@@ -214,6 +214,15 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
     }
     drop(prepared);
 
+    // The masked files are read again: the operator may have changed them since the load.
+    let p = profile.clone();
+    let values = tokio::task::spawn_blocking(move || crate::secrets::file_values(&p))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    daemon.gateway.set_file_values(name, values);
+    let mut env: Vec<(String, String)> = profile.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    // The secrets' placeholders, never their values.
+    env.extend(daemon.gateway.agent_env(&profile));
     let bundle = write_bundle(&daemon.paths.state_dir, &daemon.gateway.ca_pem())?;
     Ok(LaunchPlan {
         profile: name.to_string(),
@@ -224,7 +233,7 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
         runtime_dir: daemon.paths.runtime_dir.display().to_string(),
         config_dir: daemon.paths.config_dir.display().to_string(),
         command: profile.agent.command.clone(),
-        env: profile.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env,
         workspaces: workspaces
             .into_iter()
             .map(|(id, path, mode)| PlannedWorkspace { path: path.display().to_string(), mode, id })

@@ -51,6 +51,14 @@ impl Body for ChanBody {
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// Every request body byte the upstreams of this test binary received.
+pub static SEEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// True when an upstream received `needle` in a request body.
+pub fn upstream_saw(needle: &[u8]) -> bool {
+    SEEN.lock().unwrap().windows(needle.len()).any(|w| w == needle)
+}
+
 async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
     if req.uri().path() == "/sse" {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -79,8 +87,16 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
             (k.as_str().to_string(), serde_json::Value::from(all.join("\n")))
         }).collect::<serde_json::Map<_, _>>(),
     });
-    let (_, body) = req.into_parts();
-    let got = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let (_, mut body) = req.into_parts();
+    // Every body byte that reached an upstream, frame by frame (a request the gateway
+    // aborts part-way leaves what it did forward).
+    let mut got = 0;
+    while let Some(Ok(f)) = body.frame().await {
+        if let Some(d) = f.data_ref() {
+            got += d.len();
+            SEEN.lock().unwrap().extend_from_slice(d);
+        }
+    }
     let mut info = info;
     info["body_len"] = serde_json::json!(got);
     let mut r = Response::new(Full::new(Bytes::from(info.to_string())).boxed());

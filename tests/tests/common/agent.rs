@@ -306,7 +306,17 @@ impl Drop for Running {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// Every header line and body byte that reached it (bodies chunk by chunk, as they
+    /// arrive: a request the gateway aborts part-way leaves what was forwarded).
+    pub got: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
+}
+
+/// What reached an [`Upstream`] besides request lines.
+#[derive(Default)]
+pub struct Received {
+    pub headers: Vec<String>,
+    pub body: Vec<u8>,
 }
 
 /// A test CA and a server config for `names`, signed by it.
@@ -342,7 +352,7 @@ impl TestCa {
     }
 }
 
-fn serve_http<S: Read + Write>(conn: S, seen: &Mutex<Vec<String>>) {
+fn serve_http<S: Read + Write>(conn: S, seen: &Mutex<Vec<String>>, got: &Mutex<Received>) {
     let mut reader = BufReader::new(conn);
     loop {
         let mut line = String::new();
@@ -352,17 +362,41 @@ fn serve_http<S: Read + Write>(conn: S, seen: &Mutex<Vec<String>>) {
         seen.lock().unwrap().push(line.trim_end().to_string());
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                 break;
             }
+            got.lock().unwrap().headers.push(h.trim_end().to_string());
             if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
             }
+            if h.to_ascii_lowercase().starts_with("transfer-encoding:") && h.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            }
         }
-        let mut body = vec![0; length];
-        let _ = reader.read_exact(&mut body);
+        if chunked {
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    return; // aborted mid-body
+                }
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                got.lock().unwrap().body.extend_from_slice(&chunk[..n]);
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            got.lock().unwrap().body.extend_from_slice(&body);
+        }
         let text = format!("ok {path}");
         let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len());
         let conn = reader.get_mut();
@@ -379,7 +413,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (flag, log) = (stop.clone(), seen.clone());
+        let got = Arc::new(Mutex::new(Received::default()));
+        let (flag, log, got2) = (stop.clone(), seen.clone(), got.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if flag.load(Ordering::Relaxed) {
@@ -387,17 +422,17 @@ impl Upstream {
                 }
                 let Ok(conn) = conn else { continue };
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                let (log, tls) = (log.clone(), tls.clone());
+                let (log, tls, got) = (log.clone(), tls.clone(), got2.clone());
                 std::thread::spawn(move || match tls {
-                    None => serve_http(conn, &log),
+                    None => serve_http(conn, &log, &got),
                     Some(cfg) => {
                         let Ok(server) = rustls::ServerConnection::new(cfg) else { return };
-                        serve_http(rustls::StreamOwned::new(server, conn), &log);
+                        serve_http(rustls::StreamOwned::new(server, conn), &log, &got);
                     }
                 });
             }
         });
-        Upstream { addr, seen, stop }
+        Upstream { addr, seen, got, stop }
     }
 
     pub fn port(&self) -> u16 {
@@ -406,6 +441,12 @@ impl Upstream {
 
     pub fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// True when `needle` reached it in a header line or a body.
+    pub fn received(&self, needle: &str) -> bool {
+        let g = self.got.lock().unwrap();
+        g.headers.iter().any(|h| h.contains(needle)) || g.body.windows(needle.len()).any(|w| w == needle.as_bytes())
     }
 }
 

@@ -1,0 +1,269 @@
+//! The agent never holds a real key and cannot smuggle one out: placeholders swapped
+//! only where bound, and the exfiltration scan of URL, headers and streamed bodies
+//! (ATTACKS.md classes 8 and 9), on the explicit proxy and through interception.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REAL: &str = "sk-real-value-0123456789";
+const DB_PASSWORD: &str = "correct-horse-battery";
+
+struct Rig {
+    env: Env,
+    placeholder: String,
+    _secret: tempfile::NamedTempFile,
+}
+
+async fn rig() -> Rig {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), format!("{REAL}\n")).unwrap();
+    let policy = format!(
+        r#"
+[network]
+default = "deny"
+
+[[network.rule]]
+host = "api.test.example"
+path = "/**"
+action = "allow"
+
+[[network.rule]]
+host = "other.test.example"
+path = "/**"
+action = "allow"
+
+[[network.rule]]
+host = "other.test.example"
+path = "/inject/**"
+action = "allow"
+inject = {{ header = "Authorization", value = "Bearer {{secret:openai}}" }}
+
+[secrets]
+openai = {{ file = "{}", env = "OPENAI_API_KEY", hosts = ["api.test.example"] }}
+"#,
+        secret.path().display()
+    );
+    let env = env(&policy).await;
+    let file = env.dir.path().join("agent.toml");
+    let profile = gvm_policy::parse_profile(&file, &policy).unwrap();
+    let agent_env = env.gw.agent_env(&profile);
+    assert_eq!(agent_env.len(), 1);
+    assert_eq!(agent_env[0].0, "OPENAI_API_KEY");
+    let placeholder = agent_env[0].1.clone();
+    assert!(placeholder.starts_with("gvm-secret-openai-") && placeholder.len() == "gvm-secret-openai-".len() + 24);
+    assert!(!placeholder.contains(REAL));
+    let (values, short) = gvm_gateway::file_values(
+        std::path::Path::new("/ws/.env"),
+        format!("# db\nDB_PASSWORD=\"{DB_PASSWORD}\"\nexport SHORT=abc\n").as_bytes(),
+    );
+    assert_eq!(short, 1, "SHORT=abc is too short to scan for");
+    env.gw.set_file_values("agent", values);
+    Rig { env, placeholder, _secret: secret }
+}
+
+fn b64(data: &[u8], url: bool) -> String {
+    let mut s = String::new();
+    let alphabet: &[u8] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    for c in data.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_masked_file_value_in_any_form_is_refused_on_the_proxy_and_audited() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let p = env.up_http;
+    let host = format!("{HOST}:{p}");
+    let pct: String = DB_PASSWORD.bytes().map(|b| format!("%{b:02X}")).collect();
+    let hex: String = DB_PASSWORD.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut cases: Vec<(String, String)> = vec![
+        ("/up?x=1".to_string(), format!("{{\"password\": \"{DB_PASSWORD}\"}}")),
+        (format!("/up?password={DB_PASSWORD}"), String::new()),
+        (format!("/up?password={pct}"), String::new()),
+        ("/up".to_string(), format!("data={hex}")),
+        ("/up".to_string(), format!("data={}", hex.to_uppercase())),
+    ];
+    for prefix in ["", "a", "ab"] {
+        for url in [false, true] {
+            let enc = b64(format!("{prefix}{DB_PASSWORD}!").as_bytes(), url);
+            cases.push(("/up".to_string(), format!("blob={enc}")));
+        }
+    }
+    for (path, body) in &cases {
+        let mut c = proxy_conn(env).await;
+        let r = send(&mut c, "POST", &format!("http://{host}{path}"), &host, body).await;
+        assert_eq!(r.status, 403, "{path} {body}: {}", r.body);
+        let j = r.json();
+        let said = j["exfiltration"].as_str().unwrap();
+        assert!(said.starts_with(".env value DB_PASSWORD from /ws/.env"), "{said}");
+        assert!(!r.body.contains(DB_PASSWORD), "the answer repeats the value: {}", r.body);
+    }
+    let ev = wait_event(env, "exfiltration", "DB_PASSWORD").await;
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    let all = events(env);
+    assert!(all.iter().all(|e| !e.details.to_string().contains(DB_PASSWORD)), "the value is in the audit log");
+    assert!(!upstream_saw(DB_PASSWORD.as_bytes()));
+    // The same request without it goes through.
+    let mut c = proxy_conn(env).await;
+    let r = send(&mut c, "POST", &format!("http://{host}/up"), &host, "{\"password\": \"hunter\"}").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A chunked body whose second chunk completes the value: the first chunk reached the
+/// upstream, the second never does, the agent gets 403 and the event names the key.
+#[tokio::test]
+async fn a_value_split_across_two_chunks_is_stopped_before_the_completing_chunk() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let p = env.up_http;
+    let (a, b) = DB_PASSWORD.split_at(9);
+    let first = format!("chunk-one-marker-{a}");
+    let second = format!("{b}-chunk-two-marker");
+    let mut tcp = tokio::net::TcpStream::connect(env.proxy).await.unwrap();
+    let head = format!(
+        "POST http://{HOST}:{p}/split HTTP/1.1\r\nHost: {HOST}:{p}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{first}\r\n",
+        first.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // Until the first chunk reached the upstream.
+    for _ in 0..200 {
+        if upstream_saw(b"chunk-one-marker-") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(upstream_saw(b"chunk-one-marker-"), "the first chunk should stream through");
+    tcp.write_all(format!("{:x}\r\n{second}\r\n0\r\n\r\n", second.len()).as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains(".env value DB_PASSWORD"), "{out}");
+    let ev = wait_event(env, "exfiltration", "/split").await;
+    assert_eq!(ev.details["place"], "body");
+    assert!(!upstream_saw(b"-chunk-two-marker"), "the completing chunk reached the upstream");
+}
+
+async fn tls_get(env: &Env, host: &str, path: &str, auth: &str) -> (u16, serde_json::Value) {
+    let s = env.up_https;
+    let mut c = connect_tls(env, &format!("{host}:{s}"), host).await.unwrap();
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", format!("{host}:{s}"))
+        .header("authorization", auth)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    c.ready().await.unwrap();
+    let r = c.send_request(req).await.unwrap();
+    let status = r.status().as_u16();
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&body))))
+}
+
+#[tokio::test]
+async fn a_placeholder_is_swapped_for_its_bound_host_and_refused_elsewhere() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let ph = &rig.placeholder;
+    // Bound host, over intercepted TLS: the upstream sees the real value.
+    let (status, j) = tls_get(env, HOST, "/v1/chat", &format!("Bearer {ph}")).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["authorization"], format!("Bearer {REAL}"));
+    // Another host: refused, named, audited.
+    let (status, j) = tls_get(env, OTHER, "/v1/chat", &format!("Bearer {ph}")).await;
+    assert_eq!(status, 403, "{j}");
+    assert_eq!(j["secret_egress"], "placeholder of secret openai");
+    let ev = wait_event(env, "secret_egress", "other.test.example").await;
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    assert_eq!(ev.details["secret"], "openai");
+    // A rule that injects the secret binds it too (and its header replaces the agent's).
+    let (status, j) = tls_get(env, OTHER, "/inject/x", &format!("Bearer {ph}")).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["authorization"], format!("Bearer {REAL}"));
+    // In the URL, even to the bound host: refused, and the URL is not repeated.
+    let (status, j) = tls_get(env, HOST, &format!("/v1?key={ph}"), "none").await;
+    assert_eq!(status, 403, "{j}");
+    assert!(!j.to_string().contains(ph.as_str()), "{j}");
+    // Plain HTTP to the bound host: refused (a secret never travels in clear).
+    let p = env.up_http;
+    let mut c = proxy_conn(env).await;
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("http://{HOST}:{p}/v1"))
+        .header("host", format!("{HOST}:{p}"))
+        .header("authorization", format!("Bearer {ph}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    c.ready().await.unwrap();
+    let r = c.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let ev = wait_event(env, "secret_egress", "http").await;
+    assert!(ev.details["reason"].as_str().unwrap().contains("plain HTTP"), "{}", ev.details);
+    // The real value sent by the agent itself, even to the bound host: exfiltration.
+    let (status, j) = tls_get(env, HOST, "/v1/chat", &format!("Bearer {REAL}")).await;
+    assert_eq!(status, 403, "{j}");
+    assert!(j["exfiltration"].as_str().unwrap().starts_with("secret openai"), "{j}");
+    assert!(!j.to_string().contains(REAL));
+}
+
+/// One pipeline for every way in (ATTACKS.md class 1): the same masked value in a body
+/// is refused on the proxy (plain and intercepted CONNECT) and on the transparent
+/// listener (plain and TLS), each refusal audited with its `via`; the bound placeholder
+/// is swapped on transparent TLS as on intercepted CONNECT.
+#[tokio::test]
+async fn every_way_in_is_scanned() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let (p, s) = (env.up_http, env.up_https);
+    let body = format!("leak={DB_PASSWORD}");
+    let mut proxy = proxy_conn(env).await;
+    let r = send(&mut proxy, "POST", &format!("http://{HOST}:{p}/w1"), &format!("{HOST}:{p}"), &body).await;
+    assert_eq!(r.status, 403, "proxy: {}", r.body);
+    let mut tunnel = connect_tls(env, &format!("{HOST}:{s}"), HOST).await.unwrap();
+    let r = send(&mut tunnel, "POST", "/w2", &format!("{HOST}:{s}"), &body).await;
+    assert_eq!(r.status, 403, "intercept: {}", r.body);
+    let mut t_http = handshake(tokio::net::TcpStream::connect(transparent(env, p).await).await.unwrap()).await;
+    let r = send(&mut t_http, "POST", "/w3", &format!("{HOST}:{p}"), &body).await;
+    assert_eq!(r.status, 403, "transparent http: {}", r.body);
+    let mut t_tls = transparent_tls(env, s, HOST).await;
+    let r = send(&mut t_tls, "POST", "/w4", &format!("{HOST}:{s}"), &body).await;
+    assert_eq!(r.status, 403, "transparent tls: {}", r.body);
+    for (path, via) in [("/w1", "proxy"), ("/w2", "intercept"), ("/w3", "transparent"), ("/w4", "transparent")] {
+        let ev = wait_event(env, "exfiltration", path).await;
+        assert_eq!(ev.details["via"], via, "{path}");
+    }
+    assert!(!upstream_saw(DB_PASSWORD.as_bytes()));
+    // The placeholder through transparent TLS to its bound host.
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri("/v1/t")
+        .header("host", format!("{HOST}:{s}"))
+        .header("x-api-key", rig.placeholder.as_str())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    t_tls.ready().await.unwrap();
+    let r = t_tls.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["headers"]["x-api-key"], REAL, "{j}");
+}
