@@ -109,7 +109,7 @@ pub fn apply(client: &Client, a: ApplyArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         output::json(&r)?;
     } else {
-        print_report(a.profile, &r, "applied");
+        print_report(a.profile, &r, ("apply", "applied"));
     }
     Ok(if explicit && !r.refused.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -124,12 +124,12 @@ pub fn discard(client: &Client, profile: &str, paths: Vec<String>, json: bool) -
     if json {
         output::json(&r)?;
     } else {
-        print_report(profile, &r, "discarded");
+        print_report(profile, &r, ("discard", "discarded"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(profile: &str, r: &ApplyReport, verb: &str) {
+fn print_report(profile: &str, r: &ApplyReport, (infinitive, verb): (&str, &str)) {
     let would = if r.dry_run { format!("would be {verb}") } else { verb.to_string() };
     for c in &r.applied {
         println!("{would}: {} {}/{}", c.kind.describe(), c.workspace.trim_end_matches('/'), c.path);
@@ -138,7 +138,7 @@ fn print_report(profile: &str, r: &ApplyReport, verb: &str) {
         println!("NOT {verb}: {}/{}: {}", f.workspace.trim_end_matches('/'), f.path, f.reason);
     }
     match (&r.id, r.applied.len()) {
-        (_, 0) if r.refused.is_empty() => println!("{profile}: nothing to {}.", verb.trim_end_matches('d')),
+        (_, 0) if r.refused.is_empty() => println!("{profile}: nothing to {infinitive}."),
         (Some(id), n) => {
             println!("{profile}: {n} {} {verb} (apply {id}; undo: gvmctl rollback {profile} --applied {id})", files(n))
         }

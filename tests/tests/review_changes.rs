@@ -206,6 +206,8 @@ fn checkpoints_roll_the_overlay_back() {
 
     ctl_ok(&sb, &["rollback", &sb.profile]);
     assert!(changes(&sb).is_empty());
+    let nothing = ctl_ok(&sb, &["apply", &sb.profile]);
+    assert_eq!(nothing.trim(), format!("{}: nothing to apply.", sb.profile));
     assert_eq!(read(&ws.join("a.txt")), "real\n", "a rollback of the overlay never touches the real workspace");
     assert!(!sb.events("file_rollback").is_empty() && !sb.events("file_checkpoint").is_empty());
 }
