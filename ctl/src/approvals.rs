@@ -12,7 +12,7 @@ use crate::output;
 use gvm_api::client::Client;
 
 fn row(a: &Approval) -> Vec<String> {
-    vec![a.id.to_string(), a.profile.clone(), output::duration(a.age_secs), a.what()]
+    vec![a.id.to_string(), a.profile.clone(), output::duration(a.age_secs), output::safe(&a.what())]
 }
 
 const HEADER: [&str; 4] = ["ID", "PROFILE", "AGE", "WHAT"];
@@ -56,7 +56,7 @@ pub fn follow(client: &Client, json: bool) -> anyhow::Result<()> {
                         id,
                         a.profile,
                         output::duration(a.age_secs),
-                        a.what()
+                        output::safe(&a.what())
                     )?;
                 }
             }

@@ -38,8 +38,8 @@ pub fn changes(client: &Client, profile: &str, json: bool) -> anyhow::Result<Exi
                 c.kind.describe(),
                 c.file_type.clone(),
                 c.size.map(output::bytes).unwrap_or_default(),
-                format!("{}/{}", c.workspace.trim_end_matches('/'), c.path),
-                c.reason.clone().unwrap_or_default(),
+                output::safe(&format!("{}/{}", c.workspace.trim_end_matches('/'), c.path)),
+                output::safe(c.reason.as_deref().unwrap_or_default()),
             ]
         })
         .collect();
@@ -65,7 +65,7 @@ pub fn diff(client: &Client, profile: &str, path: Option<&str>) -> anyhow::Resul
         target.push_str(&format!("?path={}", percent_encode(p)));
     }
     let r: DiffResponse = client.get(&target)?;
-    page(&r.diff)?;
+    page(&output::safe_lines(&r.diff))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,10 +132,12 @@ pub fn discard(client: &Client, profile: &str, paths: Vec<String>, json: bool) -
 fn print_report(profile: &str, r: &ApplyReport, (infinitive, verb): (&str, &str)) {
     let would = if r.dry_run { format!("would be {verb}") } else { verb.to_string() };
     for c in &r.applied {
-        println!("{would}: {} {}/{}", c.kind.describe(), c.workspace.trim_end_matches('/'), c.path);
+        let path = format!("{}/{}", c.workspace.trim_end_matches('/'), c.path);
+        println!("{would}: {} {}", output::safe(&c.kind.describe()), output::safe(&path));
     }
     for f in &r.refused {
-        println!("NOT {verb}: {}/{}: {}", f.workspace.trim_end_matches('/'), f.path, f.reason);
+        let path = format!("{}/{}", f.workspace.trim_end_matches('/'), f.path);
+        println!("NOT {verb}: {}: {}", output::safe(&path), output::safe(&f.reason));
     }
     match (&r.id, r.applied.len()) {
         (_, 0) if r.refused.is_empty() => println!("{profile}: nothing to {infinitive}."),
@@ -169,13 +171,14 @@ pub fn rollback(
         return Ok(if r.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     for p in &r.restored {
-        println!("restored: {p}");
+        println!("restored: {}", output::safe(p));
     }
     for p in &r.removed {
-        println!("removed: {p}");
+        println!("removed: {}", output::safe(p));
     }
     for f in &r.refused {
-        println!("NOT restored: {}/{}: {}", f.workspace.trim_end_matches('/'), f.path, f.reason);
+        let path = format!("{}/{}", f.workspace.trim_end_matches('/'), f.path);
+        println!("NOT restored: {}: {}", output::safe(&path), output::safe(&f.reason));
     }
     let what = match (&applied, &to) {
         (Some(id), _) => format!("apply {id} undone in the real workspace"),
@@ -248,8 +251,8 @@ pub fn applied(client: &Client, profile: &str, json: bool) -> anyhow::Result<Exi
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|a| {
-            let paths: Vec<&str> = a.entries.iter().map(|e| e.path.as_str()).collect();
-            let mut shown = paths.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            let paths: Vec<String> = a.entries.iter().map(|e| output::safe(&e.path)).collect();
+            let mut shown = paths.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
             if paths.len() > 3 {
                 shown.push_str(&format!(" and {} more", paths.len() - 3));
             }

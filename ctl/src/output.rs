@@ -67,6 +67,41 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// Text an agent chose (a file name, a URL) made safe for a terminal: control
+/// characters — newlines, escape sequences that could rewrite the screen or the title —
+/// are shown as `\n`, `\x1b`, and a backslash as `\\`.
+pub fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// [`safe`] line by line, keeping the line breaks and tabs: for a diff of files the
+/// agent wrote, whose content may carry escape sequences.
+pub fn safe_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
+        for part in body.split('\t').enumerate() {
+            if part.0 > 0 {
+                out.push('\t');
+            }
+            out.push_str(&safe(part.1));
+        }
+        out.push_str(end);
+    }
+    out
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -76,6 +111,21 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_chosen_text_cannot_drive_the_terminal() {
+        assert_eq!(safe("reports/q3.csv"), "reports/q3.csv");
+        assert_eq!(safe("a\nb"), "a\\nb");
+        assert_eq!(safe("\u{1b}]0;pwned\u{7}x"), "\\x1b]0;pwned\\x07x");
+        assert_eq!(safe("c:\\x1b"), "c:\\\\x1b", "a literal backslash cannot fake an escape");
+        assert_eq!(safe("\u{9b}2J"), "\\x9b2J", "C1 controls too");
+    }
+
+    #[test]
+    fn a_diff_keeps_its_lines_and_loses_its_escapes() {
+        assert_eq!(safe_lines("-a\tb\n+\u{1b}[2Jc\n"), "-a\tb\n+\\x1b[2Jc\n");
+        assert_eq!(safe_lines("no newline"), "no newline");
+    }
 
     #[test]
     fn sizes_read_like_a_human_writes_them() {
