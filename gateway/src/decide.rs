@@ -72,6 +72,10 @@ pub(crate) struct ProfileState {
     /// Secret name → value, loaded by `set_profile`; `Err` keeps why it is missing.
     pub secrets: HashMap<String, Result<String, String>>,
     pub limits: gvm_policy::Limits,
+    /// `[budget]`.
+    pub budget: Option<gvm_policy::Budget>,
+    /// Each rule's `budget`, by rule index.
+    pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
     /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.
     pub body: Arc<std::sync::Mutex<crate::budget::Bucket>>,
     /// Secret values, placeholders and `deny_read` file values; `None`: nothing to scan.
@@ -225,6 +229,23 @@ impl ProfileState {
                 Err(Leak::Egress { secret, reason })
             }
         }
+    }
+
+    /// The budgets a request decided by `ruling` is charged to: its rule's, then the
+    /// profile's.
+    pub(crate) fn budgets(&self, ruling: &Ruling) -> Vec<crate::spend::Applies> {
+        let mut out = Vec::new();
+        if let Some((i, Some(b))) = ruling.rule_index.map(|i| (i, self.rule_budgets.get(i).copied().flatten())) {
+            out.push(crate::spend::Applies {
+                key: format!("network.rule[{i}]"),
+                name: ruling.rule.clone().unwrap_or_else(|| format!("network.rule[{i}]")),
+                budget: b,
+            });
+        }
+        if let Some(b) = self.budget {
+            out.push(crate::spend::Applies { key: "profile".into(), name: "profile".into(), budget: b });
+        }
+        out
     }
 
     pub(crate) fn decide(&self, scheme: &str, host: &Host, port: u16, method: &str, path: &str) -> Ruling {

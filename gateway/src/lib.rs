@@ -55,6 +55,7 @@ mod limit;
 mod proxy;
 mod rate;
 mod resolve;
+mod spend;
 mod stream;
 mod transparent;
 mod upstream;
@@ -179,6 +180,8 @@ pub(crate) struct Inner {
     upstreams: Arc<upstream::Upstreams>,
     holds: holds::Holds,
     rate: rate::RateLimiter,
+    /// Spend against `[budget]` and rules' `budget`.
+    spend: spend::Spend,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
     /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
@@ -420,6 +423,7 @@ impl Gateway {
                 upstreams: Arc::new(upstream::Upstreams::new(client)),
                 holds: holds::Holds::default(),
                 rate: rate::RateLimiter::default(),
+                spend: spend::Spend::default(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
                 placeholders: Mutex::default(),
@@ -447,6 +451,8 @@ impl Gateway {
             version: Arc::from(profile.version.as_str()),
             secrets,
             limits: profile.limits,
+            budget: profile.budget,
+            rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
             body,
             scan: None,
             bound,

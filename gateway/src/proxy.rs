@@ -3,8 +3,9 @@
 //! so a request is decided, recorded and forwarded the same way whichever door it
 //! used (ATTACKS.md class 1).
 //!
-//! Order for every request: refuse ambiguity → decide → (hold) → rate → resolve and
-//! SSRF-check → append the audit event and wait until it is durable → forward.
+//! Order for every request: refuse ambiguity → decide → budget spent? (deny or hold)
+//! → (hold) → rate → resolve and SSRF-check → charge the budgets → append the audit
+//! event and wait until it is durable → forward.
 //! Any error before forwarding is a refusal, never a pass (class 6).
 
 use std::convert::Infallible;
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use gvm_policy::Host;
+use gvm_policy::{Host, OnExhausted};
 
 use crate::answer::{self, Described, RespBody};
 use crate::body::{Completion, Counting, LeakWatch, Scanned};
@@ -720,7 +721,20 @@ impl Inner {
         state.stamp(details);
         let profile = state.name.clone();
         let rule = ruling.rule.as_deref();
-        match ruling.verdict {
+        // Budgets are money: checked in watch mode too (spend.rs).
+        let charged_to = if ruling.verdict == Verdict::Deny { Vec::new() } else { state.budgets(ruling) };
+        let mut verdict = ruling.verdict;
+        if let Some(ex) = self.spend.exhausted(&profile, &charged_to, time::OffsetDateTime::now_utc()) {
+            match ex.budget.on_exhausted {
+                OnExhausted::Deny => return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await),
+                OnExhausted::Hold => {
+                    details["budget_exhausted"] = json!(ex.name);
+                    verdict = Verdict::Hold;
+                }
+            }
+        }
+        let mut approved = false;
+        match verdict {
             Verdict::Deny => {
                 return Err(self
                     .deny_event(kind, &profile, rule, what, details.clone(), "the profile's rules do not allow it")
@@ -765,6 +779,7 @@ impl Inner {
                 match wait.await {
                     HoldOutcome::Approved => {
                         details["hold"] = json!("approved");
+                        approved = true;
                     }
                     HoldOutcome::Denied => {
                         details["hold"] = json!("denied");
@@ -815,6 +830,11 @@ impl Inner {
         match self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await {
             Ok(addr) => {
                 details["addr"] = json!(addr.to_string());
+                // Charged last, all budgets or none: a request that gets this far is
+                // forwarded unless its event cannot be recorded.
+                if let Err(ex) = self.spend.charge(&profile, &charged_to, time::OffsetDateTime::now_utc(), approved) {
+                    return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await);
+                }
                 Ok(addr)
             }
             Err(e) => {
@@ -824,6 +844,27 @@ impl Inner {
                     .await)
             }
         }
+    }
+
+    /// Records (decision `limit`) and answers (429) a request whose budget is spent.
+    async fn budget_spent(
+        &self,
+        kind: &str,
+        profile: &str,
+        rule: Option<&str>,
+        what: &Described,
+        details: &mut Value,
+        ex: &crate::spend::Exhausted,
+    ) -> Response<RespBody> {
+        details["status"] = json!(429);
+        details["budget"] = json!(ex.name);
+        details["limit"] = json!({ "requests": ex.budget.requests, "per": ex.budget.per.as_str() });
+        details["spent"] = json!({ "requests": ex.spent });
+        details["resets_at"] = json!(ex.resets_at_rfc3339());
+        if let Err(e) = self.note(kind, profile, "limit", rule, &*details).await {
+            return e.answer(profile, what);
+        }
+        answer::budget_exhausted(profile, what, ex)
     }
 
     /// Records and answers a request refused for what it carries (`exfiltration` or

@@ -1,0 +1,130 @@
+//! Budgets: an agent cannot run up a bill. A spent budget refuses (429, naming the
+//! budget, its limit, the spend and when it resets) or holds for a human; watch mode
+//! enforces budgets too; a refusal is recorded as decision `limit`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The next 00:00 UTC, as the gateway writes it.
+fn next_midnight() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let next = (now.date() + time::Duration::DAY).midnight().assume_utc();
+    next.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn a_rule_budget_of_3_a_day_refuses_the_4th_request_naming_the_budget_and_the_reset() {
+    let env = env(r#"
+[network]
+default = "deny"
+
+[[network.rule]]
+host = "api.test.example"
+action = "allow"
+budget = { requests = 3, per = "day" }
+"#)
+    .await;
+    let mut c = proxy_conn(&env).await;
+    let url = format!("http://{HOST}:{}/v1/x", env.up_http);
+    let host = format!("{HOST}:{}", env.up_http);
+    for i in 1..=3 {
+        let r = send(&mut c, "POST", &url, &host, &format!("rule-budget-{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = send(&mut c, "POST", &url, &host, "rule-budget-4").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["error"], "gvm budget spent");
+    assert!(j["budget"].as_str().unwrap().starts_with("network.rule[0] ("), "{j}");
+    assert!(j["budget"].as_str().unwrap().ends_with("agent.toml:6)"), "{j}");
+    assert_eq!(j["limit"], serde_json::json!({ "requests": 3, "per": "day" }));
+    assert_eq!(j["spent"]["requests"], 3);
+    assert_eq!(j["resets_at"], next_midnight());
+    for i in 1..=3 {
+        assert!(upstream_saw(format!("rule-budget-{i}").as_bytes()));
+    }
+    assert!(!upstream_saw(b"rule-budget-4"), "the 4th never reached the upstream");
+    // Recorded like a rate limit, with what was spent.
+    let ev = wait_event(&env, "http", "\"resets_at\"").await;
+    assert_eq!(ev.decision.as_deref(), Some("limit"));
+    assert_eq!(ev.details["status"], 429);
+    assert_eq!(ev.details["budget"], j["budget"]);
+    assert_eq!(ev.details["spent"]["requests"], 3);
+    assert_eq!(ev.details["limit"]["requests"], 3);
+    assert_eq!(ev.details["resets_at"], next_midnight());
+}
+
+#[tokio::test]
+async fn a_spent_profile_budget_with_on_exhausted_hold_holds_the_request() {
+    let env = env(r#"
+[network]
+default = "deny"
+hold_timeout = "5s"
+
+[[network.rule]]
+host = "api.test.example"
+action = "allow"
+
+[budget]
+requests = 3
+per = "month"
+on_exhausted = "hold"
+"#)
+    .await;
+    let mut c = proxy_conn(&env).await;
+    let url = format!("http://{HOST}:{}/v1/y", env.up_http);
+    let host = format!("{HOST}:{}", env.up_http);
+    for i in 1..=3 {
+        let r = send(&mut c, "POST", &url, &host, &format!("hold-budget-{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let gw = env.gw.clone();
+    let approver = tokio::spawn(async move {
+        loop {
+            if let Some(h) = gw.holds().first().cloned() {
+                assert!(h.url.ends_with("/v1/y"), "{h:?}");
+                gw.resolve_hold(h.id, true).unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let r = send(&mut c, "POST", &url, &host, "hold-budget-4").await;
+    tokio::time::timeout(Duration::from_secs(5), approver).await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "approved by a human: forwarded; {}", r.body);
+    assert!(upstream_saw(b"hold-budget-4"));
+    let all = events(&env);
+    let held = all.iter().find(|e| e.decision.as_deref() == Some("hold")).expect("a hold event");
+    assert_eq!(held.details["budget_exhausted"], "profile", "it names the spent budget");
+    assert_eq!(all.iter().filter(|e| e.decision.as_deref() == Some("hold")).count(), 1);
+}
+
+#[tokio::test]
+async fn watch_mode_enforces_budgets_too() {
+    let env = env(r#"
+[agent]
+mode = "watch"
+
+[network]
+default = "deny"
+
+[budget]
+requests = 2
+per = "day"
+"#)
+    .await;
+    let mut c = proxy_conn(&env).await;
+    let url = format!("http://{HOST}:{}/w", env.up_http);
+    let host = format!("{HOST}:{}", env.up_http);
+    for i in 1..=2 {
+        let r = send(&mut c, "POST", &url, &host, &format!("watch-budget-{i}")).await;
+        assert_eq!(r.status, 200, "watch mode lets it through: {}", r.body);
+    }
+    let r = send(&mut c, "POST", &url, &host, "watch-budget-3").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["budget"], "profile");
+    assert!(!upstream_saw(b"watch-budget-3"));
+}
