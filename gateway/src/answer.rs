@@ -113,8 +113,8 @@ pub(crate) fn budget_exhausted(profile: &str, what: &Described, ex: &crate::spen
             "error": "gvm budget spent",
             "profile": profile,
             "budget": ex.name,
-            "limit": { "requests": ex.budget.requests, "per": ex.budget.per.as_str() },
-            "spent": { "requests": ex.spent },
+            "limit": ex.limit_json(),
+            "spent": ex.spent_json(),
             "resets_at": resets_at,
             "request": { "method": what.method, "url": what.url },
             "how_to_get_access": format!(

@@ -76,6 +76,8 @@ pub(crate) struct ProfileState {
     pub budget: Option<gvm_policy::Budget>,
     /// Each rule's `budget`, by rule index.
     pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
+    /// Each rule's `cost`, by rule index.
+    pub rule_costs: Vec<Option<gvm_policy::Money>>,
     /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.
     pub body: Arc<std::sync::Mutex<crate::budget::Bucket>>,
     /// Secret values, placeholders and `deny_read` file values; `None`: nothing to scan.
@@ -246,6 +248,11 @@ impl ProfileState {
             out.push(crate::spend::Applies { key: "profile".into(), name: "profile".into(), budget: b });
         }
         out
+    }
+
+    /// What a request decided by `ruling` costs (its rule's `cost`, else nothing).
+    pub(crate) fn cost(&self, ruling: &Ruling) -> gvm_policy::Money {
+        ruling.rule_index.and_then(|i| self.rule_costs.get(i).copied().flatten()).unwrap_or_default()
     }
 
     pub(crate) fn decide(&self, scheme: &str, host: &Host, port: u16, method: &str, path: &str) -> Ruling {

@@ -110,6 +110,7 @@ use tokio::task::JoinHandle;
 
 pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
+pub use spend::{SpendStore, SpendStoreError};
 pub use transparent::OriginalDst;
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
@@ -118,6 +119,15 @@ pub mod scan {
 }
 
 use crate::decide::ProfileState;
+
+/// How often budget spend is written behind to its store (the crash window).
+const SPEND_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the spend charged since the last write, off the async threads.
+async fn flush_spend(inner: Arc<Inner>) {
+    let Some(store) = inner.spend_store.get().cloned() else { return };
+    let _ = tokio::task::spawn_blocking(move || inner.spend.flush(&store)).await;
+}
 use crate::proxy::{ConnCtx, ConnKind};
 
 /// A profile's name as the gateway keys it (the daemon validates names).
@@ -182,6 +192,8 @@ pub(crate) struct Inner {
     rate: rate::RateLimiter,
     /// Spend against `[budget]` and rules' `budget`.
     spend: spend::Spend,
+    /// Where spend is kept across restarts ([`Gateway::open_spend`]).
+    spend_store: std::sync::OnceLock<Arc<spend::SpendStore>>,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
     /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
@@ -424,6 +436,7 @@ impl Gateway {
                 holds: holds::Holds::default(),
                 rate: rate::RateLimiter::default(),
                 spend: spend::Spend::default(),
+                spend_store: std::sync::OnceLock::new(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
                 placeholders: Mutex::default(),
@@ -453,6 +466,7 @@ impl Gateway {
             limits: profile.limits,
             budget: profile.budget,
             rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
+            rule_costs: profile.network.rules.iter().map(|r| r.cost).collect(),
             body,
             scan: None,
             bound,
@@ -529,6 +543,35 @@ impl Gateway {
     /// (gvmd calls it before it closes the audit store).
     pub async fn flush(&self) {
         self.inner.flush_folds().await;
+        self.flush_spend().await;
+    }
+
+    /// Writes budget spend charged since the last write to the store, if there is one.
+    async fn flush_spend(&self) {
+        flush_spend(self.inner.clone()).await;
+    }
+
+    /// Keeps budget spend in the SQLite file at `path` (gvmd: `<state>/spend.db`):
+    /// loads what the current periods have spent, then writes new charges behind, every
+    /// second and on [`Gateway::flush`]. Call once, before serving; needs a Tokio runtime.
+    pub fn open_spend(&self, path: &std::path::Path) -> Result<(), SpendStoreError> {
+        let store = Arc::new(spend::SpendStore::open(path)?);
+        self.inner.spend.load_from(&store)?;
+        if self.inner.spend_store.set(store).is_err() {
+            return Ok(()); // already open: the first store stays
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SPEND_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Ends with the gateway.
+                let Some(inner) = weak.upgrade() else { return };
+                flush_spend(inner).await;
+            }
+        });
+        Ok(())
     }
 
     /// The explicit proxy on `listener` for `profile`.

@@ -723,8 +723,9 @@ impl Inner {
         let rule = ruling.rule.as_deref();
         // Budgets are money: checked in watch mode too (spend.rs).
         let charged_to = if ruling.verdict == Verdict::Deny { Vec::new() } else { state.budgets(ruling) };
+        let cost = state.cost(ruling);
         let mut verdict = ruling.verdict;
-        if let Some(ex) = self.spend.exhausted(&profile, &charged_to, time::OffsetDateTime::now_utc()) {
+        if let Some(ex) = self.spend.exhausted(&profile, &charged_to, cost, time::OffsetDateTime::now_utc()) {
             match ex.budget.on_exhausted {
                 OnExhausted::Deny => return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await),
                 OnExhausted::Hold => {
@@ -832,7 +833,9 @@ impl Inner {
                 details["addr"] = json!(addr.to_string());
                 // Charged last, all budgets or none: a request that gets this far is
                 // forwarded unless its event cannot be recorded.
-                if let Err(ex) = self.spend.charge(&profile, &charged_to, time::OffsetDateTime::now_utc(), approved) {
+                if let Err(ex) =
+                    self.spend.charge(&profile, &charged_to, cost, time::OffsetDateTime::now_utc(), approved)
+                {
                     return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await);
                 }
                 Ok(addr)
@@ -858,8 +861,8 @@ impl Inner {
     ) -> Response<RespBody> {
         details["status"] = json!(429);
         details["budget"] = json!(ex.name);
-        details["limit"] = json!({ "requests": ex.budget.requests, "per": ex.budget.per.as_str() });
-        details["spent"] = json!({ "requests": ex.spent });
+        details["limit"] = ex.limit_json();
+        details["spent"] = ex.spent_json();
         details["resets_at"] = json!(ex.resets_at_rfc3339());
         if let Err(e) = self.note(kind, profile, "limit", rule, &*details).await {
             return e.answer(profile, what);

@@ -45,11 +45,38 @@ pub enum OnExhausted {
     Hold,
 }
 
-/// A validated budget.
+/// An amount of money in millionths of the budget's currency (exact sums: `0.02` five
+/// times is `0.1`, not `0.09999...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Money(pub u64);
+
+impl Money {
+    /// The largest amount a profile may write (a billion).
+    pub const MAX: f64 = 1e9;
+
+    /// `None` unless `x` is finite, not negative and at most [`Money::MAX`].
+    pub fn from_f64(x: f64) -> Option<Money> {
+        (x.is_finite() && (0.0..=Money::MAX).contains(&x)).then(|| Money((x * 1e6).round() as u64))
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_f64())
+    }
+}
+
+/// A validated budget: at least one of `requests` and `money`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Budget {
     /// Requests forwarded per period.
-    pub requests: u64,
+    pub requests: Option<u64>,
+    /// Money spent per period: the `cost` of each forwarded request.
+    pub money: Option<Money>,
     pub per: BudgetPer,
     pub on_exhausted: OnExhausted,
 }

@@ -27,7 +27,7 @@ mod profile;
 mod rule;
 mod units;
 
-pub use budget::{Budget, BudgetPer, OnExhausted};
+pub use budget::{Budget, BudgetPer, Money, OnExhausted};
 pub use check::check;
 pub use compiled::{
     CompiledPolicy, ConnectPlan, ConsideredRule, Decision, Explanation, Request, RuleOutcome, RuleRef, Scheme, Verdict,

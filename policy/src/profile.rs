@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::budget::{Budget, BudgetPer, OnExhausted};
+use crate::budget::{Budget, BudgetPer, Money, OnExhausted};
 use crate::compiled::CompiledPolicy;
 use crate::diag::Diagnostic;
 use crate::name::ProfileName;
@@ -215,6 +215,7 @@ struct RawProfile {
 #[serde(deny_unknown_fields)]
 struct RawBudget {
     requests: Option<Spanned<i64>>,
+    money: Option<Spanned<f64>>,
     per: BudgetPer,
     on_exhausted: Option<OnExhausted>,
 }
@@ -269,6 +270,7 @@ struct RawRule {
     action: Spanned<Action>,
     rate: Option<Spanned<String>>,
     budget: Option<Spanned<RawBudget>>,
+    cost: Option<Spanned<f64>>,
     inject: Option<Spanned<RawInject>>,
     intercept: Option<Spanned<bool>>,
     comment: Option<String>,
@@ -924,6 +926,24 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let cost = match &r.cost {
+            None => None,
+            Some(c) => {
+                if action == Action::Deny {
+                    return Err(self
+                        .err(c.span(), f("cost"), "a deny rule forwards nothing, so it costs nothing")
+                        .fix("remove `cost`"));
+                }
+                match Money::from_f64(*c.get_ref()) {
+                    Some(v) => Some(v),
+                    None => {
+                        return Err(self
+                            .err(c.span(), f("cost"), "must be an amount of 0 or more")
+                            .fix("write what one request costs, e.g. cost = 0.02"))
+                    }
+                }
+            }
+        };
         let inject = match r.inject {
             Some(inj) => {
                 if action == Action::Deny {
@@ -968,6 +988,7 @@ impl Validator<'_> {
             action,
             rate,
             budget,
+            cost,
             inject,
             intercept,
             comment: r.comment,
@@ -1084,20 +1105,34 @@ impl Validator<'_> {
     fn budget(&self, raw: Spanned<RawBudget>, field: &str) -> V<Budget> {
         let span = raw.span();
         let raw = raw.into_inner();
-        let Some(n) = raw.requests else {
+        if raw.requests.is_none() && raw.money.is_none() {
             return Err(self
                 .err(span, field, "a budget needs something to count")
-                .fix("write `requests = N`, e.g. requests = 1000, per = \"day\""));
+                .fix("write `requests = N` and/or `money = AMOUNT`, e.g. requests = 1000, per = \"day\""));
+        }
+        let requests = match raw.requests {
+            None => None,
+            Some(n) => match u64::try_from(*n.get_ref()) {
+                Ok(r @ 1..) => Some(r),
+                _ => {
+                    return Err(self
+                        .err(n.span(), format!("{field}.requests"), "must be a whole number of requests, 1 or more")
+                        .fix("write e.g. requests = 1000; to forbid requests altogether, use a deny rule"))
+                }
+            },
         };
-        let requests = match u64::try_from(*n.get_ref()) {
-            Ok(r @ 1..) => r,
-            _ => {
-                return Err(self
-                    .err(n.span(), format!("{field}.requests"), "must be a whole number of requests, 1 or more")
-                    .fix("write e.g. requests = 1000; to forbid requests altogether, use a deny rule"))
-            }
+        let money = match raw.money {
+            None => None,
+            Some(m) => match Money::from_f64(*m.get_ref()) {
+                Some(v) if v.0 > 0 => Some(v),
+                _ => {
+                    return Err(self
+                        .err(m.span(), format!("{field}.money"), "must be an amount above 0")
+                        .fix("write e.g. money = 5.0 (in the currency of the rules' `cost`)"))
+                }
+            },
         };
-        Ok(Budget { requests, per: raw.per, on_exhausted: raw.on_exhausted.unwrap_or_default() })
+        Ok(Budget { requests, money, per: raw.per, on_exhausted: raw.on_exhausted.unwrap_or_default() })
     }
 
     fn limits(&self, raw: Option<RawLimits>) -> V<Limits> {

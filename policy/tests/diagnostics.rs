@@ -29,7 +29,7 @@ fn toml_syntax_error_has_position() {
 fn unknown_field_lists_the_accepted_fields() {
     assert_eq!(
         says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\n[[network.rule]]\nhost = \"b.com\"\nacton = \"allow\"\n"),
-        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, inject, intercept, comment"
+        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment"
     );
     assert_eq!(
         says("bogus = 1\n"),
@@ -217,9 +217,15 @@ fn budgets_are_parsed() {
     )
     .unwrap();
     let b = p.budget.unwrap();
-    assert_eq!((b.requests, b.per, b.on_exhausted), (1000, gvm_policy::BudgetPer::Day, gvm_policy::OnExhausted::Deny));
+    assert_eq!(
+        (b.requests, b.per, b.on_exhausted),
+        (Some(1000), gvm_policy::BudgetPer::Day, gvm_policy::OnExhausted::Deny)
+    );
     let r = p.network.rules[0].budget.unwrap();
-    assert_eq!((r.requests, r.per, r.on_exhausted), (100, gvm_policy::BudgetPer::Hour, gvm_policy::OnExhausted::Hold));
+    assert_eq!(
+        (r.requests, r.per, r.on_exhausted),
+        (Some(100), gvm_policy::BudgetPer::Hour, gvm_policy::OnExhausted::Hold)
+    );
 }
 
 #[test]
@@ -235,8 +241,8 @@ fn bad_budgets_say_what_to_write() {
     );
     assert_eq!(
         says("[budget]\nper = \"day\"\n"),
-        "profiles/inv.toml:1:1: `budget`: a budget needs something to count — write `requests = N`, e.g. \
-         requests = 1000, per = \"day\""
+        "profiles/inv.toml:1:1: `budget`: a budget needs something to count — write `requests = N` and/or \
+         `money = AMOUNT`, e.g. requests = 1000, per = \"day\""
     );
     assert_eq!(
         says("[[network.rule]]\nhost = \"a.com\"\naction = \"deny\"\nbudget = { requests = 1, per = \"day\" }\n"),
@@ -250,4 +256,34 @@ fn bad_budgets_say_what_to_write() {
          budget = { requests = 1, per = \"day\", on_exhausted = \"wait\" }\n",
     );
     assert!(d.to_string().contains("allowed values: deny, hold"), "{d}");
+}
+
+#[test]
+fn money_budgets_and_costs() {
+    let p = parse_profile(
+        Path::new("profiles/m.toml"),
+        "[budget]\nmoney = 5\nper = \"month\"\n[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ncost = 0.02\n\
+         budget = { money = 1.0, requests = 10, per = \"day\" }\n",
+    )
+    .unwrap();
+    assert_eq!(p.budget.unwrap().money, Some(gvm_policy::Money(5_000_000)));
+    assert_eq!(p.budget.unwrap().requests, None);
+    let r = &p.network.rules[0];
+    assert_eq!(r.cost, Some(gvm_policy::Money(20_000)));
+    assert_eq!(r.budget.unwrap().money, Some(gvm_policy::Money(1_000_000)));
+    assert_eq!(
+        says("[budget]\nmoney = -1.0\nper = \"day\"\n"),
+        "profiles/inv.toml:2:9: `budget.money`: must be an amount above 0 — write e.g. money = 5.0 (in the currency \
+         of the rules' `cost`)"
+    );
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ncost = -0.5\n"),
+        "profiles/inv.toml:4:8: `network.rule[0].cost`: must be an amount of 0 or more — write what one request \
+         costs, e.g. cost = 0.02"
+    );
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"deny\"\ncost = 1\n"),
+        "profiles/inv.toml:4:8: `network.rule[0].cost`: a deny rule forwards nothing, so it costs nothing — remove `cost`"
+    );
+    assert!(says("[budget]\nmoney = nan\nper = \"day\"\n").contains("must be an amount above 0"));
 }
