@@ -76,6 +76,8 @@ pub(crate) struct ProfileState {
     pub budget: Option<gvm_policy::Budget>,
     /// Each rule's `budget`, by rule index.
     pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
+    /// Each rule's name as decisions give it: `network.rule[i] (file:line)`.
+    pub rule_names: Vec<String>,
     /// Each rule's `cost`, by rule index.
     pub rule_costs: Vec<Option<gvm_policy::Money>>,
     /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.
@@ -246,6 +248,24 @@ impl ProfileState {
         }
         if let Some(b) = self.budget {
             out.push(crate::spend::Applies { key: "profile".into(), name: "profile".into(), budget: b });
+        }
+        out
+    }
+
+    /// Every budget of the profile: `[budget]`, then the rules' in order.
+    pub(crate) fn all_budgets(&self) -> Vec<crate::spend::Applies> {
+        let mut out = Vec::new();
+        if let Some(b) = self.budget {
+            out.push(crate::spend::Applies { key: "profile".into(), name: "profile".into(), budget: b });
+        }
+        for (i, b) in self.rule_budgets.iter().enumerate() {
+            if let Some(b) = b {
+                out.push(crate::spend::Applies {
+                    key: format!("network.rule[{i}]"),
+                    name: self.rule_names.get(i).cloned().unwrap_or_else(|| format!("network.rule[{i}]")),
+                    budget: *b,
+                });
+            }
         }
         out
     }

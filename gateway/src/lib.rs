@@ -110,7 +110,7 @@ use tokio::task::JoinHandle;
 
 pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
-pub use spend::{SpendStore, SpendStoreError};
+pub use spend::{BudgetNotice, BudgetSink, SpendStore, SpendStoreError, NOTICE_AT};
 pub use transparent::OriginalDst;
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
@@ -194,6 +194,8 @@ pub(crate) struct Inner {
     spend: spend::Spend,
     /// Where spend is kept across restarts ([`Gateway::open_spend`]).
     spend_store: std::sync::OnceLock<Arc<spend::SpendStore>>,
+    /// Who hears of budgets crossing 80 % besides journald.
+    budget_sink: RwLock<Option<Arc<dyn spend::BudgetSink>>>,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
     /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
@@ -205,6 +207,20 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// A budget crossed 80 %: a journald NOTICE (tracing's INFO level), then the sink.
+    pub(crate) fn budget_notice(&self, n: &BudgetNotice) {
+        tracing::info!(
+            gvm_profile = %n.profile,
+            gvm_budget = %n.budget,
+            "budget {} of profile {} is at {} of {} {} per {} (80 % crossed); it resets {}",
+            n.budget, n.profile, n.spent, n.limit, n.of, n.per, n.resets_at
+        );
+        let sink = self.budget_sink.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sink) = sink {
+            sink.budget_notice(n);
+        }
+    }
+
     /// A place for one more connection of `profile` on `listener`, or `None` (counted
     /// in a `limits_exceeded` event): the caller closes the connection.
     pub(crate) fn admit_connection(&self, profile: &Arc<str>, listener: &'static str) -> Option<limit::Slot> {
@@ -437,6 +453,7 @@ impl Gateway {
                 rate: rate::RateLimiter::default(),
                 spend: spend::Spend::default(),
                 spend_store: std::sync::OnceLock::new(),
+                budget_sink: RwLock::new(None),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
                 placeholders: Mutex::default(),
@@ -467,6 +484,12 @@ impl Gateway {
             budget: profile.budget,
             rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
             rule_costs: profile.network.rules.iter().map(|r| r.cost).collect(),
+            rule_names: profile
+                .network
+                .rules
+                .iter()
+                .map(|r| format!("network.rule[{}] ({}:{})", r.index, profile.file.display(), r.line))
+                .collect(),
             body,
             scan: None,
             bound,
@@ -537,6 +560,37 @@ impl Gateway {
     /// Why `profile` is noisy (hit a limit, or many refusals folded), if it is.
     pub fn noisy(&self, profile: &str) -> Option<gvm_api::Noisy> {
         self.inner.budgets.noisy(profile)
+    }
+
+    /// Who hears of a budget crossing 80 % besides journald (gvmd: its webhook).
+    pub fn set_budget_sink(&self, sink: Arc<dyn BudgetSink>) {
+        *self.inner.budget_sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    /// What each of `profile`'s budgets has spent in its current period.
+    pub fn budgets(&self, profile: &str) -> Vec<gvm_api::BudgetStatus> {
+        let Some(state) = self.inner.profiles.read().unwrap_or_else(|e| e.into_inner()).get(profile).cloned() else {
+            return Vec::new();
+        };
+        let all = state.all_budgets();
+        let now = time::OffsetDateTime::now_utc();
+        let report = self.inner.spend.report(profile, &all, now);
+        all.into_iter()
+            .zip(report)
+            .map(|(a, (spent, resets_at))| gvm_api::BudgetStatus {
+                budget: a.name,
+                per: a.budget.per.as_str().into(),
+                on_exhausted: match a.budget.on_exhausted {
+                    gvm_policy::OnExhausted::Deny => "deny".into(),
+                    gvm_policy::OnExhausted::Hold => "hold".into(),
+                },
+                requests: a.budget.requests,
+                requests_spent: spent.requests,
+                money: a.budget.money.map(gvm_policy::Money::as_f64),
+                money_spent: spent.money.as_f64(),
+                resets_at: resets_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// Writes the folded counts and `limits_exceeded` events waiting for the next tick

@@ -833,10 +833,9 @@ impl Inner {
                 details["addr"] = json!(addr.to_string());
                 // Charged last, all budgets or none: a request that gets this far is
                 // forwarded unless its event cannot be recorded.
-                if let Err(ex) =
-                    self.spend.charge(&profile, &charged_to, cost, time::OffsetDateTime::now_utc(), approved)
-                {
-                    return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await);
+                match self.spend.charge(&profile, &charged_to, cost, time::OffsetDateTime::now_utc(), approved) {
+                    Ok(crossed) => crossed.iter().for_each(|n| self.budget_notice(n)),
+                    Err(ex) => return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await),
                 }
                 Ok(addr)
             }

@@ -47,6 +47,37 @@ pub(crate) struct Exhausted {
     pub resets_at: OffsetDateTime,
 }
 
+/// A budget whose spend just crossed [`NOTICE_AT`] of one of its limits: gvm writes a
+/// journald NOTICE and hands it to the [`BudgetSink`] (gvmd's webhook).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetNotice {
+    pub profile: String,
+    /// `profile` or `network.rule[i] (file:line)`.
+    pub budget: String,
+    /// `requests` or `money`.
+    pub of: &'static str,
+    pub spent: f64,
+    pub limit: f64,
+    pub per: &'static str,
+    /// RFC 3339 UTC.
+    pub resets_at: String,
+}
+
+/// Who else hears of a budget crossing 80 % (gvmd: the `[notify]` webhook).
+pub trait BudgetSink: Send + Sync {
+    /// Must not block: called on the request path.
+    fn budget_notice(&self, notice: &BudgetNotice);
+}
+
+/// The share of a limit whose crossing is announced: 80 %, as a fraction (4/5).
+pub const NOTICE_AT: (u64, u64) = (4, 5);
+
+/// True when `before` → `after` crosses 80 % of `limit`.
+fn crosses(before: u64, after: u64, limit: u64) -> bool {
+    let at = |v: u64| u128::from(v) * u128::from(NOTICE_AT.1) >= u128::from(limit) * u128::from(NOTICE_AT.0);
+    !at(before) && at(after)
+}
+
 /// What a budget's period has spent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Spent {
@@ -170,7 +201,7 @@ impl Spend {
 
     /// Charges one request costing `cost` to every budget of `budgets`, or to none:
     /// `Err` names the first spent one. `force` charges even past a limit (a request a
-    /// human approved).
+    /// human approved). `Ok` lists the limits this charge took past 80 %.
     pub(crate) fn charge(
         &self,
         profile: &str,
@@ -178,15 +209,17 @@ impl Spend {
         cost: Money,
         now: OffsetDateTime,
         force: bool,
-    ) -> Result<(), Exhausted> {
+    ) -> Result<Vec<BudgetNotice>, Exhausted> {
         let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         if !force {
             if let Some(ex) = Spend::first_exhausted(&map, profile, budgets, cost, now) {
                 return Err(ex);
             }
         }
+        let mut crossed = Vec::new();
         for a in budgets {
-            let start = period(a.budget.per, now).0.unix_timestamp();
+            let (start, end) = period(a.budget.per, now);
+            let start = start.unix_timestamp();
             let c = map.entry((profile.to_string(), a.key.clone())).or_insert(Counter {
                 period: start,
                 spent: Spent::default(),
@@ -196,15 +229,30 @@ impl Spend {
                 c.period = start;
                 c.spent = Spent::default();
             }
+            let before = c.spent;
             c.spent.requests += 1;
             c.spent.money = Money(c.spent.money.0.saturating_add(cost.0));
             c.dirty = true;
+            let notice = |of, spent: f64, limit: f64| BudgetNotice {
+                profile: profile.to_string(),
+                budget: a.name.clone(),
+                of,
+                spent,
+                limit,
+                per: a.budget.per.as_str(),
+                resets_at: end.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            };
+            if let Some(n) = a.budget.requests.filter(|n| crosses(before.requests, c.spent.requests, *n)) {
+                crossed.push(notice("requests", c.spent.requests as f64, n as f64));
+            }
+            if let Some(m) = a.budget.money.filter(|m| crosses(before.money.0, c.spent.money.0, m.0)) {
+                crossed.push(notice("money", c.spent.money.as_f64(), m.as_f64()));
+            }
         }
-        Ok(())
+        Ok(crossed)
     }
 
     /// What `budgets` have spent in their current periods (for `gvmctl status`).
-    #[cfg(test)]
     pub(crate) fn report(
         &self,
         profile: &str,
@@ -421,6 +469,40 @@ mod tests {
         assert_eq!(s.exhausted("p", &both[..1], free, t).unwrap().spent.requests, 4);
         // The next day starts again.
         assert!(s.exhausted("p", &both, free, datetime!(2026-05-06 0:00 UTC)).is_none());
+    }
+
+    #[test]
+    fn crossing_80_percent_is_announced_once() {
+        let s = Spend::default();
+        let b = [Applies {
+            key: "profile".into(),
+            name: "profile".into(),
+            budget: Budget {
+                requests: Some(10),
+                money: Money::from_f64(1.0),
+                per: BudgetPer::Day,
+                on_exhausted: OnExhausted::Deny,
+            },
+        }];
+        let t = datetime!(2026-05-05 10:15 UTC);
+        let cost = Money::from_f64(0.3).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(s.charge("p", &b, cost, t, false).unwrap());
+        }
+        // 0.3, 0.6, 0.9: the third crosses 0.8 of the money; requests are at 3/10.
+        assert!(seen[0].is_empty() && seen[1].is_empty());
+        assert_eq!(seen[2].len(), 1);
+        assert_eq!((seen[2][0].of, seen[2][0].spent, seen[2][0].limit), ("money", 0.9, 1.0));
+        assert_eq!(seen[2][0].resets_at, "2026-05-06T00:00:00Z");
+        let free = Money(0);
+        let mut later = Vec::new();
+        for _ in 0..7 {
+            later.extend(s.charge("p", &b, free, t, true).unwrap());
+        }
+        // Requests 4..=10: 8/10 is the crossing, once.
+        assert_eq!(later.iter().map(|n| (n.of, n.spent)).collect::<Vec<_>>(), [("requests", 8.0)]);
+        assert!(crosses(7, 8, 10) && !crosses(8, 9, 10) && crosses(0, 1, 1));
     }
 
     #[test]

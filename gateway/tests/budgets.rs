@@ -209,3 +209,48 @@ budget = { requests = 3, per = "month" }
     assert_eq!(r.status, 429, "{}", r.body);
     drop(env);
 }
+
+/// `gvmctl status` reads spend from the gateway; crossing 80 % is told to the sink.
+#[tokio::test]
+async fn status_shows_spend_and_crossing_80_percent_is_announced() {
+    struct Heard(std::sync::Mutex<Vec<gvm_gateway::BudgetNotice>>);
+    impl gvm_gateway::BudgetSink for Heard {
+        fn budget_notice(&self, n: &gvm_gateway::BudgetNotice) {
+            self.0.lock().unwrap().push(n.clone());
+        }
+    }
+    let env = env(r#"
+[network]
+default = "deny"
+
+[[network.rule]]
+host = "api.test.example"
+action = "allow"
+cost = 0.5
+budget = { requests = 5, per = "hour" }
+
+[budget]
+money = 10
+per = "month"
+"#)
+    .await;
+    let heard = std::sync::Arc::new(Heard(std::sync::Mutex::new(Vec::new())));
+    env.gw.set_budget_sink(heard.clone());
+    let mut c = proxy_conn(&env).await;
+    let url = format!("http://{HOST}:{}/s", env.up_http);
+    let host = format!("{HOST}:{}", env.up_http);
+    for i in 1..=4 {
+        let r = send(&mut c, "POST", &url, &host, &format!("status-budget-{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let st = env.gw.budgets("agent");
+    assert_eq!(st.len(), 2, "{st:?}");
+    assert_eq!((st[0].budget.as_str(), st[0].money, st[0].money_spent), ("profile", Some(10.0), 2.0));
+    assert!(st[1].budget.starts_with("network.rule[0] ("), "{st:?}");
+    assert_eq!((st[1].requests, st[1].requests_spent, st[1].per.as_str()), (Some(5), 4, "hour"));
+    assert_eq!(st[1].on_exhausted, "deny");
+    let heard = heard.0.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "4 of 5 requests crossed 80 %: {heard:?}");
+    assert_eq!((heard[0].of, heard[0].spent, heard[0].limit), ("requests", 4.0, 5.0));
+    assert_eq!(heard[0].budget, st[1].budget);
+}
