@@ -122,6 +122,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     let approvals = crate::approvals::Approvals::new(store, notices);
     gateway.set_hold_sink(approvals.clone());
     gateway.set_budget_sink(Arc::new(approvals.notices.clone()));
+    gateway.set_prices(config.gateway_prices());
     let stale = approvals.store.expire_stale_requests()?;
     let mut host_listeners = Vec::new();
     for (profile, addr) in &config.gateway.listen {

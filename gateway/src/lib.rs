@@ -59,6 +59,7 @@ mod spend;
 mod stream;
 mod transparent;
 mod upstream;
+mod usage;
 
 /// The parsers of untrusted input, for the cargo-fuzz targets in `fuzz/` only.
 #[cfg(feature = "fuzz")]
@@ -112,6 +113,7 @@ pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
 pub use spend::{BudgetNotice, BudgetSink, SpendStore, SpendStoreError, NOTICE_AT};
 pub use transparent::OriginalDst;
+pub use usage::{Price, Prices, MAX_TAP, UNREAD_TOKENS};
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
 pub mod scan {
@@ -196,6 +198,8 @@ pub(crate) struct Inner {
     spend_store: std::sync::OnceLock<Arc<spend::SpendStore>>,
     /// Who hears of budgets crossing 80 % besides journald.
     budget_sink: RwLock<Option<Arc<dyn spend::BudgetSink>>>,
+    /// `[prices]` of gvmd.toml: responses from these hosts are charged their LLM usage.
+    prices: RwLock<Arc<usage::Prices>>,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
     /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
@@ -454,6 +458,7 @@ impl Gateway {
                 spend: spend::Spend::default(),
                 spend_store: std::sync::OnceLock::new(),
                 budget_sink: RwLock::new(None),
+                prices: RwLock::default(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
                 placeholders: Mutex::default(),
@@ -560,6 +565,12 @@ impl Gateway {
     /// Why `profile` is noisy (hit a limit, or many refusals folded), if it is.
     pub fn noisy(&self, profile: &str) -> Option<gvm_api::Noisy> {
         self.inner.budgets.noisy(profile)
+    }
+
+    /// The prices of LLM hosts (`[prices]` in gvmd.toml): a response from one of these
+    /// hosts is charged its token usage to the request's money budgets (`usage.rs`).
+    pub fn set_prices(&self, prices: Prices) {
+        *self.inner.prices.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prices);
     }
 
     /// Who hears of a budget crossing 80 % besides journald (gvmd: its webhook).

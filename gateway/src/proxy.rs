@@ -620,6 +620,11 @@ impl Inner {
         if !ruling.inject.is_empty() {
             remove_twins(&mut parts.headers, &ruling.inject);
         }
+        // A priced host answers uncompressed, so that its usage can be read (usage.rs).
+        let prices = self.prices.read().unwrap_or_else(|e| e.into_inner()).get(target.host.as_str()).cloned();
+        if prices.is_some() {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         for (name, value) in &ruling.inject {
             // A client-sent value never travels beside the injected one (class 9).
             parts.headers.remove(name);
@@ -702,7 +707,25 @@ impl Inner {
         let (mut parts, body) = resp.into_parts();
         strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
         use http_body_util::BodyExt;
-        Response::from_parts(parts, Counting::new(body, Some(done), false).boxed())
+        let body = Counting::new(body, Some(done), false);
+        match prices.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS) {
+            Some(table) => {
+                let charged_to = state.budgets(&ruling);
+                let this = self.clone();
+                let on_end: crate::usage::OnEnd = Box::new(move |kept| {
+                    let usage = kept.and_then(crate::usage::parse);
+                    let cost = crate::usage::cost(&table, usage.as_ref());
+                    let money = gvm_policy::Money::from_f64(cost).unwrap_or(gvm_policy::Money(u64::MAX));
+                    tracing::debug!("{profile}: LLM usage {usage:?} costs {cost}");
+                    let now = time::OffsetDateTime::now_utc();
+                    for n in this.spend.add_money(&profile, &charged_to, money, now) {
+                        this.budget_notice(&n);
+                    }
+                });
+                Response::from_parts(parts, crate::usage::UsageTap::new(body, on_end).boxed())
+            }
+            None => Response::from_parts(parts, body.boxed()),
+        }
     }
 
     /// Hold, deny, rate and SSRF: everything between the decision and the durable

@@ -210,6 +210,30 @@ impl Spend {
         now: OffsetDateTime,
         force: bool,
     ) -> Result<Vec<BudgetNotice>, Exhausted> {
+        self.charge_n(profile, budgets, 1, cost, now, force)
+    }
+
+    /// Adds what a forwarded request turned out to cost (its LLM usage, known when the
+    /// response ends) to its budgets, past their limits if need be: it was spent.
+    pub(crate) fn add_money(
+        &self,
+        profile: &str,
+        budgets: &[Applies],
+        cost: Money,
+        now: OffsetDateTime,
+    ) -> Vec<BudgetNotice> {
+        self.charge_n(profile, budgets, 0, cost, now, true).unwrap_or_default()
+    }
+
+    fn charge_n(
+        &self,
+        profile: &str,
+        budgets: &[Applies],
+        requests: u64,
+        cost: Money,
+        now: OffsetDateTime,
+        force: bool,
+    ) -> Result<Vec<BudgetNotice>, Exhausted> {
         let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         if !force {
             if let Some(ex) = Spend::first_exhausted(&map, profile, budgets, cost, now) {
@@ -230,7 +254,7 @@ impl Spend {
                 c.spent = Spent::default();
             }
             let before = c.spent;
-            c.spent.requests += 1;
+            c.spent.requests += requests;
             c.spent.money = Money(c.spent.money.0.saturating_add(cost.0));
             c.dirty = true;
             let notice = |of, spent: f64, limit: f64| BudgetNotice {

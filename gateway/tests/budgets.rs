@@ -254,3 +254,62 @@ per = "month"
     assert_eq!((heard[0].of, heard[0].spent, heard[0].limit), ("requests", 4.0, 5.0));
     assert_eq!(heard[0].budget, st[1].budget);
 }
+
+/// Responses from a priced host are charged their LLM usage; unreadable usage is
+/// charged 100,000 tokens at the host's highest price, never nothing.
+#[tokio::test]
+async fn llm_usage_is_charged_from_json_and_streams_and_unreadable_usage_is_not_free() {
+    let env = env(r#"
+[network]
+default = "deny"
+
+[[network.rule]]
+host = "api.test.example"
+action = "allow"
+
+[budget]
+money = 1.0
+per = "day"
+"#)
+    .await;
+    let table = std::collections::HashMap::from([
+        ("gpt-4o".to_string(), gvm_gateway::Price { input: 2.5, output: 10.0 }),
+        ("gpt-4o-mini".to_string(), gvm_gateway::Price { input: 0.15, output: 0.6 }),
+    ]);
+    env.gw.set_prices(std::collections::HashMap::from([(HOST.to_string(), table)]));
+    let spent = || env.gw.budgets("agent")[0].money_spent;
+    let mut c = proxy_conn(&env).await;
+    let host = format!("{HOST}:{}", env.up_http);
+    let url = |p: &str| format!("http://{HOST}:{}{p}", env.up_http);
+
+    let r = send(&mut c, "POST", &url("/llm/json"), &host, "{}").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("prompt_tokens"), "the body reaches the agent unchanged");
+    wait_for_spend(&spent, 0.0045).await; // 1000 × 2.5 + 200 × 10 per million
+
+    let r = send(&mut c, "POST", &url("/llm/sse"), &host, "{}").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("[DONE]"));
+    wait_for_spend(&spent, 0.0045 + 0.00075).await; // 100 × 2.5 + 50 × 10 per million
+
+    // No usage in the answer: 100,000 tokens at 10.0 per million = 1.0. The request
+    // also went without Accept-Encoding, so that usage could be read.
+    let r = send_with(&mut c, "GET", &url("/plain"), &host, &[("accept-encoding", "gzip")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"].get("accept-encoding"), None, "{}", r.body);
+    wait_for_spend(&spent, 1.00525).await;
+    let r = send(&mut c, "POST", &url("/llm/json"), &host, "{}").await;
+    assert_eq!(r.status, 429, "the money budget is spent: {}", r.body);
+}
+
+async fn wait_for_spend(spent: &impl Fn() -> f64, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = spent();
+        if (got - want).abs() < 1e-9 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "spent {got}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
