@@ -707,7 +707,7 @@ impl Inner {
         let (mut parts, body) = resp.into_parts();
         strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
         use http_body_util::BodyExt;
-        let body = Counting::new(body, Some(done), false);
+        let body = Counting::new(body, Some(done.clone()), false);
         match prices.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS) {
             Some(table) => {
                 let charged_to = state.budgets(&ruling);
@@ -716,7 +716,12 @@ impl Inner {
                     let usage = kept.and_then(crate::usage::parse);
                     let cost = crate::usage::cost(&table, usage.as_ref());
                     let money = gvm_policy::Money::from_f64(cost).unwrap_or(gvm_policy::Money(u64::MAX));
-                    tracing::debug!("{profile}: LLM usage {usage:?} costs {cost}");
+                    *done.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(match &usage {
+                        Some(u) => json!({
+                            "model": u.model, "input_tokens": u.input, "output_tokens": u.output, "cost": money.as_f64(),
+                        }),
+                        None => json!({ "unread": true, "cost": money.as_f64() }),
+                    });
                     let now = time::OffsetDateTime::now_utc();
                     for n in this.spend.add_money(&profile, &charged_to, money, now) {
                         this.budget_notice(&n);
@@ -977,7 +982,8 @@ impl Inner {
             up: 0.into(),
             down: 0.into(),
             status: 0.into(),
-            on_done: Some(Box::new(move |status, up, down, ms| {
+            usage: Mutex::new(None),
+            on_done: Some(Box::new(move |status, up, down, ms, usage| {
                 let mut ev = ev;
                 let details = &mut ev.details;
                 details["decision_seq"] = json!(seq);
@@ -985,6 +991,9 @@ impl Inner {
                 details["bytes_up"] = json!(up);
                 details["bytes_down"] = json!(down);
                 details["duration_ms"] = json!(ms);
+                if let Some(u) = usage {
+                    details["usage"] = u;
+                }
                 crate::audit_glue::append_nowait(&audit, ev);
             })),
         }

@@ -300,6 +300,14 @@ per = "day"
     wait_for_spend(&spent, 1.00525).await;
     let r = send(&mut c, "POST", &url("/llm/json"), &host, "{}").await;
     assert_eq!(r.status, 429, "the money budget is spent: {}", r.body);
+    // The completion records say what each response cost.
+    let done = wait_event(&env, "http.done", "\"input_tokens\":1000").await;
+    assert_eq!(
+        done.details["usage"],
+        serde_json::json!({ "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 200, "cost": 0.0045 })
+    );
+    let unread = wait_event(&env, "http.done", "\"unread\"").await;
+    assert_eq!(unread.details["usage"]["cost"], 1.0);
 }
 
 async fn wait_for_spend(spent: &impl Fn() -> f64, want: f64) {
