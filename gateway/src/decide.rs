@@ -78,6 +78,8 @@ pub(crate) struct ProfileState {
     pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
     /// Each rule's name as decisions give it: `network.rule[i] (file:line)`.
     pub rule_names: Vec<String>,
+    /// Each rule's `intercept = false`, by rule index.
+    pub rule_tunnel: Vec<bool>,
     /// Each rule's `cost`, by rule index.
     pub rule_costs: Vec<Option<gvm_policy::Money>>,
     /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.

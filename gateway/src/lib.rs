@@ -489,6 +489,7 @@ impl Gateway {
             budget: profile.budget,
             rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
             rule_costs: profile.network.rules.iter().map(|r| r.cost).collect(),
+            rule_tunnel: profile.network.rules.iter().map(|r| !r.intercept).collect(),
             rule_names: profile
                 .network
                 .rules

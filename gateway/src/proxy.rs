@@ -1076,7 +1076,16 @@ impl Inner {
         let Some(state) = self.profile(profile) else {
             return Err(self.deny_event("connect", profile, None, what, details, "the profile is not loaded").await);
         };
-        match state.decide_connect(&target.host, target.port) {
+        let ruling = match state.decide_connect(&target.host, target.port) {
+            // A tunnel would carry any number of requests past a budget (or a priced
+            // host's usage): look inside unless the rule says it cannot be
+            // (`intercept = false`, then the tunnel is charged as one request).
+            ConnectRuling::Decided(r) if r.verdict != Verdict::Deny && self.counts_inside(&state, &r, target) => {
+                ConnectRuling::Intercept
+            }
+            other => other,
+        };
+        match ruling {
             ConnectRuling::Intercept => {
                 state.stamp(&mut details);
                 if let Err(e) = self.note("connect", profile, "intercept", None, details).await {
@@ -1097,6 +1106,15 @@ impl Inner {
                 Ok(TunnelPlan::Splice { addr, done: Arc::new(done) })
             }
         }
+    }
+
+    /// True when the requests inside a tunnel decided by `ruling` must be looked at
+    /// one by one: a budget applies, or the host's LLM usage is priced, and the rule
+    /// does not forbid interception.
+    fn counts_inside(&self, state: &ProfileState, ruling: &Ruling, target: &Target) -> bool {
+        let tunnel_only = ruling.rule_index.and_then(|i| state.rule_tunnel.get(i).copied()).unwrap_or(false);
+        let priced = self.prices.read().unwrap_or_else(|e| e.into_inner()).contains_key(target.host.as_str());
+        !tunnel_only && (priced || !state.budgets(ruling).is_empty())
     }
 
     /// After the tunnel is granted: look at the first bytes and apply the same policy

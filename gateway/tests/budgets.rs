@@ -321,3 +321,31 @@ async fn wait_for_spend(spent: &impl Fn() -> f64, want: f64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A host-level allow would be a tunnel carrying any number of requests: with a budget
+/// the gateway looks inside and counts each request.
+#[tokio::test]
+async fn requests_inside_a_tunnel_are_counted_one_by_one() {
+    let env = env(r#"
+[network]
+default = "deny"
+
+[[network.rule]]
+host = "api.test.example"
+action = "allow"
+
+[budget]
+requests = 3
+per = "day"
+"#)
+    .await;
+    let target = format!("{HOST}:{}", env.up_https);
+    let mut c = connect_tls(&env, &target, HOST).await.unwrap();
+    for i in 1..=3 {
+        let r = send(&mut c, "POST", &format!("/t/{i}"), &target, &format!("tunnel-budget-{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = send(&mut c, "POST", "/t/4", &target, "tunnel-budget-4").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(!upstream_saw(b"tunnel-budget-4"));
+}
