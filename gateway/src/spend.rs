@@ -364,6 +364,9 @@ pub enum SpendStoreError {
     Sqlite { path: std::path::PathBuf, source: rusqlite::Error },
 }
 
+/// Rows of periods that began this long ago are deleted when the store opens.
+const PRUNE_AFTER_SECS: i64 = 40 * 86_400;
+
 /// The SQLite file that keeps spend across gvmd restarts: one row per (profile,
 /// budget, period start), WAL, mode 0600.
 pub struct SpendStore {
@@ -381,6 +384,9 @@ impl SpendStore {
             .mode(0o600)
             .open(path)
             .map_err(|source| SpendStoreError::Create { path: path.to_path_buf(), source })?;
+        // An older file keeps whatever mode it had: spend is gvmd's alone.
+        std::fs::set_permissions(path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+            .map_err(|source| SpendStoreError::Create { path: path.to_path_buf(), source })?;
         let sql = |source| SpendStoreError::Sqlite { path: path.to_path_buf(), source };
         let conn = rusqlite::Connection::open(path).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
@@ -396,6 +402,10 @@ impl SpendStore {
             );",
         )
         .map_err(sql)?;
+        // Periods that ended long ago are history nobody reads: the longest period is a
+        // month, so 40 days back is always past.
+        let past = OffsetDateTime::now_utc().unix_timestamp() - PRUNE_AFTER_SECS;
+        conn.execute("DELETE FROM spend WHERE period < ?1", [past]).map_err(sql)?;
         Ok(SpendStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
 
@@ -575,7 +585,9 @@ mod tests {
         }
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let store = SpendStore::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "made 0600 again");
         let s = Spend::default();
         s.load_from(&store).unwrap();
         let e = s.charge("p", &b, Money(7), now, false).unwrap_err();
