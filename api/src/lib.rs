@@ -116,7 +116,7 @@ pub struct AgentAction {
 }
 
 /// One profile in force.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProfileStatus {
     pub name: String,
     /// The file it was loaded from.
@@ -155,6 +155,33 @@ pub struct ProfileStatus {
     /// The file on disk differs from the version in force (edited, not reloaded).
     #[serde(default)]
     pub drift: bool,
+    /// Spend against each budget (`[budget]`, then the rules' `budget`) in its
+    /// current period.
+    #[serde(default)]
+    pub budgets: Vec<BudgetStatus>,
+}
+
+/// One budget of a profile and what its current period has spent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BudgetStatus {
+    /// `profile` or `network.rule[i] (file:line)`.
+    pub budget: String,
+    /// `minute`, `hour`, `day` or `month` (calendar periods, UTC).
+    pub per: String,
+    /// `deny` or `hold`.
+    pub on_exhausted: String,
+    /// The request limit, if the budget has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(default)]
+    pub requests_spent: u64,
+    /// The money limit, if the budget has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub money: Option<f64>,
+    #[serde(default)]
+    pub money_spent: f64,
+    /// When the period ends and spend starts again from zero, RFC 3339 UTC.
+    pub resets_at: String,
 }
 
 /// `POST /v1/agents/{profile}/watch`: switch a profile's network decisions to watch

@@ -36,6 +36,30 @@ fn profile_state(p: &gvm_api::ProfileStatus) -> String {
     state
 }
 
+/// `412/1000 requests (41%), 3.2/5 money (64%)`: spend against each limit.
+pub(crate) fn spent(b: &gvm_api::BudgetStatus) -> String {
+    let pct = |spent: f64, limit: f64| if limit > 0.0 { (spent / limit * 100.0).floor() as u64 } else { 0 };
+    let mut parts = Vec::new();
+    if let Some(n) = b.requests {
+        parts.push(format!("{}/{n} requests ({}%)", b.requests_spent, pct(b.requests_spent as f64, n as f64)));
+    }
+    if let Some(m) = b.money {
+        parts.push(format!("{}/{m} money ({}%)", b.money_spent, pct(b.money_spent, m)));
+    }
+    parts.join(", ")
+}
+
+fn budget_row(profile: &str, b: &gvm_api::BudgetStatus) -> Vec<String> {
+    vec![
+        profile.to_string(),
+        b.budget.clone(),
+        spent(b),
+        b.per.clone(),
+        output::short_time(&b.resets_at),
+        b.on_exhausted.clone(),
+    ]
+}
+
 pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()> {
     let mut s: StatusResponse = client.get(paths::STATUS)?;
     if let Some(name) = only {
@@ -80,6 +104,13 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
             })
             .collect();
         output::table(&["PROFILE", "MODE", "RULES", "LOADED", "STATE", "FILE"], &rows);
+        let budgets: Vec<Vec<String>> =
+            s.profiles.iter().flat_map(|p| p.budgets.iter().map(|b| budget_row(&p.name, b))).collect();
+        if !budgets.is_empty() {
+            println!();
+            println!("Budgets (calendar periods, UTC):");
+            output::table(&["PROFILE", "BUDGET", "SPENT", "PER", "RESETS", "WHEN SPENT"], &budgets);
+        }
         let waiting: Vec<String> = s
             .profiles
             .iter()
@@ -146,4 +177,25 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_is_shown_against_each_limit() {
+        let b = gvm_api::BudgetStatus {
+            budget: "profile".into(),
+            per: "day".into(),
+            on_exhausted: "deny".into(),
+            requests: Some(1000),
+            requests_spent: 412,
+            money: Some(5.0),
+            money_spent: 4.02,
+            resets_at: "2026-12-08T00:00:00Z".into(),
+        };
+        assert_eq!(spent(&b), "412/1000 requests (41%), 4.02/5 money (80%)");
+        assert_eq!(budget_row("agent", &b)[4], "2026-12-08 00:00:00");
+    }
 }

@@ -47,6 +47,37 @@ pub struct DaemonConfig {
     pub control: ControlSection,
     #[serde(default)]
     pub notify: NotifySection,
+    /// `[prices."HOST"] "MODEL" = { input = 2.5, output = 10.0 }`: per million tokens,
+    /// in the currency of the profiles' money budgets. Responses from these hosts are
+    /// charged their LLM usage (docs/policy.md, Budgets).
+    #[serde(default)]
+    pub prices: std::collections::BTreeMap<String, std::collections::BTreeMap<String, PriceEntry>>,
+}
+
+/// One model's price, per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl DaemonConfig {
+    /// `[prices]` as the gateway takes them (host names normalised).
+    pub fn gateway_prices(&self) -> gvm_gateway::Prices {
+        self.prices
+            .iter()
+            .map(|(host, models)| {
+                let host =
+                    gvm_policy::Host::parse(host).map(|h| h.as_str().to_string()).unwrap_or_else(|_| host.clone());
+                let table = models
+                    .iter()
+                    .map(|(m, p)| (m.clone(), gvm_gateway::Price { input: p.input, output: p.output }))
+                    .collect();
+                (host, table)
+            })
+            .collect()
+    }
 }
 
 /// `[notify]`: where gvmd tells a human that something waits for approval (besides
@@ -195,6 +226,40 @@ impl DaemonConfig {
                 ));
             }
         }
+        for (host, models) in &config.prices {
+            if let Err(e) = gvm_policy::Host::parse(host) {
+                return Err(invalid(
+                    file,
+                    &text,
+                    host,
+                    &format!("prices.\"{host}\""),
+                    e.to_string(),
+                    "write the API's host name, e.g. [prices.\"api.openai.com\"]",
+                ));
+            }
+            if models.is_empty() {
+                return Err(invalid(
+                    file,
+                    &text,
+                    host,
+                    &format!("prices.\"{host}\""),
+                    "no model is priced".into(),
+                    "add \"MODEL\" = { input = 2.5, output = 10.0 } (per million tokens), or remove the table",
+                ));
+            }
+            for (model, p) in models {
+                if !(p.input.is_finite() && p.output.is_finite() && p.input >= 0.0 && p.output >= 0.0) {
+                    return Err(invalid(
+                        file,
+                        &text,
+                        model,
+                        &format!("prices.\"{host}\".\"{model}\""),
+                        "a price must be a number of 0 or more".into(),
+                        "write { input = 2.5, output = 10.0 }: the price of a million tokens each way",
+                    ));
+                }
+            }
+        }
         for (name, value) in &config.notify.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
                 return Err(invalid(
@@ -238,6 +303,22 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prices_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gvmd.toml");
+        std::fs::write(&file, "[prices.\"API.openai.com\"]\n\"gpt-4o\" = { input = 2.5, output = 10.0 }\n").unwrap();
+        let c = DaemonConfig::load(&file).unwrap();
+        let p = c.gateway_prices();
+        assert_eq!(p["api.openai.com"]["gpt-4o"], gvm_gateway::Price { input: 2.5, output: 10.0 });
+        std::fs::write(&file, "[prices.\"api.openai.com\"]\n\"gpt-4o\" = { input = -1.0, output = 10.0 }\n").unwrap();
+        let e = DaemonConfig::load(&file).unwrap_err().to_string();
+        assert!(
+            e.contains(":2:2: `prices.\"api.openai.com\".\"gpt-4o\"`: a price must be a number of 0 or more"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn missing_file_gives_defaults() {

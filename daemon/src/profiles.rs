@@ -169,6 +169,7 @@ impl ProfileSet {
                 pending_files: 0,
                 version: p.digest.clone(),
                 drift: drifted(&p.profile.file, &p.digest),
+                budgets: Vec::new(),
             })
             .collect()
     }

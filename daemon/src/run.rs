@@ -40,6 +40,8 @@ pub enum StartError {
     HostListener { profile: String, addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Approvals(#[from] crate::approvals::StoreError),
+    #[error(transparent)]
+    Spend(#[from] gvm_gateway::SpendStoreError),
     #[error("[notify] in gvmd.toml: {0}")]
     Notify(String),
     #[error("cannot install the signal handlers: {0}")]
@@ -112,11 +114,15 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         },
         audit.clone(),
     )?;
+    // Budget spend of the current periods survives a restart (written behind every second).
+    gateway.open_spend(&paths.state_dir.join("spend.db"))?;
     let store = crate::approvals::Store::open(&paths.state_dir.join("approvals.db"))?;
     let tls = gvm_gateway::Gateway::client_tls(&config.gateway.extra_roots)?;
     let notices = crate::approvals::notify::Notices::start(&config.notify, tls).map_err(StartError::Notify)?;
     let approvals = crate::approvals::Approvals::new(store, notices);
     gateway.set_hold_sink(approvals.clone());
+    gateway.set_budget_sink(Arc::new(approvals.notices.clone()));
+    gateway.set_prices(config.gateway_prices());
     let stale = approvals.store.expire_stale_requests()?;
     let mut host_listeners = Vec::new();
     for (profile, addr) in &config.gateway.listen {
@@ -228,7 +234,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     api.abort();
     review_watch.abort();
     let _ = std::fs::remove_file(daemon.paths.socket());
-    // Counts of folded refusals since the last tick go into the log before it closes.
+    // Counts of folded refusals since the last tick go into the log before it closes,
+    // and budget spend since the last write goes to spend.db.
     daemon.gateway.flush().await;
     daemon
         .record(NewEvent {

@@ -262,6 +262,7 @@ impl Daemon {
                             self.watches.get(&p.name).map(|_| crate::watch::state(self, &p.name, &loaded.profile));
                     }
                     p.noisy = self.gateway.noisy(&p.name);
+                    p.budgets = self.gateway.budgets(&p.name);
                     (p.pending_requests, p.pending_files) = pending.get(&p.name).copied().unwrap_or_default();
                     p
                 })

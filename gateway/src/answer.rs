@@ -102,6 +102,34 @@ pub(crate) fn rate_limited(profile: &str, rule: &str, what: &Described, retry_af
     r
 }
 
+/// 429 until the period ends: a budget (`[budget]` or a rule's `budget`) is spent.
+pub(crate) fn budget_exhausted(profile: &str, what: &Described, ex: &crate::spend::Exhausted) -> Response<RespBody> {
+    let resets_at = ex.resets_at_rfc3339();
+    let wait = (ex.resets_at - time::OffsetDateTime::now_utc()).whole_seconds().max(1);
+    let field = if ex.name == "profile" { "[budget]".to_string() } else { format!("the `budget` of {}", ex.name) };
+    let mut r = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({
+            "error": "gvm budget spent",
+            "profile": profile,
+            "budget": ex.name,
+            "limit": ex.limit_json(),
+            "spent": ex.spent_json(),
+            "resets_at": resets_at,
+            "request": { "method": what.method, "url": what.url },
+            "how_to_get_access": format!(
+                "this request was not forwarded: the budget is spent until {resets_at}. Do not retry before \
+                 then; ask the operator if more is needed ({field} in /etc/gvm/profiles/{profile}.toml)"
+            ),
+        }),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&wait.to_string()).unwrap_or(HeaderValue::from_static("60")),
+    );
+    r
+}
+
 /// 429: the profile is past one of its `[limits]` (gvmd's fairness between agents).
 pub(crate) fn over_limit(profile: &str, what: &Described, limit: &str, value: &str) -> Response<RespBody> {
     let mut r = json_response(

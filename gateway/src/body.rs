@@ -13,8 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::budget::Bucket;
 
-/// `(status, bytes_up, bytes_down, duration_ms)`.
-pub(crate) type OnDone = Box<dyn FnOnce(u16, u64, u64, u64) + Send + Sync>;
+/// `(status, bytes_up, bytes_down, duration_ms, usage)`.
+pub(crate) type OnDone = Box<dyn FnOnce(u16, u64, u64, u64, Option<serde_json::Value>) + Send + Sync>;
 
 /// Called once when the exchange is over (both bodies dropped).
 pub(crate) struct Completion {
@@ -22,6 +22,8 @@ pub(crate) struct Completion {
     pub up: AtomicU64,
     pub down: AtomicU64,
     pub status: AtomicU16,
+    /// What the response's LLM usage cost (`usage.rs`), for the completion record.
+    pub usage: Mutex<Option<serde_json::Value>>,
     pub on_done: Option<OnDone>,
 }
 
@@ -33,6 +35,7 @@ impl Drop for Completion {
                 self.up.load(Ordering::Relaxed),
                 self.down.load(Ordering::Relaxed),
                 self.start.elapsed().as_millis() as u64,
+                self.usage.lock().unwrap_or_else(|e| e.into_inner()).take(),
             );
         }
     }

@@ -72,6 +72,16 @@ pub(crate) struct ProfileState {
     /// Secret name → value, loaded by `set_profile`; `Err` keeps why it is missing.
     pub secrets: HashMap<String, Result<String, String>>,
     pub limits: gvm_policy::Limits,
+    /// `[budget]`.
+    pub budget: Option<gvm_policy::Budget>,
+    /// Each rule's `budget`, by rule index.
+    pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
+    /// Each rule's name as decisions give it: `network.rule[i] (file:line)`.
+    pub rule_names: Vec<String>,
+    /// Each rule's `intercept = false`, by rule index.
+    pub rule_tunnel: Vec<bool>,
+    /// Each rule's `cost`, by rule index.
+    pub rule_costs: Vec<Option<gvm_policy::Money>>,
     /// `[limits] request_body_per_sec`, shared by all the profile's request bodies.
     pub body: Arc<std::sync::Mutex<crate::budget::Bucket>>,
     /// Secret values, placeholders and `deny_read` file values; `None`: nothing to scan.
@@ -225,6 +235,46 @@ impl ProfileState {
                 Err(Leak::Egress { secret, reason })
             }
         }
+    }
+
+    /// The budgets a request decided by `ruling` is charged to: its rule's, then the
+    /// profile's.
+    pub(crate) fn budgets(&self, ruling: &Ruling) -> Vec<crate::spend::Applies> {
+        let mut out = Vec::new();
+        if let Some((i, Some(b))) = ruling.rule_index.map(|i| (i, self.rule_budgets.get(i).copied().flatten())) {
+            out.push(crate::spend::Applies {
+                key: format!("network.rule[{i}]"),
+                name: ruling.rule.clone().unwrap_or_else(|| format!("network.rule[{i}]")),
+                budget: b,
+            });
+        }
+        if let Some(b) = self.budget {
+            out.push(crate::spend::Applies { key: "profile".into(), name: "profile".into(), budget: b });
+        }
+        out
+    }
+
+    /// Every budget of the profile: `[budget]`, then the rules' in order.
+    pub(crate) fn all_budgets(&self) -> Vec<crate::spend::Applies> {
+        let mut out = Vec::new();
+        if let Some(b) = self.budget {
+            out.push(crate::spend::Applies { key: "profile".into(), name: "profile".into(), budget: b });
+        }
+        for (i, b) in self.rule_budgets.iter().enumerate() {
+            if let Some(b) = b {
+                out.push(crate::spend::Applies {
+                    key: format!("network.rule[{i}]"),
+                    name: self.rule_names.get(i).cloned().unwrap_or_else(|| format!("network.rule[{i}]")),
+                    budget: *b,
+                });
+            }
+        }
+        out
+    }
+
+    /// What a request decided by `ruling` costs (its rule's `cost`, else nothing).
+    pub(crate) fn cost(&self, ruling: &Ruling) -> gvm_policy::Money {
+        ruling.rule_index.and_then(|i| self.rule_costs.get(i).copied().flatten()).unwrap_or_default()
     }
 
     pub(crate) fn decide(&self, scheme: &str, host: &Host, port: u16, method: &str, path: &str) -> Ruling {

@@ -55,9 +55,11 @@ mod limit;
 mod proxy;
 mod rate;
 mod resolve;
+mod spend;
 mod stream;
 mod transparent;
 mod upstream;
+mod usage;
 
 /// The parsers of untrusted input, for the cargo-fuzz targets in `fuzz/` only.
 #[cfg(feature = "fuzz")]
@@ -109,7 +111,9 @@ use tokio::task::JoinHandle;
 
 pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
+pub use spend::{BudgetNotice, BudgetSink, SpendStore, SpendStoreError, NOTICE_AT};
 pub use transparent::OriginalDst;
+pub use usage::{Price, Prices, MAX_TAP, UNREAD_TOKENS};
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
 pub mod scan {
@@ -117,6 +121,15 @@ pub mod scan {
 }
 
 use crate::decide::ProfileState;
+
+/// How often budget spend is written behind to its store (the crash window).
+const SPEND_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the spend charged since the last write, off the async threads.
+async fn flush_spend(inner: Arc<Inner>) {
+    let Some(store) = inner.spend_store.get().cloned() else { return };
+    let _ = tokio::task::spawn_blocking(move || inner.spend.flush(&store)).await;
+}
 use crate::proxy::{ConnCtx, ConnKind};
 
 /// A profile's name as the gateway keys it (the daemon validates names).
@@ -179,6 +192,14 @@ pub(crate) struct Inner {
     upstreams: Arc<upstream::Upstreams>,
     holds: holds::Holds,
     rate: rate::RateLimiter,
+    /// Spend against `[budget]` and rules' `budget`.
+    spend: spend::Spend,
+    /// Where spend is kept across restarts ([`Gateway::open_spend`]).
+    spend_store: std::sync::OnceLock<Arc<spend::SpendStore>>,
+    /// Who hears of budgets crossing 80 % besides journald.
+    budget_sink: RwLock<Option<Arc<dyn spend::BudgetSink>>>,
+    /// `[prices]` of gvmd.toml: responses from these hosts are charged their LLM usage.
+    prices: RwLock<Arc<usage::Prices>>,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
     /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
@@ -190,6 +211,20 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// A budget crossed 80 %: a journald NOTICE (tracing's INFO level), then the sink.
+    pub(crate) fn budget_notice(&self, n: &BudgetNotice) {
+        tracing::info!(
+            gvm_profile = %n.profile,
+            gvm_budget = %n.budget,
+            "budget {} of profile {} is at {} of {} {} per {} (80 % crossed); it resets {}",
+            n.budget, n.profile, n.spent, n.limit, n.of, n.per, n.resets_at
+        );
+        let sink = self.budget_sink.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sink) = sink {
+            sink.budget_notice(n);
+        }
+    }
+
     /// A place for one more connection of `profile` on `listener`, or `None` (counted
     /// in a `limits_exceeded` event): the caller closes the connection.
     pub(crate) fn admit_connection(&self, profile: &Arc<str>, listener: &'static str) -> Option<limit::Slot> {
@@ -420,6 +455,10 @@ impl Gateway {
                 upstreams: Arc::new(upstream::Upstreams::new(client)),
                 holds: holds::Holds::default(),
                 rate: rate::RateLimiter::default(),
+                spend: spend::Spend::default(),
+                spend_store: std::sync::OnceLock::new(),
+                budget_sink: RwLock::new(None),
+                prices: RwLock::default(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
                 placeholders: Mutex::default(),
@@ -447,6 +486,16 @@ impl Gateway {
             version: Arc::from(profile.version.as_str()),
             secrets,
             limits: profile.limits,
+            budget: profile.budget,
+            rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
+            rule_costs: profile.network.rules.iter().map(|r| r.cost).collect(),
+            rule_tunnel: profile.network.rules.iter().map(|r| !r.intercept).collect(),
+            rule_names: profile
+                .network
+                .rules
+                .iter()
+                .map(|r| format!("network.rule[{}] ({}:{})", r.index, profile.file.display(), r.line))
+                .collect(),
             body,
             scan: None,
             bound,
@@ -519,10 +568,76 @@ impl Gateway {
         self.inner.budgets.noisy(profile)
     }
 
+    /// The prices of LLM hosts (`[prices]` in gvmd.toml): a response from one of these
+    /// hosts is charged its token usage to the request's money budgets (`usage.rs`).
+    pub fn set_prices(&self, prices: Prices) {
+        *self.inner.prices.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prices);
+    }
+
+    /// Who hears of a budget crossing 80 % besides journald (gvmd: its webhook).
+    pub fn set_budget_sink(&self, sink: Arc<dyn BudgetSink>) {
+        *self.inner.budget_sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    /// What each of `profile`'s budgets has spent in its current period.
+    pub fn budgets(&self, profile: &str) -> Vec<gvm_api::BudgetStatus> {
+        let Some(state) = self.inner.profiles.read().unwrap_or_else(|e| e.into_inner()).get(profile).cloned() else {
+            return Vec::new();
+        };
+        let all = state.all_budgets();
+        let now = time::OffsetDateTime::now_utc();
+        let report = self.inner.spend.report(profile, &all, now);
+        all.into_iter()
+            .zip(report)
+            .map(|(a, (spent, resets_at))| gvm_api::BudgetStatus {
+                budget: a.name,
+                per: a.budget.per.as_str().into(),
+                on_exhausted: match a.budget.on_exhausted {
+                    gvm_policy::OnExhausted::Deny => "deny".into(),
+                    gvm_policy::OnExhausted::Hold => "hold".into(),
+                },
+                requests: a.budget.requests,
+                requests_spent: spent.requests,
+                money: a.budget.money.map(gvm_policy::Money::as_f64),
+                money_spent: spent.money.as_f64(),
+                resets_at: resets_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Writes the folded counts and `limits_exceeded` events waiting for the next tick
     /// (gvmd calls it before it closes the audit store).
     pub async fn flush(&self) {
         self.inner.flush_folds().await;
+        self.flush_spend().await;
+    }
+
+    /// Writes budget spend charged since the last write to the store, if there is one.
+    async fn flush_spend(&self) {
+        flush_spend(self.inner.clone()).await;
+    }
+
+    /// Keeps budget spend in the SQLite file at `path` (gvmd: `<state>/spend.db`):
+    /// loads what the current periods have spent, then writes new charges behind, every
+    /// second and on [`Gateway::flush`]. Call once, before serving; needs a Tokio runtime.
+    pub fn open_spend(&self, path: &std::path::Path) -> Result<(), SpendStoreError> {
+        let store = Arc::new(spend::SpendStore::open(path)?);
+        self.inner.spend.load_from(&store)?;
+        if self.inner.spend_store.set(store).is_err() {
+            return Ok(()); // already open: the first store stays
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SPEND_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Ends with the gateway.
+                let Some(inner) = weak.upgrade() else { return };
+                flush_spend(inner).await;
+            }
+        });
+        Ok(())
     }
 
     /// The explicit proxy on `listener` for `profile`.

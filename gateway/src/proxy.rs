@@ -3,8 +3,9 @@
 //! so a request is decided, recorded and forwarded the same way whichever door it
 //! used (ATTACKS.md class 1).
 //!
-//! Order for every request: refuse ambiguity → decide → (hold) → rate → resolve and
-//! SSRF-check → append the audit event and wait until it is durable → forward.
+//! Order for every request: refuse ambiguity → decide → budget spent? (deny or hold)
+//! → (hold) → rate → resolve and SSRF-check → charge the budgets → append the audit
+//! event and wait until it is durable → forward.
 //! Any error before forwarding is a refusal, never a pass (class 6).
 
 use std::convert::Infallible;
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use gvm_policy::Host;
+use gvm_policy::{Host, OnExhausted};
 
 use crate::answer::{self, Described, RespBody};
 use crate::body::{Completion, Counting, LeakWatch, Scanned};
@@ -619,6 +620,11 @@ impl Inner {
         if !ruling.inject.is_empty() {
             remove_twins(&mut parts.headers, &ruling.inject);
         }
+        // A priced host answers uncompressed, so that its usage can be read (usage.rs).
+        let prices = self.prices.read().unwrap_or_else(|e| e.into_inner()).get(target.host.as_str()).cloned();
+        if prices.is_some() {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         for (name, value) in &ruling.inject {
             // A client-sent value never travels beside the injected one (class 9).
             parts.headers.remove(name);
@@ -701,7 +707,30 @@ impl Inner {
         let (mut parts, body) = resp.into_parts();
         strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
         use http_body_util::BodyExt;
-        Response::from_parts(parts, Counting::new(body, Some(done), false).boxed())
+        let body = Counting::new(body, Some(done.clone()), false);
+        match prices.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS) {
+            Some(table) => {
+                let charged_to = state.budgets(&ruling);
+                let this = self.clone();
+                let on_end: crate::usage::OnEnd = Box::new(move |kept| {
+                    let usage = kept.and_then(crate::usage::parse);
+                    let cost = crate::usage::cost(&table, usage.as_ref());
+                    let money = gvm_policy::Money::from_f64(cost).unwrap_or(gvm_policy::Money(u64::MAX));
+                    *done.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(match &usage {
+                        Some(u) => json!({
+                            "model": u.model, "input_tokens": u.input, "output_tokens": u.output, "cost": money.as_f64(),
+                        }),
+                        None => json!({ "unread": true, "cost": money.as_f64() }),
+                    });
+                    let now = time::OffsetDateTime::now_utc();
+                    for n in this.spend.add_money(&profile, &charged_to, money, now) {
+                        this.budget_notice(&n);
+                    }
+                });
+                Response::from_parts(parts, crate::usage::UsageTap::new(body, on_end).boxed())
+            }
+            None => Response::from_parts(parts, body.boxed()),
+        }
     }
 
     /// Hold, deny, rate and SSRF: everything between the decision and the durable
@@ -720,7 +749,21 @@ impl Inner {
         state.stamp(details);
         let profile = state.name.clone();
         let rule = ruling.rule.as_deref();
-        match ruling.verdict {
+        // Budgets are money: checked in watch mode too (spend.rs).
+        let charged_to = if ruling.verdict == Verdict::Deny { Vec::new() } else { state.budgets(ruling) };
+        let cost = state.cost(ruling);
+        let mut verdict = ruling.verdict;
+        if let Some(ex) = self.spend.exhausted(&profile, &charged_to, cost, time::OffsetDateTime::now_utc()) {
+            match ex.budget.on_exhausted {
+                OnExhausted::Deny => return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await),
+                OnExhausted::Hold => {
+                    details["budget_exhausted"] = json!(ex.name);
+                    verdict = Verdict::Hold;
+                }
+            }
+        }
+        let mut approved = false;
+        match verdict {
             Verdict::Deny => {
                 return Err(self
                     .deny_event(kind, &profile, rule, what, details.clone(), "the profile's rules do not allow it")
@@ -765,6 +808,7 @@ impl Inner {
                 match wait.await {
                     HoldOutcome::Approved => {
                         details["hold"] = json!("approved");
+                        approved = true;
                     }
                     HoldOutcome::Denied => {
                         details["hold"] = json!("denied");
@@ -815,6 +859,12 @@ impl Inner {
         match self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await {
             Ok(addr) => {
                 details["addr"] = json!(addr.to_string());
+                // Charged last, all budgets or none: a request that gets this far is
+                // forwarded unless its event cannot be recorded.
+                match self.spend.charge(&profile, &charged_to, cost, time::OffsetDateTime::now_utc(), approved) {
+                    Ok(crossed) => crossed.iter().for_each(|n| self.budget_notice(n)),
+                    Err(ex) => return Err(self.budget_spent(kind, &profile, rule, what, details, &ex).await),
+                }
                 Ok(addr)
             }
             Err(e) => {
@@ -824,6 +874,27 @@ impl Inner {
                     .await)
             }
         }
+    }
+
+    /// Records (decision `limit`) and answers (429) a request whose budget is spent.
+    async fn budget_spent(
+        &self,
+        kind: &str,
+        profile: &str,
+        rule: Option<&str>,
+        what: &Described,
+        details: &mut Value,
+        ex: &crate::spend::Exhausted,
+    ) -> Response<RespBody> {
+        details["status"] = json!(429);
+        details["budget"] = json!(ex.name);
+        details["limit"] = ex.limit_json();
+        details["spent"] = ex.spent_json();
+        details["resets_at"] = json!(ex.resets_at_rfc3339());
+        if let Err(e) = self.note(kind, profile, "limit", rule, &*details).await {
+            return e.answer(profile, what);
+        }
+        answer::budget_exhausted(profile, what, ex)
     }
 
     /// Records and answers a request refused for what it carries (`exfiltration` or
@@ -911,7 +982,8 @@ impl Inner {
             up: 0.into(),
             down: 0.into(),
             status: 0.into(),
-            on_done: Some(Box::new(move |status, up, down, ms| {
+            usage: Mutex::new(None),
+            on_done: Some(Box::new(move |status, up, down, ms, usage| {
                 let mut ev = ev;
                 let details = &mut ev.details;
                 details["decision_seq"] = json!(seq);
@@ -919,6 +991,9 @@ impl Inner {
                 details["bytes_up"] = json!(up);
                 details["bytes_down"] = json!(down);
                 details["duration_ms"] = json!(ms);
+                if let Some(u) = usage {
+                    details["usage"] = u;
+                }
                 crate::audit_glue::append_nowait(&audit, ev);
             })),
         }
@@ -1001,7 +1076,16 @@ impl Inner {
         let Some(state) = self.profile(profile) else {
             return Err(self.deny_event("connect", profile, None, what, details, "the profile is not loaded").await);
         };
-        match state.decide_connect(&target.host, target.port) {
+        let ruling = match state.decide_connect(&target.host, target.port) {
+            // A tunnel would carry any number of requests past a budget (or a priced
+            // host's usage): look inside unless the rule says it cannot be
+            // (`intercept = false`, then the tunnel is charged as one request).
+            ConnectRuling::Decided(r) if r.verdict != Verdict::Deny && self.counts_inside(&state, &r, target) => {
+                ConnectRuling::Intercept
+            }
+            other => other,
+        };
+        match ruling {
             ConnectRuling::Intercept => {
                 state.stamp(&mut details);
                 if let Err(e) = self.note("connect", profile, "intercept", None, details).await {
@@ -1022,6 +1106,15 @@ impl Inner {
                 Ok(TunnelPlan::Splice { addr, done: Arc::new(done) })
             }
         }
+    }
+
+    /// True when the requests inside a tunnel decided by `ruling` must be looked at
+    /// one by one: a budget applies, or the host's LLM usage is priced, and the rule
+    /// does not forbid interception.
+    fn counts_inside(&self, state: &ProfileState, ruling: &Ruling, target: &Target) -> bool {
+        let tunnel_only = ruling.rule_index.and_then(|i| state.rule_tunnel.get(i).copied()).unwrap_or(false);
+        let priced = self.prices.read().unwrap_or_else(|e| e.into_inner()).contains_key(target.host.as_str());
+        !tunnel_only && (priced || !state.budgets(ruling).is_empty())
     }
 
     /// After the tunnel is granted: look at the first bytes and apply the same policy

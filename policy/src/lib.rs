@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod budget;
 mod check;
 mod compiled;
 mod diag;
@@ -26,6 +27,7 @@ mod profile;
 mod rule;
 mod units;
 
+pub use budget::{Budget, BudgetPer, Money, OnExhausted};
 pub use check::check;
 pub use compiled::{
     CompiledPolicy, ConnectPlan, ConsideredRule, Decision, Explanation, Request, RuleOutcome, RuleRef, Scheme, Verdict,

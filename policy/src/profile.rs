@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+use crate::budget::{Budget, BudgetPer, Money, OnExhausted};
 use crate::compiled::CompiledPolicy;
 use crate::diag::Diagnostic;
 use crate::name::ProfileName;
@@ -186,6 +187,8 @@ pub struct Profile {
     pub secret_use: BTreeMap<String, SecretUse>,
     pub files: Files,
     pub limits: Limits,
+    /// `[budget]`: what all of the profile's forwarded requests may spend per period.
+    pub budget: Option<Budget>,
     pub compiled: Arc<CompiledPolicy>,
     /// SHA-256 (lower-case hex) of the exact bytes this profile was parsed from: the
     /// version every decision made under it names (`policy_version`).
@@ -205,6 +208,16 @@ struct RawProfile {
     secrets: Option<BTreeMap<Spanned<String>, Spanned<RawSecret>>>,
     files: Option<RawFiles>,
     limits: Option<RawLimits>,
+    budget: Option<Spanned<RawBudget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    requests: Option<Spanned<i64>>,
+    money: Option<Spanned<f64>>,
+    per: BudgetPer,
+    on_exhausted: Option<OnExhausted>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +269,8 @@ struct RawRule {
     path: Option<Spanned<String>>,
     action: Spanned<Action>,
     rate: Option<Spanned<String>>,
+    budget: Option<Spanned<RawBudget>>,
+    cost: Option<Spanned<f64>>,
     inject: Option<Spanned<RawInject>>,
     intercept: Option<Spanned<bool>>,
     comment: Option<String>,
@@ -328,6 +343,10 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
     let network = v.network(raw.network, &secrets)?;
     let files = v.files(raw.files)?;
     let limits = v.limits(raw.limits)?;
+    let budget = match raw.budget {
+        Some(b) => Some(v.budget(b, "budget")?),
+        None => None,
+    };
     let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
     let version = version_of(text.as_bytes());
     Ok(Profile {
@@ -339,6 +358,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         secret_use,
         files,
         limits,
+        budget,
         compiled,
         version,
         text: Arc::from(text),
@@ -895,6 +915,35 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let budget = match r.budget {
+            Some(b) => {
+                if action == Action::Deny {
+                    return Err(self
+                        .err(b.span(), f("budget"), "a deny rule forwards nothing, so it has no budget")
+                        .fix("remove `budget`"));
+                }
+                Some(self.budget(b, &f("budget"))?)
+            }
+            None => None,
+        };
+        let cost = match &r.cost {
+            None => None,
+            Some(c) => {
+                if action == Action::Deny {
+                    return Err(self
+                        .err(c.span(), f("cost"), "a deny rule forwards nothing, so it costs nothing")
+                        .fix("remove `cost`"));
+                }
+                match Money::from_f64(*c.get_ref()) {
+                    Some(v) => Some(v),
+                    None => {
+                        return Err(self
+                            .err(c.span(), f("cost"), "must be an amount of 0 or more")
+                            .fix("write what one request costs, e.g. cost = 0.02"))
+                    }
+                }
+            }
+        };
         let inject = match r.inject {
             Some(inj) => {
                 if action == Action::Deny {
@@ -938,6 +987,8 @@ impl Validator<'_> {
             path,
             action,
             rate,
+            budget,
+            cost,
             inject,
             intercept,
             comment: r.comment,
@@ -1051,6 +1102,39 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    fn budget(&self, raw: Spanned<RawBudget>, field: &str) -> V<Budget> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.requests.is_none() && raw.money.is_none() {
+            return Err(self
+                .err(span, field, "a budget needs something to count")
+                .fix("write `requests = N` and/or `money = AMOUNT`, e.g. requests = 1000, per = \"day\""));
+        }
+        let requests = match raw.requests {
+            None => None,
+            Some(n) => match u64::try_from(*n.get_ref()) {
+                Ok(r @ 1..) => Some(r),
+                _ => {
+                    return Err(self
+                        .err(n.span(), format!("{field}.requests"), "must be a whole number of requests, 1 or more")
+                        .fix("write e.g. requests = 1000; to forbid requests altogether, use a deny rule"))
+                }
+            },
+        };
+        let money = match raw.money {
+            None => None,
+            Some(m) => match Money::from_f64(*m.get_ref()) {
+                Some(v) if v.0 > 0 => Some(v),
+                _ => {
+                    return Err(self
+                        .err(m.span(), format!("{field}.money"), "must be an amount above 0")
+                        .fix("write e.g. money = 5.0 (in the currency of the rules' `cost`)"))
+                }
+            },
+        };
+        Ok(Budget { requests, money, per: raw.per, on_exhausted: raw.on_exhausted.unwrap_or_default() })
+    }
+
     fn limits(&self, raw: Option<RawLimits>) -> V<Limits> {
         let mut out = Limits::default();
         let Some(raw) = raw else { return Ok(out) };

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::budget::{Budget, Money};
 use crate::host::{Cidr, CidrError, Host, HostError};
 use crate::path::{PathPattern, PathRank};
 use crate::units::Rate;
@@ -210,6 +211,11 @@ pub struct Rule {
     pub path: Option<PathPattern>,
     pub action: Action,
     pub rate: Option<Rate>,
+    /// `budget = { requests = N, per = "day" }`: what requests this rule decides may
+    /// spend per period (counted by the gateway).
+    pub budget: Option<Budget>,
+    /// `cost = 0.02`: what one forwarded request costs, charged to money budgets.
+    pub cost: Option<Money>,
     pub inject: Option<Arc<Injection>>,
     /// `false`: never intercept TLS for this host (pinned or mutual-TLS upstreams).
     pub intercept: bool,

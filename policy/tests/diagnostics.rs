@@ -29,11 +29,11 @@ fn toml_syntax_error_has_position() {
 fn unknown_field_lists_the_accepted_fields() {
     assert_eq!(
         says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\n[[network.rule]]\nhost = \"b.com\"\nacton = \"allow\"\n"),
-        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, inject, intercept, comment"
+        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment"
     );
     assert_eq!(
         says("bogus = 1\n"),
-        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files, limits"
+        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files, limits, budget"
     );
     assert_eq!(
         says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),
@@ -206,4 +206,84 @@ fn secret_env_and_hosts_are_validated() {
     assert_eq!(u.env.as_deref(), Some("X_KEY"));
     assert_eq!(u.hosts.len(), 2);
     assert_eq!((u.at.line, u.at.column), (Some(2), Some(14)), "points at the file");
+}
+
+#[test]
+fn budgets_are_parsed() {
+    let p = parse_profile(
+        Path::new("profiles/b.toml"),
+        "[budget]\nrequests = 1000\nper = \"day\"\n[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\
+         budget = { requests = 100, per = \"hour\", on_exhausted = \"hold\" }\n",
+    )
+    .unwrap();
+    let b = p.budget.unwrap();
+    assert_eq!(
+        (b.requests, b.per, b.on_exhausted),
+        (Some(1000), gvm_policy::BudgetPer::Day, gvm_policy::OnExhausted::Deny)
+    );
+    let r = p.network.rules[0].budget.unwrap();
+    assert_eq!(
+        (r.requests, r.per, r.on_exhausted),
+        (Some(100), gvm_policy::BudgetPer::Hour, gvm_policy::OnExhausted::Hold)
+    );
+}
+
+#[test]
+fn bad_budgets_say_what_to_write() {
+    assert_eq!(
+        says("[budget]\nrequests = 10\nper = \"week\"\n"),
+        "profiles/inv.toml:3:7: `budget.per`: unknown value `week` — allowed values: minute, hour, day, month"
+    );
+    assert_eq!(
+        says("[budget]\nrequests = 0\nper = \"day\"\n"),
+        "profiles/inv.toml:2:12: `budget.requests`: must be a whole number of requests, 1 or more — write e.g. \
+         requests = 1000; to forbid requests altogether, use a deny rule"
+    );
+    assert_eq!(
+        says("[budget]\nper = \"day\"\n"),
+        "profiles/inv.toml:1:1: `budget`: a budget needs something to count — write `requests = N` and/or \
+         `money = AMOUNT`, e.g. requests = 1000, per = \"day\""
+    );
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"deny\"\nbudget = { requests = 1, per = \"day\" }\n"),
+        "profiles/inv.toml:4:10: `network.rule[0].budget`: a deny rule forwards nothing, so it has no budget — \
+         remove `budget`"
+    );
+    let d = refuse("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nbudget = { requests = 1 }\n");
+    assert!(d.to_string().contains("missing field `per`"), "{d}");
+    let d = refuse(
+        "[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\
+         budget = { requests = 1, per = \"day\", on_exhausted = \"wait\" }\n",
+    );
+    assert!(d.to_string().contains("allowed values: deny, hold"), "{d}");
+}
+
+#[test]
+fn money_budgets_and_costs() {
+    let p = parse_profile(
+        Path::new("profiles/m.toml"),
+        "[budget]\nmoney = 5\nper = \"month\"\n[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ncost = 0.02\n\
+         budget = { money = 1.0, requests = 10, per = \"day\" }\n",
+    )
+    .unwrap();
+    assert_eq!(p.budget.unwrap().money, Some(gvm_policy::Money(5_000_000)));
+    assert_eq!(p.budget.unwrap().requests, None);
+    let r = &p.network.rules[0];
+    assert_eq!(r.cost, Some(gvm_policy::Money(20_000)));
+    assert_eq!(r.budget.unwrap().money, Some(gvm_policy::Money(1_000_000)));
+    assert_eq!(
+        says("[budget]\nmoney = -1.0\nper = \"day\"\n"),
+        "profiles/inv.toml:2:9: `budget.money`: must be an amount above 0 — write e.g. money = 5.0 (in the currency \
+         of the rules' `cost`)"
+    );
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\ncost = -0.5\n"),
+        "profiles/inv.toml:4:8: `network.rule[0].cost`: must be an amount of 0 or more — write what one request \
+         costs, e.g. cost = 0.02"
+    );
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"deny\"\ncost = 1\n"),
+        "profiles/inv.toml:4:8: `network.rule[0].cost`: a deny rule forwards nothing, so it costs nothing — remove `cost`"
+    );
+    assert!(says("[budget]\nmoney = nan\nper = \"day\"\n").contains("must be an amount above 0"));
 }

@@ -119,6 +119,41 @@ pub fn notice_body(a: &Approval, topic: &str) -> serde_json::Value {
     })
 }
 
+/// What one POST says about a budget that crossed 80 % (`b` as [`Notices::budget`]
+/// queues it).
+pub fn budget_body(b: &serde_json::Value, topic: &str) -> serde_json::Value {
+    let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+    let title = format!("gvm: {} spent 80 % of a budget", s("profile"));
+    let message = format!(
+        "{}: {} of {} {} per {} spent; resets {}",
+        s("budget"),
+        b["spent"],
+        b["limit"],
+        s("of"),
+        s("per"),
+        s("resets_at")
+    );
+    serde_json::json!({
+        "topic": topic,
+        "title": title,
+        "message": message,
+        "text": format!("{title}\n{message}"),
+        "kind": "budget",
+        "profile": b["profile"],
+        "budget": b["budget"],
+        "of": b["of"],
+        "spent": b["spent"],
+        "limit": b["limit"],
+        "resets_at": b["resets_at"],
+    })
+}
+
+impl gvm_gateway::BudgetSink for Notices {
+    fn budget_notice(&self, n: &gvm_gateway::BudgetNotice) {
+        self.budget(n);
+    }
+}
+
 struct Hook {
     url: WebhookUrl,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -168,6 +203,20 @@ impl Notices {
         }
     }
 
+    /// A budget crossed 80 %: queue the webhook POST (the gateway wrote the journald
+    /// NOTICE). Never blocks.
+    pub fn budget(&self, n: &gvm_gateway::BudgetNotice) {
+        let (Some(tx), Some(status)) = (&self.tx, &self.status) else { return };
+        let item = serde_json::json!({ "budget": {
+            "profile": n.profile, "budget": n.budget, "of": n.of, "spent": n.spent, "limit": n.limit,
+            "per": n.per, "resets_at": n.resets_at,
+        }});
+        if tx.try_send(item).is_err() {
+            status.lock().unwrap_or_else(|e| e.into_inner()).dropped += 1;
+            tracing::warn!(gvm_profile = %n.profile, "notify webhook queue full: a budget notice was dropped");
+        }
+    }
+
     pub fn status(&self) -> Option<NotifyStatus> {
         self.status.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
@@ -175,8 +224,13 @@ impl Notices {
 
 async fn deliver(hook: Hook, mut rx: mpsc::Receiver<serde_json::Value>, status: Arc<Mutex<NotifyStatus>>) {
     while let Some(item) = rx.recv().await {
-        let Ok(a) = serde_json::from_value::<Approval>(item["approval"].clone()) else { continue };
-        let body = serde_json::to_vec(&notice_body(&a, &hook.topic)).unwrap_or_default();
+        let (body, what) = if let Some(b) = item.get("budget") {
+            (budget_body(b, &hook.topic), "a budget notice".to_string())
+        } else {
+            let Ok(a) = serde_json::from_value::<Approval>(item["approval"].clone()) else { continue };
+            (notice_body(&a, &hook.topic), format!("approval {}", a.id))
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut pause = FIRST_BACKOFF;
         for attempt in 1..=TRIES {
             let result = match tokio::time::timeout(TRY_TIMEOUT, post(&hook, &body)).await {
@@ -203,13 +257,11 @@ async fn deliver(hook: Hook, mut rx: mpsc::Receiver<serde_json::Value>, status: 
                     }
                     if last {
                         tracing::warn!(
-                            gvm_approval_id = a.id,
-                            "approval webhook {}: notice for {} not delivered after {TRIES} tries: {e}",
+                            "notify webhook {}: the notice of {what} was not delivered after {TRIES} tries: {e}",
                             hook.url.shown(),
-                            a.id
                         );
                     } else {
-                        tracing::debug!(gvm_approval_id = a.id, "approval webhook try {attempt} failed: {e}");
+                        tracing::debug!("notify webhook try {attempt} for {what} failed: {e}");
                         tokio::time::sleep(pause).await;
                         pause *= 2;
                     }
@@ -297,5 +349,17 @@ mod tests {
         assert_eq!(b["topic"], "gvm");
         assert!(b["message"].as_str().unwrap().contains("POST https://api.example/v1/x (1.2 kB application/json)"));
         assert!(b["text"].as_str().unwrap().contains("gvmctl approve 17"));
+    }
+
+    #[test]
+    fn a_budget_notice_says_what_was_spent_and_when_it_resets() {
+        let b = serde_json::json!({
+            "profile": "coder", "budget": "profile", "of": "money", "spent": 4.0, "limit": 5.0,
+            "per": "day", "resets_at": "2026-12-08T00:00:00Z",
+        });
+        let body = budget_body(&b, "gvm");
+        assert_eq!(body["title"], "gvm: coder spent 80 % of a budget");
+        assert_eq!(body["message"], "profile: 4.0 of 5.0 money per day spent; resets 2026-12-08T00:00:00Z");
+        assert_eq!((body["kind"].as_str(), body["topic"].as_str()), (Some("budget"), Some("gvm")));
     }
 }

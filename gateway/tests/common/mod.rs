@@ -74,6 +74,29 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
         r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(r);
     }
+    if req.uri().path() == "/llm/json" {
+        let body = r#"{"id":"c1","model":"gpt-4o","usage":{"prompt_tokens":1000,"completion_tokens":200}}"#;
+        return Ok(Response::new(Full::new(Bytes::from(body)).boxed()));
+    }
+    if req.uri().path() == "/llm/sse" {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let events = [
+                "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+                "data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":50}}\n\n",
+                "data: [DONE]\n\n",
+            ];
+            for e in events {
+                if tx.send(Bytes::from(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut r = Response::new(ChanBody(rx).boxed());
+        r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+        return Ok(r);
+    }
     let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let info = serde_json::json!({
         "method": req.method().as_str(),
@@ -237,12 +260,20 @@ pub async fn proxy_conn(env: &Env) -> Sender {
 }
 
 pub async fn send(s: &mut Sender, method: &str, uri: &str, host: &str, body: &str) -> Resp {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", host)
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    send_full(s, method, uri, host, &[], body).await
+}
+
+/// [`send`] with extra headers and no body.
+pub async fn send_with(s: &mut Sender, method: &str, uri: &str, host: &str, headers: &[(&str, &str)]) -> Resp {
+    send_full(s, method, uri, host, headers, "").await
+}
+
+async fn send_full(s: &mut Sender, method: &str, uri: &str, host: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut req = Request::builder().method(method).uri(uri).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     s.ready().await.unwrap();
     let r = s.send_request(req).await.unwrap();
     let status = r.status().as_u16();
