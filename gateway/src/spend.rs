@@ -195,6 +195,9 @@ impl Spend {
         cost: Money,
         now: OffsetDateTime,
     ) -> Option<Exhausted> {
+        if budgets.is_empty() {
+            return None; // the common case: no lock shared by every profile's requests
+        }
         let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         Spend::first_exhausted(&map, profile, budgets, cost, now)
     }
@@ -234,6 +237,9 @@ impl Spend {
         now: OffsetDateTime,
         force: bool,
     ) -> Result<Vec<BudgetNotice>, Exhausted> {
+        if budgets.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         if !force {
             if let Some(ex) = Spend::first_exhausted(&map, profile, budgets, cost, now) {
