@@ -14,6 +14,8 @@ pub use approvals::*;
 pub mod review;
 pub mod suggest;
 pub mod versions;
+pub mod vocab;
+pub use vocab::*;
 
 /// Prefix of every path of this version of the API.
 pub const V1: &str = "/v1";
@@ -476,15 +478,6 @@ pub struct RunSummary {
     /// Changes that wait for a human (`gvmctl changes P`), this run's and earlier ones.
     #[serde(default)]
     pub files_to_review: u64,
-}
-
-/// How a workspace appears inside a sandbox.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkspaceMode {
-    Overlay,
-    Ro,
-    Rw,
 }
 
 /// One workspace of a [`LaunchPlan`].
