@@ -32,7 +32,7 @@ pub mod paths {
         format!("/v1/agents/{profile}/prepare")
     }
     /// `POST /v1/agents/{profile}/{start|stop|restart}`
-    pub fn agent_action(profile: &str, action: &str) -> String {
+    pub fn agent_action(profile: &str, action: super::AgentVerb) -> String {
         format!("/v1/agents/{profile}/{action}")
     }
     /// `POST /v1/agents/{profile}/teardown`
@@ -90,8 +90,7 @@ pub struct StatusResponse {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentStatus {
     pub profile: String,
-    /// `running`, `starting`, `stopping`, `stopped`, `failed`, `restarting`.
-    pub state: String,
+    pub state: AgentState,
     pub main_pid: Option<u32>,
     pub memory_bytes: Option<u64>,
     pub restarts: u32,
@@ -111,10 +110,9 @@ pub struct AgentStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentAction {
     pub profile: String,
-    /// `start`, `stop` or `restart`.
-    pub action: String,
+    pub action: AgentVerb,
     /// The agent's state afterwards.
-    pub state: String,
+    pub state: AgentState,
 }
 
 /// One profile in force.

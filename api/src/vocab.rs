@@ -256,6 +256,14 @@ words! {
     }
 }
 
+// `words!` owns the derives (see WorkspaceMode).
+#[allow(clippy::derivable_impls)]
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState::Stopped
+    }
+}
+
 words! {
     /// What the gateway did with a request, query or connection (an audit event's
     /// `decision`).
@@ -266,6 +274,12 @@ words! {
         Hold = "hold",
         /// Allowed in watch mode; `details` say what enforce mode would have done.
         Watch = "watch",
+        /// A tunnel allowed to be opened and read by the gateway (its requests follow
+        /// as `http` events, each decided on its own).
+        Intercept = "intercept",
+        /// Refused by the profile's `[limits]` (too many requests, queries or
+        /// connections), before the rules were asked.
+        Limit = "limit",
     }
 }
 

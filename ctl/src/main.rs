@@ -348,10 +348,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { profile, json } => status::run(&client, profile.as_deref(), json).map(|()| ExitCode::SUCCESS),
         Command::Reload { dry_run: false, json } => reload::run(&client, json),
         Command::Reload { dry_run: true, json } => versions::dry_run(&client, json),
-        Command::Start { profile, json } => agents::act(&client, &profile, "start", json).map(|()| ExitCode::SUCCESS),
-        Command::Stop { profile, json } => agents::act(&client, &profile, "stop", json).map(|()| ExitCode::SUCCESS),
+        Command::Start { profile, json } => {
+            agents::act(&client, &profile, gvm_api::AgentVerb::Start, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Stop { profile, json } => {
+            agents::act(&client, &profile, gvm_api::AgentVerb::Stop, json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Restart { profile, json } => {
-            agents::act(&client, &profile, "restart", json).map(|()| ExitCode::SUCCESS)
+            agents::act(&client, &profile, gvm_api::AgentVerb::Restart, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Run { profile, watch, argv } => run::run(&client, profile, watch, argv),
         Command::Approvals { json, follow: false } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),

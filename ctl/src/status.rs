@@ -153,7 +153,7 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
             .map(|a| {
                 vec![
                     a.profile.clone(),
-                    if a.restart_required { format!("{} (restart required)", a.state) } else { a.state.clone() },
+                    if a.restart_required { format!("{} (restart required)", a.state) } else { a.state.to_string() },
                     a.main_pid.map(|p| p.to_string()).unwrap_or_else(dash),
                     a.memory_bytes.map(|m| format!("{:.1}M", m as f64 / 1048576.0)).unwrap_or_else(dash),
                     a.restarts.to_string(),

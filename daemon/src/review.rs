@@ -167,7 +167,7 @@ fn entries_json(changes: &[Change]) -> serde_json::Value {
 }
 
 /// Records an apply (or a discard) with every path and content hash.
-pub async fn record_apply(d: &Daemon, profile: &str, kind: &str, by: &str, report: &ApplyReport) {
+pub async fn record_apply(d: &Daemon, profile: &str, kind: gvm_api::EventKind, by: &str, report: &ApplyReport) {
     if report.dry_run || (report.applied.is_empty() && report.refused.is_empty()) {
         return;
     }
@@ -190,7 +190,7 @@ pub async fn record_apply(d: &Daemon, profile: &str, kind: &str, by: &str, repor
 pub async fn record_rollback(d: &Daemon, profile: &str, by: &str, what: serde_json::Value, r: &RollbackReport) {
     d.record(gvm_audit::NewEvent {
         profile: Some(profile.to_string()),
-        kind: "file_rollback".into(),
+        kind: gvm_api::EventKind::FileRollback.into(),
         decision: None,
         rule: None,
         details: serde_json::json!({
@@ -223,7 +223,7 @@ pub async fn auto_apply(d: &Daemon, profile: &str) -> Option<(usize, usize)> {
     .await;
     match result {
         Ok((report, left)) => {
-            record_apply(d, profile, "file_apply", "auto_apply", &report).await;
+            record_apply(d, profile, gvm_api::EventKind::FileApply, "auto_apply", &report).await;
             let waiting = left.iter().filter(|c| c.class == FileClass::Review).count();
             sync_queue(d, profile, &left).await;
             Some((report.applied.len(), waiting))
@@ -281,7 +281,7 @@ pub async fn answer_file(
     if approve {
         let report =
             with_review(d, &profile, Touch::Writes, move |r| r.apply(&Selection::Paths(vec![sel]), false)).await?;
-        record_apply(d, &profile, "file_apply", by, &report).await;
+        record_apply(d, &profile, gvm_api::EventKind::FileApply, by, &report).await;
         if let Some(refusal) = report.refused.first() {
             return Err(ApiFailure::new(
                 StatusCode::CONFLICT,
@@ -293,7 +293,7 @@ pub async fn answer_file(
     } else {
         let discarded = with_review(d, &profile, Touch::Writes, move |r| r.discard(&[sel])).await?;
         let report = ApplyReport { id: None, dry_run: false, applied: discarded, refused: Vec::new() };
-        record_apply(d, &profile, "file_discard", by, &report).await;
+        record_apply(d, &profile, gvm_api::EventKind::FileDiscard, by, &report).await;
         Ok(format!("discarded the agent's change to {path}"))
     }
 }

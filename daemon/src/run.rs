@@ -162,7 +162,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     daemon
         .record(NewEvent {
             profile: None,
-            kind: "daemon_start".into(),
+            kind: gvm_api::EventKind::DaemonStart.into(),
             decision: None,
             rule: None,
             details: serde_json::json!({
@@ -181,7 +181,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         daemon
             .record(NewEvent {
                 profile: Some(a.profile.clone()),
-                kind: if method == "CONNECT" { "connect" } else { "http" }.into(),
+                kind: if method == "CONNECT" { gvm_api::EventKind::Connect } else { gvm_api::EventKind::Http }.into(),
                 decision: Some("deny".into()),
                 rule: a.rule.clone(),
                 details: serde_json::json!({
@@ -240,7 +240,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     daemon
         .record(NewEvent {
             profile: None,
-            kind: "daemon_stop".into(),
+            kind: gvm_api::EventKind::DaemonStop.into(),
             decision: None,
             rule: None,
             details: serde_json::json!({ "pid": std::process::id() }),

@@ -183,7 +183,7 @@ impl Daemon {
                     tracing::info!(gvm_profile = %name, "profile {name} loaded from {file} ({rules} rules)");
                     NewEvent {
                         profile: Some(name),
-                        kind: "profile_loaded".into(),
+                        kind: gvm_api::EventKind::ProfileLoaded.into(),
                         decision: None,
                         rule: None,
                         details: serde_json::json!({
@@ -201,7 +201,7 @@ impl Daemon {
                     );
                     NewEvent {
                         profile: name,
-                        kind: "profile_refused".into(),
+                        kind: gvm_api::EventKind::ProfileRefused.into(),
                         decision: None,
                         rule: None,
                         details: serde_json::json!({
@@ -219,7 +219,7 @@ impl Daemon {
                     tracing::info!(gvm_profile = %name, "profile {name} removed: its file is gone");
                     NewEvent {
                         profile: Some(name),
-                        kind: "profile_removed".into(),
+                        kind: gvm_api::EventKind::ProfileRemoved.into(),
                         decision: None,
                         rule: None,
                         details: serde_json::json!({}),

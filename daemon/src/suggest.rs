@@ -29,7 +29,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use gvm_api::suggest::{FileSuggestion, Flagged, SuggestedRule};
-use gvm_api::AuditEvent;
+use gvm_api::{AuditEvent, Decision, EventKind};
 use gvm_policy::{CompiledPolicy, ConnectPlan, Host, Request, Scheme, Verdict};
 
 /// Distinct sibling segments under one prefix from which the prefix becomes `/prefix/**`.
@@ -88,8 +88,9 @@ impl Observations {
         let s = |k: &str| d.get(k).and_then(serde_json::Value::as_str);
         let n = d.get("folded").and_then(serde_json::Value::as_u64).unwrap_or(1);
         let decision = ev.decision.as_deref().unwrap_or("");
-        match ev.kind.as_str() {
-            "http" | "connect" => {
+        let Some(kind) = EventKind::parse(&ev.kind) else { return };
+        match kind {
+            EventKind::Http | EventKind::Connect => {
                 self.decisions += n;
                 // Refused before the policy was asked (malformed, SSRF, not loaded), or
                 // the inner requests of an intercepted tunnel follow as `http` events.
@@ -101,14 +102,14 @@ impl Observations {
                     }
                     return;
                 }
-                if decision == "intercept" || rule == "protocol" {
+                if decision == Decision::Intercept.as_str() || rule == "protocol" {
                     return;
                 }
                 let (Some(host), Some(port)) = (s("host"), d.get("port").and_then(serde_json::Value::as_u64)) else {
                     return;
                 };
                 let Ok(port) = u16::try_from(port) else { return };
-                let connect = ev.kind == "connect";
+                let connect = kind == EventKind::Connect;
                 let key = Key {
                     host: host.to_string(),
                     port,
@@ -119,19 +120,19 @@ impl Observations {
                 *self.requests.entry(key).or_default() += n;
                 self.hosts.entry(host.to_string()).or_default().requests += n;
             }
-            "http.done" | "connect.done" => {
+            EventKind::HttpDone | EventKind::ConnectDone => {
                 if let (Some(host), Some(up)) = (s("host"), d.get("bytes_up").and_then(serde_json::Value::as_u64)) {
                     let h = self.hosts.entry(host.to_string()).or_default();
                     h.max_up = h.max_up.max(up);
                 }
             }
-            "dns" => {
+            EventKind::Dns => {
                 self.decisions += n;
                 if let Some(name) = s("name") {
                     *self.dns.entry(name.trim_end_matches('.').to_ascii_lowercase()).or_default() += n;
                 }
             }
-            "file_apply" => {
+            EventKind::FileApply => {
                 // Files a human applied (an auto_apply glob already covers the others).
                 if s("by") == Some("auto_apply") {
                     return;

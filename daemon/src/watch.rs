@@ -123,7 +123,7 @@ pub async fn switch(
     daemon
         .record(gvm_audit::NewEvent {
             profile: Some(profile.to_string()),
-            kind: if on { "watch_on" } else { "watch_off" }.into(),
+            kind: if on { gvm_api::EventKind::WatchOn } else { gvm_api::EventKind::WatchOff }.into(),
             decision: None,
             rule: None,
             details: serde_json::json!({
@@ -152,7 +152,7 @@ pub async fn switch(
             }
             d.record(gvm_audit::NewEvent {
                 profile: Some(name.clone()),
-                kind: "watch_off".into(),
+                kind: gvm_api::EventKind::WatchOff.into(),
                 decision: None,
                 rule: None,
                 details: serde_json::json!({ "by": "timer", "until": crate::rfc3339(until) }),

@@ -21,7 +21,6 @@ mod check;
 mod compiled;
 mod diag;
 mod host;
-mod name;
 mod path;
 mod profile;
 mod rule;
@@ -33,8 +32,8 @@ pub use compiled::{
     CompiledPolicy, ConnectPlan, ConsideredRule, Decision, Explanation, Request, RuleOutcome, RuleRef, Scheme, Verdict,
 };
 pub use diag::{line_col, Diagnostic, Warning};
+pub use gvm_api::{ProfileName, ProfileNameError, MAX_PROFILE_NAME};
 pub use host::{CharName, Cidr, CidrError, Host, HostError};
-pub use name::{ProfileName, ProfileNameError, MAX_PROFILE_NAME};
 pub use path::{PathError, PathPattern};
 pub use profile::{
     load_dir, load_profile, parse_profile, validate_glob, version_of, Agent, DefaultAction, Files, Limits, LoadOutcome,

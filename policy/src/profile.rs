@@ -18,10 +18,10 @@ use serde_spanned::Spanned;
 use crate::budget::{Budget, BudgetPer, Money, OnExhausted};
 use crate::compiled::CompiledPolicy;
 use crate::diag::Diagnostic;
-use crate::name::ProfileName;
 use crate::path::PathPattern;
 use crate::rule::{Action, HostPattern, HostPatternError, InjectPart, Injection, Rule};
 use crate::units::{parse_cpu_quota, parse_duration, parse_size, Rate, RatePer};
+use gvm_api::ProfileName;
 
 /// The default `[network] hold_timeout`.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,16 +54,8 @@ pub enum DefaultAction {
     Hold,
 }
 
-/// How a workspace directory is mounted into the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkspaceMode {
-    /// Writes go to an upper dir and wait for review/apply.
-    #[default]
-    Overlay,
-    Ro,
-    Rw,
-}
+/// How a workspace directory is mounted into the sandbox (one type for every crate).
+pub use gvm_api::WorkspaceMode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {

@@ -26,7 +26,7 @@ fn main() {
         std::process::exit(2);
     }
     let dir = tempfile::Builder::new().prefix("gvm-bench-").tempdir().unwrap();
-    let profile = ProfileName::new(&format!("bench{}", std::process::id() % 100_000)).unwrap();
+    let profile = ProfileName::parse(&format!("bench{}", std::process::id() % 100_000)).unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let paths = AgentPaths::new(&dir.path().join("state"), &run, &profile);
@@ -37,7 +37,7 @@ fn main() {
 
     let mut ns_times = Vec::new();
     for i in 0..20 {
-        let p = ProfileName::new(&format!("nsbench{i}")).unwrap();
+        let p = ProfileName::parse(&format!("nsbench{i}")).unwrap();
         let t = Instant::now();
         Netns::create(&run, &p, GatewayPorts::default()).unwrap().destroy().unwrap();
         ns_times.push(t.elapsed());

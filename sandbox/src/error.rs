@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid profile name {0:?}: use 1-24 characters from a-z, 0-9, '-' and '_', starting with a letter")]
-    ProfileName(String),
+    #[error(transparent)]
+    ProfileName(#[from] gvm_api::ProfileNameError),
     #[error("{what} needs root (run gvmd as root)")]
     NotRoot { what: &'static str },
     #[error("`{program}` failed ({status}): {stderr}")]

@@ -49,17 +49,11 @@ use crate::state::AgentPaths;
 use crate::sys as k;
 use crate::user::ProfileName;
 
-/// How a workspace appears inside the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkspaceMode {
-    /// overlayfs: the real directory is the lower layer; writes land in an upper dir on
-    /// disk under the agent's state, for review.
-    Overlay,
-    /// Read-only bind.
-    ReadOnly,
-    /// Read-write bind of the real directory (explicit opt-in; no review).
-    ReadWrite,
-}
+/// How a workspace appears inside the sandbox: `Overlay` (the real directory is the
+/// lower layer of an overlayfs; writes land in an upper dir under the agent's state, for
+/// review), `Ro` (read-only bind) or `Rw` (read-write bind of the real directory,
+/// explicit opt-in, no review).
+pub use gvm_api::WorkspaceMode;
 
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -831,10 +825,10 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
                 steps.push(Step::Overlay { lower: w.path.clone(), upper, work, target: w.path.clone() });
                 writable.push(w.path.clone());
             }
-            WorkspaceMode::ReadOnly => {
+            WorkspaceMode::Ro => {
                 steps.push(Step::Bind { source: w.path.clone(), target: w.path.clone(), read_only: true })
             }
-            WorkspaceMode::ReadWrite => {
+            WorkspaceMode::Rw => {
                 steps.push(Step::Bind { source: w.path.clone(), target: w.path.clone(), read_only: false });
                 writable.push(w.path.clone());
             }
@@ -869,7 +863,7 @@ fn plan(spec: &LaunchSpec) -> Result<Plan> {
         }
     }
     // Environment: the profile's, then ours on top.
-    let user = spec.profile.user_name();
+    let user = spec.profile.unix_user();
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
         env.retain(|(ek, _)| ek != k);

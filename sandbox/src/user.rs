@@ -10,44 +10,11 @@ use nix::unistd::{Gid, Uid, User};
 
 use crate::error::{run, Error, Result};
 
-/// A validated profile name: it becomes part of a user name, a netns file name, a cgroup
-/// name and a path, so it is kept to `[a-z][a-z0-9_-]{0,23}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProfileName(String);
-
-impl ProfileName {
-    pub fn new(name: &str) -> Result<Self> {
-        // The same rule as gvm-policy's ProfileName: `gvm-<name>` stays a valid system
-        // user name (≤ 31 bytes for useradd and systemd-sysusers).
-        let ok = (1..=27).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if ok {
-            Ok(Self(name.to_string()))
-        } else {
-            Err(Error::ProfileName(name.to_string()))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The system user of this profile: `gvm-<profile>`.
-    pub fn user_name(&self) -> String {
-        format!("gvm-{}", self.0)
-    }
-}
-
-impl std::fmt::Display for ProfileName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use gvm_api::ProfileName;
 
 /// Creates `gvm-<profile>` if it does not exist and returns its uid and gid.
 pub fn ensure_user(profile: &ProfileName, home: &Path) -> Result<(Uid, Gid)> {
-    let name = profile.user_name();
+    let name = profile.unix_user();
     if let Some(user) = lookup(&name)? {
         return Ok((user.uid, user.gid));
     }
@@ -62,7 +29,7 @@ pub fn ensure_user(profile: &ProfileName, home: &Path) -> Result<(Uid, Gid)> {
 
 /// Removes `gvm-<profile>` and its group, if present (tests; `gvmctl profile remove`).
 pub fn remove_user(profile: &ProfileName) -> Result<()> {
-    let name = profile.user_name();
+    let name = profile.unix_user();
     if lookup(&name)?.is_none() {
         return Ok(());
     }
@@ -87,21 +54,4 @@ fn retry_locked(mut f: impl FnMut() -> Result<()>) -> Result<()> {
         }
     }
     Err(Error::Setup(last.unwrap_or_default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn profile_names() {
-        assert!(ProfileName::new("coder").is_ok());
-        assert!(ProfileName::new("a-1_b").is_ok());
-        assert!(ProfileName::new("1abc").is_ok(), "as gvm-policy allows");
-        assert!(ProfileName::new("abcdefghijklmnopqrstuvwxyza").is_ok(), "27 characters");
-        for bad in ["", "-abc", "Coder", "a/b", "a.b", "../x", "abcdefghijklmnopqrstuvwxyzab"] {
-            assert!(ProfileName::new(bad).is_err(), "{bad}");
-        }
-        assert_eq!(ProfileName::new("coder").unwrap().user_name(), "gvm-coder");
-    }
 }

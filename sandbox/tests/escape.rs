@@ -136,7 +136,7 @@ fn dangerous_syscalls_are_refused() {
     let o = fx.sh("mount -t tmpfs none /tmp 2>&1; unshare -U true 2>&1; unshare -n true 2>&1; hostname evil 2>&1; \
                    echo '|/tmp/x' > /proc/sys/kernel/core_pattern 2>&1; echo b > /proc/sysrq-trigger 2>&1; hostname");
     let out = o.out();
-    assert!(!out.contains("evil\n") && out.lines().last() == Some(&*fx.profile.user_name()), "{out}");
+    assert!(!out.contains("evil\n") && out.lines().last() == Some(&*fx.profile.unix_user()), "{out}");
     let cp = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
     assert!(!cp.contains("/tmp/x"), "core_pattern was written: {cp}");
     fx.assert_no_mounts_except_netns();
@@ -153,7 +153,7 @@ fn setuid_binary_does_not_elevate() {
     assert!(std::process::Command::new("cp").arg("/usr/bin/id").arg(&id).status().unwrap().success());
     std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let mut spec = fx.spec("/bin/sh", &[]);
-    spec.workspaces[0].mode = gvm_sandbox::WorkspaceMode::ReadWrite;
+    spec.workspaces[0].mode = gvm_sandbox::WorkspaceMode::Rw;
     spec.args = vec!["-c".into(), format!("{} -u; {} -ru", path_str(&id), path_str(&id))];
     let o = run(spec);
     assert!(o.exit.success(), "{o:?}");

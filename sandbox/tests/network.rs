@@ -98,7 +98,7 @@ fn accept_within(l: &TcpListener, d: Duration) -> Option<TcpStream> {
 fn netns_create_is_idempotent_and_destroy_leaves_nothing() {
     assert_root();
     let dir = tempfile::tempdir().unwrap();
-    let p = gvm_sandbox::ProfileName::new(&format!("tnsidem{}", std::process::id() % 100_000)).unwrap();
+    let p = gvm_sandbox::ProfileName::parse(&format!("tnsidem{}", std::process::id() % 100_000)).unwrap();
     let a = Netns::create(dir.path(), &p, Default::default()).unwrap();
     let b = Netns::create(dir.path(), &p, Default::default()).unwrap();
     assert_eq!(a.path(), b.path());

@@ -130,7 +130,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
     daemon
         .record(gvm_audit::NewEvent {
             profile: None,
-            kind: "control_refused".into(),
+            kind: gvm_api::EventKind::ControlRefused.into(),
             decision: Some("deny".into()),
             rule: None,
             details: serde_json::json!({ "uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "user": who }),

@@ -50,7 +50,7 @@ pub async fn apply(
         Ok((report, r.changes()?))
     })
     .await?;
-    record_apply(&d, &profile, "file_apply", &user_name(peer.uid), &report).await;
+    record_apply(&d, &profile, gvm_api::EventKind::FileApply, &user_name(peer.uid), &report).await;
     sync_queue(&d, &profile, &left).await;
     Ok(Json(report))
 }
@@ -75,7 +75,7 @@ pub async fn discard(
     })
     .await?;
     let report = ApplyReport { id: None, dry_run: false, applied: discarded, refused: Vec::new() };
-    record_apply(&d, &profile, "file_discard", &user_name(peer.uid), &report).await;
+    record_apply(&d, &profile, gvm_api::EventKind::FileDiscard, &user_name(peer.uid), &report).await;
     sync_queue(&d, &profile, &left).await;
     Ok(Json(report))
 }
@@ -128,7 +128,7 @@ pub async fn checkpoint(
     let cp = with_review(&d, &profile, Touch::Writes, move |r| r.checkpoint(req.name.as_deref())).await?;
     d.record(gvm_audit::NewEvent {
         profile: Some(profile.clone()),
-        kind: "file_checkpoint".into(),
+        kind: gvm_api::EventKind::FileCheckpoint.into(),
         decision: None,
         rule: None,
         details: serde_json::json!({

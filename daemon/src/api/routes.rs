@@ -195,7 +195,7 @@ async fn answer(
         tracing::info!(gvm_profile = %item.profile, "rule added to {} by {by}: {}", w.file.display(), w.rule);
         d.record(gvm_audit::NewEvent {
             profile: Some(item.profile.clone()),
-            kind: "rule_added".into(),
+            kind: gvm_api::EventKind::RuleAdded.into(),
             decision: None,
             rule: None,
             details: serde_json::json!({
@@ -228,7 +228,7 @@ async fn answer(
     let outcome_text = outcome.as_str();
     d.record(gvm_audit::NewEvent {
         profile: Some(item.profile.clone()),
-        kind: "hold_answered".into(),
+        kind: gvm_api::EventKind::HoldAnswered.into(),
         decision: Some(if approve { "allow" } else { "deny" }.into()),
         rule: item.rule.clone(),
         details: serde_json::json!({
@@ -301,7 +301,10 @@ async fn agent_action(
     Path((profile, action)): Path<(String, String)>,
 ) -> Result<Json<gvm_api::AgentAction>, ApiFailure> {
     use crate::supervisor::control::{act, ActError};
-    act(&d, &profile, &action).await.map(Json).map_err(|e| {
+    let action = action
+        .parse::<gvm_api::AgentVerb>()
+        .map_err(|_| ApiFailure::new(StatusCode::NOT_FOUND, ActError::Action(action).to_string(), None))?;
+    act(&d, &profile, action).await.map(Json).map_err(|e| {
         let status = match e {
             ActError::NoProfile(_) | ActError::Action(_) => StatusCode::NOT_FOUND,
             ActError::NoCommand(_) | ActError::Busy(_) => StatusCode::CONFLICT,

@@ -202,7 +202,7 @@ async fn run(
     tracing::info!(gvm_profile = %profile, "{} suggested rule(s) added to {} by {by}", resp.rules.len(), resp.file);
     d.record(gvm_audit::NewEvent {
         profile: Some(profile.to_string()),
-        kind: "rule_added".into(),
+        kind: gvm_api::EventKind::RuleAdded.into(),
         decision: None,
         rule: None,
         details: serde_json::json!({

@@ -173,7 +173,7 @@ pub async fn rollback(
     let now = d.profiles().profiles.get(&profile).map(|p| p.digest.clone());
     d.record(gvm_audit::NewEvent {
         profile: Some(profile.clone()),
-        kind: "policy_rollback".into(),
+        kind: gvm_api::EventKind::PolicyRollback.into(),
         decision: None,
         rule: None,
         details: serde_json::json!({

@@ -22,7 +22,7 @@ struct Child {
 /// What `gvmctl status` shows of a child agent.
 #[derive(Debug, Clone, Default)]
 pub struct ChildStatus {
-    pub state: String,
+    pub state: gvm_api::AgentState,
     pub pid: Option<u32>,
     pub restarts: u32,
     pub since: Option<SystemTime>,
@@ -63,7 +63,7 @@ impl Children {
             return;
         }
         let (stop, stopped) = watch::channel(false);
-        let status = Arc::new(Mutex::new(ChildStatus { state: "starting".into(), ..Default::default() }));
+        let status = Arc::new(Mutex::new(ChildStatus { state: gvm_api::AgentState::Starting, ..Default::default() }));
         let task = tokio::spawn(supervise(profile.to_string(), cmd, stopped, status.clone(), instance, done));
         agents.insert(profile.to_string(), Child { stop, status, task });
     }
@@ -115,13 +115,13 @@ async fn supervise<F>(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(gvm_profile = %profile, "cannot run the launcher {}: {e}", cmd.exe.display());
-                set(&|s| s.state = "failed".into());
+                set(&|s| s.state = gvm_api::AgentState::Failed);
                 break;
             }
         };
         let pid = child.id();
         set(&|s| {
-            s.state = "running".into();
+            s.state = gvm_api::AgentState::Running;
             s.pid = pid;
             s.since = Some(SystemTime::now());
         });
@@ -129,7 +129,7 @@ async fn supervise<F>(
         let exit = tokio::select! {
             exit = child.wait() => exit,
             _ = stopped.changed() => {
-                set(&|s| s.state = "stopping".into());
+                set(&|s| s.state = gvm_api::AgentState::Stopping);
                 if let Some(pid) = pid {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                 }
@@ -147,17 +147,17 @@ async fn supervise<F>(
         set(&|s| s.pid = None);
         if stopping || success {
             tracing::info!(gvm_profile = %profile, "agent {profile} stopped ({exit:?})");
-            set(&|s| s.state = "stopped".into());
+            set(&|s| s.state = gvm_api::AgentState::Stopped);
             break;
         }
         tracing::warn!(gvm_profile = %profile, "agent {profile} failed ({exit:?}); restarting in {} s", backoff.as_secs());
         set(&|s| {
-            s.state = "restarting".into();
+            s.state = gvm_api::AgentState::Restarting;
             s.restarts += 1;
         });
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = stopped.changed() => { set(&|s| s.state = "stopped".into()); break; }
+            _ = stopped.changed() => { set(&|s| s.state = gvm_api::AgentState::Stopped); break; }
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gvm_api::{AgentAction, AgentStatus};
+use gvm_api::{AgentAction, AgentState, AgentStatus, AgentVerb};
 
 use super::children::LaunchCommand;
 use super::Backend;
@@ -26,12 +26,9 @@ pub enum ActError {
 }
 
 /// Starts, stops or restarts the agent of `profile`.
-pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: &str) -> Result<AgentAction, ActError> {
-    if !["start", "stop", "restart"].contains(&action) {
-        return Err(ActError::Action(action.to_string()));
-    }
+pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: AgentVerb) -> Result<AgentAction, ActError> {
     let loaded = daemon.profiles().profiles.get(profile).map(|p| p.profile.clone());
-    if action != "stop" {
+    if action != AgentVerb::Stop {
         let p = loaded.as_ref().ok_or_else(|| ActError::NoProfile(profile.to_string()))?;
         if p.agent.command.as_ref().is_none_or(|c| c.is_empty()) {
             return Err(ActError::NoCommand(profile.to_string()));
@@ -41,19 +38,19 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: &str) -> Result<Ag
         Backend::Systemd(sd) => {
             let unit = super::units::unit_name(profile);
             let fail = |detail: String| ActError::Systemd { action: action.to_string(), unit: unit.clone(), detail };
-            if let (Some(p), true) = (&loaded, action != "stop") {
+            if let (Some(p), true) = (&loaded, action != AgentVerb::Stop) {
                 sd.set_limits(profile, &p.agent).await.map_err(|e| fail(e.to_string()))?;
             }
-            let result = sd.act(profile, action).await.map_err(|e| fail(e.to_string()))?;
+            let result = sd.act(profile, action.as_str()).await.map_err(|e| fail(e.to_string()))?;
             if result != "done" {
                 return Err(fail(format!("the job ended with {result:?}")));
             }
         }
         Backend::Gvmd(children) => {
-            if action != "start" {
+            if action != AgentVerb::Start {
                 children.stop(profile).await;
             }
-            if action != "stop" && !children.is_running(profile) {
+            if action != AgentVerb::Stop && !children.is_running(profile) {
                 let instance = daemon.agents.claim(profile).ok_or_else(|| ActError::Busy(profile.to_string()))?;
                 let cmd = LaunchCommand {
                     exe: std::env::current_exe().unwrap_or_else(|_| "gvmd".into()),
@@ -79,13 +76,13 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: &str) -> Result<Ag
     daemon
         .record(gvm_audit::NewEvent {
             profile: Some(profile.to_string()),
-            kind: format!("agent_{action}"),
+            kind: action.event().into(),
             decision: None,
             rule: None,
             details: serde_json::json!({ "state": state, "supervisor": daemon.supervisor.name() }),
         })
         .await;
-    Ok(AgentAction { profile: profile.to_string(), action: action.to_string(), state })
+    Ok(AgentAction { profile: profile.to_string(), action, state })
 }
 
 /// At start: re-opens the gateway inside the network namespace of every agent that
@@ -121,9 +118,9 @@ pub async fn reconcile(daemon: &Arc<Daemon>) {
     for (name, p) in &profiles.profiles {
         if p.profile.agent.autostart
             && p.profile.agent.command.is_some()
-            && status_of(daemon, name).await.state != "running"
+            && status_of(daemon, name).await.state != AgentState::Running
         {
-            match act(daemon, name, "start").await {
+            match act(daemon, name, AgentVerb::Start).await {
                 Ok(a) => tracing::info!(gvm_profile = %name, "autostart: agent {name} is {}", a.state),
                 Err(e) => tracing::error!(gvm_profile = %name, "autostart of {name} failed: {e}"),
             }
@@ -133,24 +130,23 @@ pub async fn reconcile(daemon: &Arc<Daemon>) {
 
 /// One agent's status: the backend's view plus what the audit log says it did.
 pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
-    let mut s = AgentStatus { profile: profile.to_string(), state: "stopped".into(), ..Default::default() };
+    let mut s = AgentStatus { profile: profile.to_string(), state: AgentState::Stopped, ..Default::default() };
     let mut since: Option<SystemTime> = None;
     match &daemon.supervisor {
         Backend::Systemd(sd) => {
             if let Ok(u) = sd.state(profile).await {
                 s.state = match (u.active_state.as_str(), u.sub_state.as_str()) {
-                    ("active", _) => "running",
-                    ("activating", "auto-restart") => "restarting",
-                    ("activating", _) => "starting",
-                    ("deactivating", _) => "stopping",
-                    ("failed", _) => "failed",
-                    _ => "stopped",
-                }
-                .into();
+                    ("active", _) => AgentState::Running,
+                    ("activating", "auto-restart") => AgentState::Restarting,
+                    ("activating", _) => AgentState::Starting,
+                    ("deactivating", _) => AgentState::Stopping,
+                    ("failed", _) => AgentState::Failed,
+                    _ => AgentState::Stopped,
+                };
                 s.main_pid = (u.main_pid != 0).then_some(u.main_pid);
                 s.memory_bytes = u.memory;
                 s.restarts = u.restarts;
-                if u.active_enter_usec > 0 && s.state == "running" {
+                if u.active_enter_usec > 0 && s.state == AgentState::Running {
                     since = Some(SystemTime::UNIX_EPOCH + Duration::from_micros(u.active_enter_usec));
                 }
             }
@@ -160,7 +156,7 @@ pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
                 s.state = c.state;
                 s.main_pid = c.pid;
                 s.restarts = c.restarts;
-                since = c.since.filter(|_| s.state == "running");
+                since = c.since.filter(|_| s.state == AgentState::Running);
                 s.memory_bytes = c.pid.and_then(tree_rss);
             }
         }
@@ -169,7 +165,7 @@ pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
         s.uptime_secs = since.elapsed().ok().map(|d| d.as_secs());
         count_requests(daemon, profile, since, &mut s).await;
     }
-    if s.state == "running" {
+    if s.state == AgentState::Running {
         let prepared = daemon.agents.prepared.lock().await;
         let current = daemon.profiles().profiles.get(profile).map(|p| format!("{:?}", p.profile.agent));
         s.restart_required = match (prepared.get(profile), current) {
@@ -186,7 +182,7 @@ pub async fn statuses(daemon: &Daemon) -> Vec<AgentStatus> {
     let mut out = Vec::new();
     for (name, p) in &profiles.profiles {
         let s = status_of(daemon, name).await;
-        if p.profile.agent.command.is_some() || s.state != "stopped" {
+        if p.profile.agent.command.is_some() || s.state != AgentState::Stopped {
             out.push(s);
         }
     }

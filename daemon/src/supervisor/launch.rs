@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use gvm_api::{LaunchPlan, WorkspaceMode};
+use gvm_api::LaunchPlan;
 use gvm_sandbox::{AgentPaths, LaunchSpec, Limits, Stdio, Workspace};
 use nix::unistd::{Gid, Uid};
 
@@ -25,7 +25,7 @@ pub fn spec_from_plan(
             plan.profile
         ));
     };
-    let profile = gvm_sandbox::ProfileName::new(&plan.profile).map_err(|e| e.to_string())?;
+    let profile = gvm_sandbox::ProfileName::parse(&plan.profile).map_err(|e| e.to_string())?;
     let mut paths = AgentPaths::new(&PathBuf::from(&plan.state_dir), &PathBuf::from(&plan.runtime_dir), &profile);
     if !plan.config_dir.is_empty() {
         paths = paths.with_config_dir(&PathBuf::from(&plan.config_dir));
@@ -41,15 +41,7 @@ pub fn spec_from_plan(
         workspaces: plan
             .workspaces
             .iter()
-            .map(|w| Workspace {
-                path: PathBuf::from(&w.path),
-                mode: match w.mode {
-                    WorkspaceMode::Overlay => gvm_sandbox::WorkspaceMode::Overlay,
-                    WorkspaceMode::Ro => gvm_sandbox::WorkspaceMode::ReadOnly,
-                    WorkspaceMode::Rw => gvm_sandbox::WorkspaceMode::ReadWrite,
-                },
-                id: w.id.clone(),
-            })
+            .map(|w| Workspace { path: PathBuf::from(&w.path), mode: w.mode, id: w.id.clone() })
             .collect(),
         deny_read: plan.deny_read.clone(),
         paths,

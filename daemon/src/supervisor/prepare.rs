@@ -141,21 +141,10 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
     let loaded = profiles.profiles.get(name).ok_or_else(|| PrepareError::NoProfile(name.to_string()))?;
     let profile = loaded.profile.clone();
     let sandbox_err = |source| PrepareError::Sandbox { profile: name.to_string(), source };
-    let pname = gvm_sandbox::ProfileName::new(name).map_err(sandbox_err)?;
+    let pname = gvm_sandbox::ProfileName::parse(name).map_err(|e| sandbox_err(e.into()))?;
     let paths = AgentPaths::new(&daemon.paths.state_dir, &daemon.paths.runtime_dir, &pname);
-    let workspaces: Vec<(String, PathBuf, WorkspaceMode)> = profile
-        .agent
-        .workspaces
-        .iter()
-        .map(|w| {
-            let mode = match w.mode {
-                gvm_policy::WorkspaceMode::Overlay => WorkspaceMode::Overlay,
-                gvm_policy::WorkspaceMode::Ro => WorkspaceMode::Ro,
-                gvm_policy::WorkspaceMode::Rw => WorkspaceMode::Rw,
-            };
-            (workspace_id(&w.path), w.path.clone(), mode)
-        })
-        .collect();
+    let workspaces: Vec<(String, PathBuf, WorkspaceMode)> =
+        profile.agent.workspaces.iter().map(|w| (workspace_id(&w.path), w.path.clone(), w.mode)).collect();
 
     let mut prepared = daemon.agents.prepared.lock().await;
     let listening = prepared.contains_key(name);
@@ -252,7 +241,7 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
 /// rules. Idempotent; a profile that was never prepared is fine.
 pub async fn teardown(daemon: &Daemon, name: &str) -> Result<(), PrepareError> {
     let sandbox_err = |source| PrepareError::Sandbox { profile: name.to_string(), source };
-    let pname = gvm_sandbox::ProfileName::new(name).map_err(sandbox_err)?;
+    let pname = gvm_sandbox::ProfileName::parse(name).map_err(|e| sandbox_err(e.into()))?;
     let names = fd_names(name);
     for n in &names {
         daemon.notifier.remove_fds(n);

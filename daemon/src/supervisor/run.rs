@@ -128,7 +128,7 @@ async fn run(
     daemon
         .record(NewEvent {
             profile: Some(req.profile.clone()),
-            kind: "run_finished".into(),
+            kind: gvm_api::EventKind::RunFinished.into(),
             decision: None,
             rule: None,
             details: serde_json::json!({
@@ -173,7 +173,7 @@ async fn run_prepared(
     let start_seq = daemon
         .record(NewEvent {
             profile: Some(req.profile.clone()),
-            kind: "run_started".into(),
+            kind: gvm_api::EventKind::RunStarted.into(),
             decision: None,
             rule: None,
             details: serde_json::json!({

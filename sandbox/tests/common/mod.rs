@@ -36,7 +36,7 @@ pub struct Fixture {
 impl Fixture {
     /// `tag`: short and unique per test (profile names are 24 characters at most).
     pub fn new(tag: &str) -> Self {
-        let profile = ProfileName::new(&format!("t{tag}{}", std::process::id() % 100_000)).unwrap();
+        let profile = ProfileName::parse(&format!("t{tag}{}", std::process::id() % 100_000)).unwrap();
         let dir = tempfile::Builder::new().prefix("gvm-sbx-").tempdir().unwrap();
         let root = dir.path();
         std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -125,7 +125,7 @@ impl Drop for Fixture {
             let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
             let root_s = root.to_string_lossy();
             assert!(!info.lines().any(|l| l.contains(root_s.as_ref())), "mounts left under {root_s}");
-            assert!(nix::unistd::User::from_name(&self.profile.user_name()).unwrap().is_none(), "user left");
+            assert!(nix::unistd::User::from_name(&self.profile.unix_user()).unwrap().is_none(), "user left");
             let cg = std::fs::read_dir("/sys/fs/cgroup/pids/gvm")
                 .into_iter()
                 .flatten()
