@@ -9,12 +9,12 @@
 pub mod api;
 pub mod approvals;
 pub mod config;
-pub mod launcher;
+pub mod launch_command;
+pub mod lifecycle;
 pub mod logging;
 pub mod profile_file;
 pub mod profiles;
 pub mod review;
-pub mod run;
 pub mod secrets;
 pub mod state;
 pub mod suggest;
@@ -24,7 +24,7 @@ pub mod versions;
 pub mod watch;
 
 pub use config::Paths;
-pub use run::{run, StartError};
+pub use lifecycle::{run, StartError};
 
 /// RFC 3339 in UTC, the one time format of the API.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {

@@ -10,20 +10,20 @@
 //! - [`sys`]: the only module allowed `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod build;
 pub mod cgroup;
 pub mod confine;
 pub mod deny;
 pub mod error;
-pub mod launch;
 pub mod netns;
 pub mod rules;
 pub mod state;
 pub mod sys;
 pub mod user;
 
+pub use build::{launch, Exit, LaunchSpec, Sandbox, Stdio, Workspace, WorkspaceMode};
 pub use cgroup::Limits;
 pub use error::{Error, Result};
-pub use launch::{launch, Exit, LaunchSpec, Sandbox, Stdio, Workspace, WorkspaceMode};
 pub use netns::{GatewayPorts, Netns};
 pub use state::AgentPaths;
 pub use user::{ensure_user, remove_user, ProfileName};

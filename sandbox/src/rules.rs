@@ -1,5 +1,5 @@
 //! The sandbox's rules, as data: what seccomp refuses, what the agent's filesystem view
-//! hides, masks and mounts, and what the network namespace lets out. `launch.rs` and
+//! hides, masks and mounts, and what the network namespace lets out. `build.rs` and
 //! `netns.rs` apply these tables and contain no list of their own; review them here.
 //!
 //! Every entry carries a one-line comment naming what it defends against.

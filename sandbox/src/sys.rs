@@ -3,7 +3,7 @@
 //! Everything else in this crate is `unsafe`-free (the crate denies `unsafe_code`); this
 //! module allows it, and each block says why it is sound. Keep it small: a function here is
 //! a thin wrapper over one system call, with no policy of its own. The policy (what to
-//! drop, what to mount) lives in `rules.rs` and is applied by `launch.rs`.
+//! drop, what to mount) lives in `rules.rs` and is applied by `build.rs`.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;

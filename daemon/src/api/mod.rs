@@ -114,7 +114,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
             }
         };
         if run {
-            crate::supervisor::run::session(stream, daemon, peer).await;
+            crate::supervisor::run_session::session(stream, daemon, peer).await;
             return;
         }
         let io = TokioIo::new(stream);

@@ -62,8 +62,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     gvm_daemon::logging::init();
     if let Some(Command::Launch { profile, socket, prepare_only, teardown, argv }) = args.command {
-        let launch = gvm_daemon::launcher::LaunchArgs { profile, socket, prepare_only, teardown, argv };
-        return match gvm_daemon::launcher::launch(launch) {
+        let launch = gvm_daemon::launch_command::LaunchArgs { profile, socket, prepare_only, teardown, argv };
+        return match gvm_daemon::launch_command::launch(launch) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 eprintln!("gvmd launch: {e}");

@@ -105,7 +105,7 @@ async fn supervise<F>(
             .arg(&cmd.socket)
             // The launcher dies with gvmd (it arms its parent-death signal): a SIGKILLed
             // gvmd must not leave agents running that nobody supervises.
-            .env(crate::launcher::PARENT_ENV, std::process::id().to_string())
+            .env(crate::launch_command::PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

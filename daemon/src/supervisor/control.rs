@@ -36,7 +36,7 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: AgentVerb) -> Resu
     }
     match &daemon.supervisor {
         Backend::Systemd(sd) => {
-            let unit = super::units::unit_name(profile);
+            let unit = super::systemd::unit_name(profile);
             let fail = |detail: String| ActError::Systemd { action: action.to_string(), unit: unit.clone(), detail };
             if let (Some(p), true) = (&loaded, action != AgentVerb::Stop) {
                 sd.set_limits(profile, &p.agent).await.map_err(|e| fail(e.to_string()))?;

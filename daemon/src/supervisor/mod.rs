@@ -13,10 +13,10 @@
 
 pub mod children;
 pub mod control;
-pub mod launch;
+pub mod plan_to_spec;
 pub mod prepare;
-pub mod run;
-pub mod units;
+pub mod run_session;
+pub mod systemd;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -81,7 +81,7 @@ impl Drop for Instance {
 #[derive(Debug)]
 pub enum Backend {
     /// PID 1 is systemd: agents are `gvm-agent@P.service` units.
-    Systemd(units::Systemd),
+    Systemd(systemd::Systemd),
     /// Foreground mode: gvmd spawns and supervises the launchers itself.
     Gvmd(children::Children),
 }

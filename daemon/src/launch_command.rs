@@ -63,9 +63,14 @@ pub fn launch(args: LaunchArgs) -> Result<i32, LaunchError> {
     // Started by systemd (gvm-agent@P.service): the unit's cgroup is delegated to us and
     // its properties hold the limits, so the agent stays in it.
     let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
-    let spec =
-        crate::supervisor::launch::spec_from_plan(&plan, &args.argv, gvm_sandbox::Stdio::Inherit, !under_systemd, true)
-            .map_err(LaunchError::Spec)?;
+    let spec = crate::supervisor::plan_to_spec::spec_from_plan(
+        &plan,
+        &args.argv,
+        gvm_sandbox::Stdio::Inherit,
+        !under_systemd,
+        true,
+    )
+    .map_err(LaunchError::Spec)?;
 
     // Forwarded signals are blocked before the sandbox forks (it resets the mask in its
     // children) so that none is lost between the fork and the relay thread.

@@ -140,7 +140,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
-    let supervisor = match crate::supervisor::units::Systemd::connect().await {
+    let supervisor = match crate::supervisor::systemd::Systemd::connect().await {
         Some(sd) => crate::supervisor::Backend::Systemd(sd),
         None => crate::supervisor::Backend::Gvmd(Default::default()),
     };

@@ -156,7 +156,7 @@ async fn run_prepared(
     reader: tokio::net::unix::ReadHalf<'_>,
     writer: &mut tokio::net::unix::WriteHalf<'_>,
 ) -> Result<(i32, u64, SystemTime, Instant), Failure> {
-    let spec = crate::supervisor::launch::spec_from_plan(
+    let spec = crate::supervisor::plan_to_spec::spec_from_plan(
         plan,
         &req.argv,
         gvm_sandbox::Stdio::Fds { stdin, stdout, stderr },
