@@ -44,6 +44,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::cgroup::{Cgroup, Limits};
 use crate::confine::{apply_landlock, seccomp_filter, LandlockPlan};
 use crate::error::{io, sys, Error, Result};
+use crate::plan::{self, Step};
 use crate::rules;
 use crate::state::AgentPaths;
 use crate::sys as k;
@@ -213,50 +214,6 @@ impl Drop for Sandbox {
         }
         let _ = self.teardown();
     }
-}
-
-/// One mount-view step, executed by init in the new mount namespace. Paths named
-/// `target` are paths *inside the sandbox*; they are resolved under the new root with
-/// symlinks confined to it. Sources are host paths.
-#[derive(Debug, Clone)]
-enum Step {
-    /// Empty tmpfs over a directory (`ro` applied at the end, after mount points in it exist).
-    Hide {
-        target: PathBuf,
-    },
-    /// A writable tmpfs.
-    Tmpfs {
-        target: PathBuf,
-        options: &'static str,
-        flags: MsFlags,
-    },
-    Bind {
-        source: PathBuf,
-        target: PathBuf,
-        read_only: bool,
-    },
-    Overlay {
-        lower: PathBuf,
-        upper: PathBuf,
-        work: PathBuf,
-        target: PathBuf,
-    },
-    /// Mask a path: /dev/null over a file, an empty read-only tmpfs over a directory.
-    Mask {
-        target: PathBuf,
-    },
-    /// Bind a path onto itself read-only.
-    ReadOnly {
-        target: PathBuf,
-    },
-    Proc,
-    Sys,
-    Dev,
-    /// Write a file into the staging tmpfs and bind it read-only over `target`.
-    File {
-        contents: &'static str,
-        target: PathBuf,
-    },
 }
 
 /// What the children execute: all decided and allocated up front.
@@ -736,190 +693,28 @@ pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, Strin
     Ok(root.join(cur.strip_prefix("/").unwrap_or(&cur)))
 }
 
-fn cstring(s: &str, what: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::Spec(format!("{what} contains a NUL byte: {s:?}")))
-}
-
-fn check_path(p: &Path, what: &str) -> Result<()> {
-    if !p.is_absolute() {
-        return Err(Error::Spec(format!("{what} must be an absolute path, got {}", p.display())));
-    }
-    if p.components().any(|c| c == Component::ParentDir) {
-        return Err(Error::Spec(format!("{what} must not contain `..`: {}", p.display())));
-    }
-    Ok(())
-}
-
-/// Everything decided before forking.
+/// Everything decided before forking: the pure parts come from [`crate::plan`].
 fn plan(spec: &LaunchSpec) -> Result<Plan> {
     if spec.uid.is_root() || spec.gid.as_raw() == 0 {
         return Err(Error::Spec(format!("the agent of {} must not run as uid/gid 0", spec.profile)));
     }
-    let paths = &spec.paths;
-    for (p, what) in [(&paths.state_dir, "state dir"), (&paths.runtime_dir, "runtime dir"), (&paths.home, "home")] {
-        check_path(p, what)?;
-    }
-    let mut steps = Vec::new();
-    // 1. Private /tmp and /var/tmp first (a state dir under /tmp is then simply absent),
-    //    then hide: fixed host paths, then the state and runtime dirs wherever they are.
-    for t in ["/tmp", "/var/tmp"] {
-        steps.push(Step::Tmpfs {
-            target: PathBuf::from(t),
-            options: "mode=1777",
-            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        });
-    }
-    for d in rules::HIDDEN_DIRS {
-        steps.push(Step::Hide { target: PathBuf::from(d) });
-    }
-    steps.push(Step::Hide { target: paths.state_dir.clone() });
-    steps.push(Step::Hide { target: paths.runtime_dir.clone() });
-    if let Some(config) = &paths.config_dir {
-        steps.push(Step::Hide { target: config.clone() });
-    }
-    // 2. Private /dev, /proc, /sys.
-    steps.push(Step::Dev);
-    steps.push(Step::Proc);
-    for p in rules::PROC_READ_ONLY {
-        steps.push(Step::ReadOnly { target: PathBuf::from(p) });
-    }
-    for p in rules::PROC_MASKED {
-        steps.push(Step::Mask { target: PathBuf::from(p) });
-    }
-    steps.push(Step::Sys);
-    for p in rules::SYS_MASKED {
-        steps.push(Step::Mask { target: PathBuf::from(p) });
-    }
-    // 3. The persistent home, then the workspaces (shallow first).
-    if !paths.home.is_dir() {
-        return Err(Error::Spec(format!(
-            "the agent home {} does not exist (call state::prepare)",
-            paths.home.display()
-        )));
-    }
-    steps.push(Step::Bind { source: paths.home.clone(), target: paths.home.clone(), read_only: false });
-    let mut workspaces: Vec<&Workspace> = spec.workspaces.iter().collect();
-    workspaces.sort_by_key(|w| w.path.components().count());
-    let mut writable =
-        vec![paths.home.clone(), PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/dev")];
-    for w in &workspaces {
-        check_path(&w.path, "workspace path")?;
-        if !w.path.is_dir() {
-            return Err(Error::Spec(format!("workspace {} is not a directory", w.path.display())));
-        }
-        match w.mode {
-            WorkspaceMode::Overlay => {
-                let (upper, work) = paths.overlay_dirs(&w.id)?;
-                for p in [&w.path, &upper, &work] {
-                    let s = p.to_string_lossy();
-                    if s.contains([',', ':', '\\']) {
-                        return Err(Error::Spec(format!("overlay path {s} must not contain ',', ':' or '\\'")));
-                    }
-                }
-                if !upper.is_dir() || !work.is_dir() {
-                    return Err(Error::Spec(format!(
-                        "overlay dirs of workspace {} missing (call state::prepare)",
-                        w.id
-                    )));
-                }
-                steps.push(Step::Overlay { lower: w.path.clone(), upper, work, target: w.path.clone() });
-                writable.push(w.path.clone());
-            }
-            WorkspaceMode::Ro => {
-                steps.push(Step::Bind { source: w.path.clone(), target: w.path.clone(), read_only: true })
-            }
-            WorkspaceMode::Rw => {
-                steps.push(Step::Bind { source: w.path.clone(), target: w.path.clone(), read_only: false });
-                writable.push(w.path.clone());
-            }
-        }
-    }
-    // 4. Masks: deny_read globs (resolved now), fixed secret files.
-    let roots: Vec<PathBuf> = spec.workspaces.iter().map(|w| w.path.clone()).collect();
-    for p in crate::deny::resolve(&spec.deny_read, &paths.home, &roots) {
-        steps.push(Step::Mask { target: p });
-    }
-    for p in rules::HIDDEN_FILES {
-        steps.push(Step::Mask { target: PathBuf::from(p) });
-    }
-    // 5. resolv.conf and the CA bundle.
-    steps.push(Step::File { contents: rules::RESOLV_CONF, target: PathBuf::from("/etc/resolv.conf") });
-    let mut ca_path = None;
-    if let Some(ca) = &spec.ca_bundle {
-        if !ca.is_file() {
-            return Err(Error::Spec(format!("CA bundle {} is not a file", ca.display())));
-        }
-        for t in rules::CA_TARGETS {
-            if Path::new(t).exists() {
-                steps.push(Step::Bind { source: ca.clone(), target: PathBuf::from(t), read_only: true });
-                ca_path.get_or_insert(*t);
-            }
-        }
-        if ca_path.is_none() {
-            return Err(Error::Spec(format!(
-                "none of {:?} exists on this host to carry the CA bundle",
-                rules::CA_TARGETS
-            )));
-        }
-    }
-    // Environment: the profile's, then ours on top.
-    let user = spec.profile.unix_user();
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |k: &str, v: String| {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.to_string(), v));
-    };
-    for (k, v) in &spec.env {
-        if k.is_empty() || k.contains('=') {
-            return Err(Error::Spec(format!("environment variable name {k:?} is invalid")));
-        }
-        set(k, v.clone());
-    }
-    set("HOME", paths.home.to_string_lossy().into_owned());
-    set("USER", user.clone());
-    if !spec.env.iter().any(|(k, _)| k == "PATH") {
-        set("PATH", rules::DEFAULT_PATH.to_string());
-    }
-    for k in rules::PROXY_ENV {
-        set(k, format!("http://127.0.0.1:{}", spec.proxy_port));
-    }
-    for k in rules::NO_PROXY_ENV {
-        set(k, String::new());
-    }
-    set("NODE_USE_ENV_PROXY", "1".to_string());
-    if let Some(ca) = ca_path {
-        for k in rules::CA_ENV {
-            set(k, ca.to_string());
-        }
-    }
-    let envp = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"), "environment")).collect::<Result<Vec<_>>>()?;
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
-    let search: Vec<PathBuf> = if spec.command.contains('/') {
-        vec![PathBuf::from(&spec.command)]
-    } else {
-        path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(&spec.command)).collect()
-    };
-    let mut argv = vec![cstring(&spec.command, "command")?];
-    for a in &spec.args {
-        argv.push(cstring(a, "argument")?);
-    }
-    let cwd =
-        spec.cwd.clone().or_else(|| spec.workspaces.first().map(|w| w.path.clone())).unwrap_or(paths.home.clone());
+    let view = plan::mount_steps(spec)?;
+    let env = plan::environment(spec, view.ca_path)?;
     Ok(Plan {
         netns: spec.netns.clone(),
-        staging: paths.runtime_dir.clone(),
+        staging: spec.paths.runtime_dir.clone(),
         cgroup_procs: Vec::new(),
         die_with: spec.die_with_parent.then(nix::unistd::getpid),
-        hostname: user,
-        steps,
+        hostname: spec.profile.unix_user(),
+        steps: view.steps,
         uid: spec.uid,
         gid: spec.gid,
-        argv,
-        envp,
-        search,
-        cwd,
+        argv: plan::argv(spec)?,
+        envp: plan::envp(&env)?,
+        search: plan::search_path(&spec.command, &env),
+        cwd: plan::working_dir(spec),
         nproc: spec.limits.tasks_max,
-        landlock: spec.landlock.then_some(LandlockPlan { writable }),
+        landlock: spec.landlock.then_some(LandlockPlan { writable: view.writable }),
         filter: seccomp_filter()?,
     })
 }

@@ -16,6 +16,7 @@ pub mod confine;
 pub mod deny;
 pub mod error;
 pub mod netns;
+pub(crate) mod plan;
 pub mod rules;
 pub mod state;
 pub mod sys;
