@@ -1,6 +1,6 @@
 //! gvmd: the gvm daemon, as a library with a thin `main` (`src/bin/gvmd.rs`).
 //!
-//! One folder per part of the picture in DESIGN.md: [`api`] (the control socket),
+//! One folder per part of the picture in docs/design.md: [`api`] (the control socket),
 //! [`run`] (start, reload, stop), [`profiles`] (what is in force), [`sys`] (the one
 //! door to the kernel and systemd). The audit chain is the `gvm-audit` crate, the
 //! policy engine `gvm-policy`, the egress gateway `gvm-gateway`: separate crates so

@@ -2,7 +2,7 @@
 //!
 //! Each profile gets listeners that gvmd opens inside the agent's netns; the listener a
 //! connection arrived on *is* its identity (the `profile` given to `serve_*`), never
-//! anything the client says (ATTACKS.md class 7).
+//! anything the client says (docs/attacks.md class 7).
 //!
 //! * [`Gateway::serve_proxy`]: HTTP/1.1 forward proxy — absolute-form requests and
 //!   CONNECT. A CONNECT whose host only has host/port rules is decided once and spliced

@@ -1,4 +1,4 @@
-//! Refusal of ambiguity (ATTACKS.md class 3): requests two parsers could read
+//! Refusal of ambiguity (docs/attacks.md class 3): requests two parsers could read
 //! differently are refused, never guessed at, and audited.
 
 mod common;

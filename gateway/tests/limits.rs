@@ -1,4 +1,4 @@
-//! One agent must not hurt another, nor fill the disk (ATTACKS.md class 17): a profile's
+//! One agent must not hurt another, nor fill the disk (docs/attacks.md class 17): a profile's
 //! `[limits]` bound its connections on every listener (tunnels included), its held
 //! requests, its DNS queries, its audit events and its upload bandwidth; identical
 //! refusals fold into one counted event, and every decision stays accounted for.

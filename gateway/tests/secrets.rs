@@ -1,6 +1,6 @@
 //! The agent never holds a real key and cannot smuggle one out: placeholders swapped
 //! only where bound, and the exfiltration scan of URL, headers and streamed bodies
-//! (ATTACKS.md classes 8 and 9), on the explicit proxy and through interception.
+//! (docs/attacks.md classes 8 and 9), on the explicit proxy and through interception.
 
 mod common;
 
@@ -225,7 +225,7 @@ async fn a_placeholder_is_swapped_for_its_bound_host_and_refused_elsewhere() {
     assert!(!j.to_string().contains(REAL));
 }
 
-/// One pipeline for every way in (ATTACKS.md class 1): the same masked value in a body
+/// One pipeline for every way in (docs/attacks.md class 1): the same masked value in a body
 /// is refused on the proxy (plain and intercepted CONNECT) and on the transparent
 /// listener (plain and TLS), each refusal audited with its `via`; the bound placeholder
 /// is swapped on transparent TLS as on intercepted CONNECT.

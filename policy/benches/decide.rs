@@ -1,5 +1,5 @@
 //! `cargo bench -p gvm-policy`: ns per decision over a 1,000-rule profile.
-//! Target (DESIGN.md): ≤ 1 µs per decision. Plain `Instant` timing, no harness.
+//! Target (docs/design.md): ≤ 1 µs per decision. Plain `Instant` timing, no harness.
 
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -5,7 +5,7 @@
 //! canonical text form, an IPv4-mapped IPv6 address as the IPv4 address. Anything
 //! ambiguous — control bytes, userinfo, ports, percent signs, IPv4 in decimal, octal or
 //! hex, short IPv4 forms — is refused, never guessed at: two parsers that disagree on
-//! a host are how egress filters get bypassed (ATTACKS.md class 3).
+//! a host are how egress filters get bypassed (docs/attacks.md class 3).
 //!
 //! This module trusts nothing about its input; it performs no DNS resolution.
 

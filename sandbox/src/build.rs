@@ -262,7 +262,12 @@ pub fn launch(spec: LaunchSpec) -> Result<Sandbox> {
         Stdio::Fds { stdin, stdout, stderr } => (Some(stdin), Some(stdout), Some(stderr)),
     };
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating the launcher's error pipe"))?;
-    match k::fork().map_err(sys("forking the launcher"))? {
+    // SAFETY: the launcher's code (`launcher`, then `init` and `agent`) only makes system
+    // calls and allocates until it execs or calls `exit_now`: no printing, no environment,
+    // no lock (see `sys::fork`).
+    #[allow(unsafe_code)]
+    let forked = unsafe { k::fork() };
+    match forked.map_err(sys("forking the launcher"))? {
         k::ForkResult::Child => {
             drop(err_r);
             let stdio = [stdin, stdout, stderr];
@@ -334,7 +339,10 @@ fn launcher(plan: &Plan, netns: &File, err: &OwnedFd, stdio: [Option<OwnedFd>; 3
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWCGROUP;
     unshare(ns).map_err(fail("unsharing the mount/pid/ipc/uts/cgroup namespaces"))?;
-    match k::fork().map_err(fail("forking init"))? {
+    // SAFETY: as for the launcher; the launcher is single-threaded by now anyway.
+    #[allow(unsafe_code)]
+    let forked = unsafe { k::fork() };
+    match forked.map_err(fail("forking init"))? {
         k::ForkResult::Child => {
             let msg = match init(plan, err, stdio) {
                 Ok(never) => match never {},
@@ -367,7 +375,11 @@ fn init(plan: &Plan, err: &OwnedFd, stdio: [Option<OwnedFd>; 3]) -> Result<Never
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail("setting init's parent-death signal"))?;
     nix::unistd::sethostname(&plan.hostname).map_err(fail("setting the hostname"))?;
     build_view(plan)?;
-    let agent = match k::fork().map_err(fail("forking the agent"))? {
+    // SAFETY: init is single-threaded; the agent's side only makes system calls until
+    // `execve` or `exit_now`.
+    #[allow(unsafe_code)]
+    let forked = unsafe { k::fork() };
+    let agent = match forked.map_err(fail("forking the agent"))? {
         k::ForkResult::Child => {
             let msg = match agent(plan, stdio) {
                 Ok(never) => match never {},

@@ -1,4 +1,4 @@
-//! gvm's boundary (DESIGN.md, "The boundary"): per-profile users and network namespaces
+//! gvm's boundary (docs/design.md, "The boundary"): per-profile users and network namespaces
 //! prepared by gvmd, and the launcher that starts an agent inside them.
 //!
 //! - [`user`]: `gvm-<profile>` system users.
@@ -7,7 +7,8 @@
 //! - [`launch`]: the launcher (mount view, pid/ipc/uts/cgroup namespaces, uid drop,
 //!   capabilities, no_new_privs, landlock, seccomp, a small init).
 //! - [`rules`]: every rule the above apply, as data, in one place.
-//! - [`sys`]: the only module allowed `unsafe`.
+//! - `sys` (crate-private): the only module with `unsafe` blocks besides the three calls of
+//!   its `unsafe fn fork` in `build.rs`, each with the SAFETY argument its caller owes.
 #![deny(unsafe_code)]
 
 pub mod build;
@@ -19,7 +20,7 @@ pub mod netns;
 pub(crate) mod plan;
 pub mod rules;
 pub mod state;
-pub mod sys;
+pub(crate) mod sys;
 pub mod user;
 
 pub use build::{launch, Exit, LaunchSpec, Sandbox, Stdio, Workspace, WorkspaceMode};

@@ -2,7 +2,10 @@
 //! hides, masks and mounts, and what the network namespace lets out. `build.rs` and
 //! `netns.rs` apply these tables and contain no list of their own; review them here.
 //!
-//! Every entry carries a one-line comment naming what it defends against.
+//! Every entry carries a one-line comment naming what it defends against, on its own line:
+//! ARCHITECTURE.md's "Sandbox rules, entry by entry" is generated from these lines
+//! (`GVM_BLESS=1 cargo test -p gvm-sandbox --test docs`), and the test fails when the two
+//! differ.
 
 /// How seccomp treats a system call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +69,9 @@ pub const SECCOMP: &[(&str, SysRule)] = &[
     ("setns", SysRule::Deny),             // joining another namespace
     ("clone", SysRule::DenyIfAnyBit { arg: 0, bits: NS_FLAGS }), // namespaces via clone flags
     ("clone3", SysRule::NoSys),           // flags hidden in a struct seccomp cannot read; libc falls back to clone
-    // ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC... Only PER_LINUX (0) passes; the 0xffffffff query is
-    // refused too, as libseccomp cannot test one argument against two values in one rule.
-    ("personality", SysRule::DenyUnless { arg: 0, allowed: 0 }),
+    // The 0xffffffff query is refused too: libseccomp cannot test one argument against two
+    // values in one rule.
+    ("personality", SysRule::DenyUnless { arg: 0, allowed: 0 }), // execution domains that weaken ASLR or imply exec (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC): only PER_LINUX (0) passes
     ("socket", SysRule::DenyIfMasked { arg: 0, mask: 0xffff_ffff, values: &[libc::AF_PACKET as u64] }), // packet sockets: raw frames past nft
     ("socket", SysRule::DenyIfMasked { arg: 1, mask: 0xf, values: &[libc::SOCK_RAW as u64, 10 /* SOCK_PACKET */] }), // raw IP/ICMP past the redirect (class 4)
     ("ioctl", SysRule::DenyIfMasked { arg: 1, mask: 0xffff_ffff, values: &[libc::TIOCSTI, libc::TIOCLINUX] }), // typing into the operator's terminal (class 15)
@@ -129,16 +132,16 @@ pub const PROC_READ_ONLY: &[&str] = &[
 
 /// Under the fresh `/proc`: masked (files by `/dev/null`, directories by an empty tmpfs).
 pub const PROC_MASKED: &[&str] = &[
-    "/proc/kcore",       // physical memory
-    "/proc/kallsyms",    // kernel addresses (KASLR)
-    "/proc/keys",        // keyrings of the host
-    "/proc/key-users",   // keyring users of the host
-    "/proc/timer_list",  // timing side channel, host task names
-    "/proc/sched_debug", // host task names
-    "/proc/latency_stats",
-    "/proc/acpi",   // firmware interfaces
-    "/proc/scsi",   // device rescans
-    "/proc/asound", // device interfaces
+    "/proc/kcore",         // physical memory
+    "/proc/kallsyms",      // kernel addresses (KASLR)
+    "/proc/keys",          // keyrings of the host
+    "/proc/key-users",     // keyring users of the host
+    "/proc/timer_list",    // timing side channel, host task names
+    "/proc/sched_debug",   // host task names
+    "/proc/latency_stats", // host task names and timing
+    "/proc/acpi",          // firmware interfaces
+    "/proc/scsi",          // device rescans
+    "/proc/asound",        // device interfaces
 ];
 
 /// Under the fresh read-only `/sys`: masked.

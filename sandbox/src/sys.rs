@@ -11,32 +11,34 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub use nix::unistd::ForkResult;
+pub(crate) use nix::unistd::ForkResult;
 
 /// `fork(2)`.
 ///
-/// The caller may be multi-threaded (gvmd runs tokio). The child must then restrict itself
-/// to system calls and heap allocation until it execs: glibc's `fork` resets the malloc
-/// locks in the child, but no other lock (stdio, the environment lock, a `Mutex` held by
-/// another thread) may be taken. The launcher's child code follows that rule: it never
-/// prints, never reads the environment, and reports errors through a pipe.
-pub fn fork() -> nix::Result<ForkResult> {
-    // SAFETY: see above; the child side of every caller only makes system calls, allocates,
-    // and ends in `execve` or `exit_now`.
+/// # Safety
+///
+/// The caller may be multi-threaded (gvmd runs tokio). In the child, until it calls
+/// `execve` or [`exit_now`], the caller must restrict itself to system calls and heap
+/// allocation: glibc's `fork` resets the malloc locks in the child, but no other lock
+/// (stdio, the environment lock, a `Mutex` held by another thread) may be taken, and no
+/// destructor that takes one may run. The launcher's child code follows that rule: it
+/// never prints, never reads the environment, and reports errors through a pipe.
+pub(crate) unsafe fn fork() -> nix::Result<ForkResult> {
+    // SAFETY: forwarded to the caller (see `# Safety`).
     unsafe { nix::unistd::fork() }
 }
 
 /// `_exit(2)`: leave a forked child without running the parent's atexit handlers or
 /// flushing stdio buffers that the parent owns.
-pub fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` has no preconditions; it never returns.
     unsafe { libc::_exit(code) }
 }
 
 /// Mount attribute bits for [`mount_setattr_recursive`] (linux/mount.h).
-pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
-pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
-pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 
 #[repr(C)]
 struct MountAttr {
@@ -49,7 +51,7 @@ struct MountAttr {
 /// `mount_setattr(2)` with `AT_RECURSIVE`: change per-mount flags on a whole subtree (a
 /// remount with `MS_BIND|MS_REMOUNT` only changes one mount). Only the vfsmount flags of
 /// the caller's mount namespace change, never the superblock shared with the host.
-pub fn mount_setattr_recursive(path: &Path, set: u64, clear: u64) -> io::Result<()> {
+pub(crate) fn mount_setattr_recursive(path: &Path, set: u64, clear: u64) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
     // SAFETY: `c_path` is a valid NUL-terminated string and `attr` a valid `struct
@@ -74,7 +76,7 @@ pub fn mount_setattr_recursive(path: &Path, set: u64, clear: u64) -> io::Result<
 /// `mount_setattr(2)` on the mount an `O_PATH` descriptor points at, that mount only (not
 /// its children). Used to seal a tmpfs read-only after mount points were made in it,
 /// even if other mounts were since stacked on paths inside or on top of it.
-pub fn mount_setattr_fd(fd: std::os::fd::BorrowedFd<'_>, set: u64, clear: u64) -> io::Result<()> {
+pub(crate) fn mount_setattr_fd(fd: std::os::fd::BorrowedFd<'_>, set: u64, clear: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
     // SAFETY: `fd` is a valid open descriptor for the duration of the call (borrowed), the
@@ -99,7 +101,7 @@ pub fn mount_setattr_fd(fd: std::os::fd::BorrowedFd<'_>, set: u64, clear: u64) -
 
 /// `close_range(first, ~0, 0)`: close every descriptor from `first` on, so the agent
 /// inherits nothing but its stdio.
-pub fn close_fds_from(first: u32) -> io::Result<()> {
+pub(crate) fn close_fds_from(first: u32) -> io::Result<()> {
     // SAFETY: closing descriptors is memory-safe; this process owns no Rust object that
     // holds a descriptor >= `first` and is used after this call (the caller execs next).
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
@@ -112,7 +114,7 @@ pub fn close_fds_from(first: u32) -> io::Result<()> {
 
 /// Drops capability `cap` from the bounding set (`PR_CAPBSET_DROP`). `EINVAL` means the
 /// kernel does not know that capability, which the caller treats as the end of the list.
-pub fn capbset_drop(cap: u32) -> io::Result<()> {
+pub(crate) fn capbset_drop(cap: u32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; no memory is passed.
     let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
     if rc == 0 {
@@ -123,7 +125,7 @@ pub fn capbset_drop(cap: u32) -> io::Result<()> {
 }
 
 /// Clears the ambient capability set (`PR_CAP_AMBIENT_CLEAR_ALL`).
-pub fn clear_ambient_caps() -> io::Result<()> {
+pub(crate) fn clear_ambient_caps() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; no memory is passed.
     let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
     if rc == 0 {
@@ -148,7 +150,7 @@ struct CapData {
 }
 
 /// `capset(2)` with every set empty (effective, permitted, inheritable).
-pub fn clear_all_caps() -> io::Result<()> {
+pub(crate) fn clear_all_caps() -> io::Result<()> {
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
@@ -164,7 +166,7 @@ pub fn clear_all_caps() -> io::Result<()> {
 
 /// Resets every signal disposition to the default (SIGPIPE is ignored by the Rust runtime
 /// of the caller, and an ignored disposition survives `execve`).
-pub fn reset_signal_dispositions() {
+pub(crate) fn reset_signal_dispositions() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {

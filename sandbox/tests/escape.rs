@@ -1,4 +1,4 @@
-//! Escape probes that run *as the agent* and must fail (ATTACKS.md classes 8, 10-15, 17).
+//! Escape probes that run *as the agent* and must fail (docs/attacks.md classes 8, 10-15, 17).
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,4 +1,4 @@
-//! Egress from inside a sandbox (ATTACKS.md classes 4, 5, 16). A "test host" lives in a
+//! Egress from inside a sandbox (docs/attacks.md classes 4, 5, 16). A "test host" lives in a
 //! network namespace of the test's own, reachable from the profile's netns over a veth pair
 //! (10.203.N.0/24, fd00:203:N::/64), so only the nft rules stand between the agent and it.
 mod common;

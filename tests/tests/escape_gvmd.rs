@@ -1,5 +1,5 @@
 //! Escape attempts against a real gvmd, made *as the agent* through `gvmctl run` (the
-//! ATTACKS.md classes at the level a user meets them): every probe asserts what the agent
+//! docs/attacks.md classes at the level a user meets them): every probe asserts what the agent
 //! sees (exit code, output), what the audit log says, and that nothing reached the
 //! target (an upstream that records requests, a test host in a network namespace of the
 //! test's own, a service on the host's loopback).
@@ -989,7 +989,7 @@ fn admin_group_members_may_run_and_others_are_refused() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Availability: stalled handshakes on the gateway's listeners (ATTACKS.md class 17).
+// Availability: stalled handshakes on the gateway's listeners (docs/attacks.md class 17).
 // ---------------------------------------------------------------------------------------
 
 /// Every listener of the gateway gives a client 30 s (`NAME_WAIT`, hyper's header

@@ -1,4 +1,4 @@
-//! The agent never holds a real key and cannot smuggle one out (ATTACKS.md classes 8
+//! The agent never holds a real key and cannot smuggle one out (docs/attacks.md classes 8
 //! and 9), against a real gvmd and a real sandbox through `gvmctl run`: a `.env` value
 //! the agent learnt some other way (the test hands it over on the command line,
 //! simulating a leak) is stopped in every form and way, and a secret's placeholder is
