@@ -1,551 +1,22 @@
-//! Profiles: the TOML schema, its validation, and loading from disk.
-//!
-//! Parsing goes in two steps. serde reads the file into `Raw*` structs that keep the
-//! byte span of every value (`serde_spanned::Spanned`) and refuse unknown fields;
-//! then [`validate`] turns them into the public, validated types, so every semantic
-//! error also points at a line and column. The first error refuses the file.
+//! Validation: from the raw schema to the public, checked types. Every semantic error
+//! points at the line and column of the value it is about; the first error refuses the
+//! file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::budget::{Budget, BudgetPer, Money, OnExhausted};
-use crate::compiled::CompiledPolicy;
+use crate::budget::{Budget, Money};
 use crate::diag::Diagnostic;
 use crate::path::PathPattern;
 use crate::rule::{Action, HostPattern, HostPatternError, InjectPart, Injection, Rule};
-use crate::units::{parse_cpu_quota, parse_duration, parse_size, Rate, RatePer};
-use gvm_api::ProfileName;
+use crate::units::{parse_cpu_quota, parse_duration, parse_size, Rate};
 
-/// The default `[network] hold_timeout`.
-pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `enforce` or `watch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    /// Allow everything; record what enforce mode would have done.
-    Watch,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Watch => "watch",
-        })
-    }
-}
-
-/// What happens to a request no rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DefaultAction {
-    #[default]
-    Deny,
-    Hold,
-}
-
-/// How a workspace directory is mounted into the sandbox (one type for every crate).
-pub use gvm_api::WorkspaceMode;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workspace {
-    pub path: PathBuf,
-    pub mode: WorkspaceMode,
-}
-
-/// `[agent]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Agent {
-    /// `None`: the profile only governs `gvmctl run`.
-    pub command: Option<Vec<String>>,
-    pub mode: Mode,
-    pub workspaces: Vec<Workspace>,
-    pub env: BTreeMap<String, String>,
-    /// Bytes.
-    pub memory_max: Option<u64>,
-    pub tasks_max: Option<u32>,
-    /// Percent of one CPU (200 = two CPUs).
-    pub cpu_quota: Option<u32>,
-    pub autostart: bool,
-}
-
-/// `[network]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Network {
-    pub default: DefaultAction,
-    /// Effective value ([`DEFAULT_HOLD_TIMEOUT`] when not written).
-    pub hold_timeout: Duration,
-    /// True when the file sets `hold_timeout`.
-    pub hold_timeout_set: bool,
-    pub rules: Vec<Rule>,
-}
-
-impl Default for Network {
-    fn default() -> Self {
-        Network {
-            default: DefaultAction::Deny,
-            hold_timeout: DEFAULT_HOLD_TIMEOUT,
-            hold_timeout_set: false,
-            rules: Vec::new(),
-        }
-    }
-}
-
-/// Where a secret's value comes from. Read by gvmd, never by the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// An absolute path readable by gvmd only.
-    File(PathBuf),
-    /// A systemd credential passed to gvmd.service (`LoadCredential=`).
-    Credential(String),
-}
-
-/// How the agent may use a secret without holding it: `env` names the variable that
-/// carries the profile's placeholder, `hosts` are where the gateway swaps the
-/// placeholder for the value (besides the hosts of rules that inject the secret).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SecretUse {
-    pub env: Option<String>,
-    pub hosts: Vec<HostPattern>,
-    /// `file:line:col` of the secret's source, for load-time refusals by gvmd.
-    pub at: Diagnostic,
-}
-
-/// `[files]`: globs, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Files {
-    pub auto_apply: Vec<String>,
-    pub review: Vec<String>,
-    pub discard: Vec<String>,
-    pub deny_read: Vec<String>,
-}
-
-/// `[limits]`: what one agent may take of gvmd's shared resources, so that it cannot
-/// starve the other agents, fill the disk with audit events or exhaust gvmd's file
-/// descriptors. Every field has a default; a profile can lower or raise each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections open at once through all of the profile's listeners (proxy,
-    /// transparent, DNS over TCP), tunnels and WebSockets included. gvmd may grant
-    /// less: its share of gvmd's descriptors (see ARCHITECTURE.md).
-    pub connections: u32,
-    /// Requests held for a human at once; further ones are refused (429).
-    pub held_requests: u32,
-    /// DNS queries; past it the resolver answers REFUSED.
-    pub dns_queries: Rate,
-    /// Decisions recorded one event each. Past it, refusals are counted in summary
-    /// events and requests that would be forwarded are refused (429): nothing is ever
-    /// forwarded unrecorded.
-    pub decisions: Rate,
-    /// Request body bytes per second, over all of the profile's requests; uploads
-    /// beyond it are slowed down, not refused.
-    pub request_body_per_sec: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            connections: DEFAULT_LIMITS_CONNECTIONS,
-            held_requests: 32,
-            dns_queries: Rate { count: 3000, per: RatePer::Min },
-            decisions: Rate { count: 6000, per: RatePer::Min },
-            request_body_per_sec: 32 << 20,
-        }
-    }
-}
-
-/// The default `[limits] connections`.
-pub const DEFAULT_LIMITS_CONNECTIONS: u32 = 1024;
-
-/// A loaded, validated and compiled profile.
-#[derive(Debug, Clone)]
-pub struct Profile {
-    pub name: ProfileName,
-    pub file: PathBuf,
-    pub agent: Agent,
-    pub network: Network,
-    pub secrets: BTreeMap<String, SecretSource>,
-    /// `env` / `hosts` of each secret (every secret has an entry).
-    pub secret_use: BTreeMap<String, SecretUse>,
-    pub files: Files,
-    pub limits: Limits,
-    /// `[budget]`: what all of the profile's forwarded requests may spend per period.
-    pub budget: Option<Budget>,
-    pub compiled: Arc<CompiledPolicy>,
-    /// SHA-256 (lower-case hex) of the exact bytes this profile was parsed from: the
-    /// version every decision made under it names (`policy_version`).
-    pub version: String,
-    /// The text it was parsed from (what a version store keeps and diffs).
-    pub text: Arc<str>,
-}
-
-// ---------------------------------------------------------------------------
-// Raw schema (serde).
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProfile {
-    agent: Option<RawAgent>,
-    network: Option<RawNetwork>,
-    secrets: Option<BTreeMap<Spanned<String>, Spanned<RawSecret>>>,
-    files: Option<RawFiles>,
-    limits: Option<RawLimits>,
-    budget: Option<Spanned<RawBudget>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBudget {
-    requests: Option<Spanned<i64>>,
-    money: Option<Spanned<f64>>,
-    per: BudgetPer,
-    on_exhausted: Option<OnExhausted>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    connections: Option<Spanned<i64>>,
-    held_requests: Option<Spanned<i64>>,
-    dns_queries: Option<Spanned<String>>,
-    decisions: Option<Spanned<String>>,
-    request_body_per_sec: Option<Spanned<StrOrInt>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAgent {
-    command: Option<Spanned<Vec<Spanned<String>>>>,
-    mode: Option<Mode>,
-    workspaces: Option<Vec<Spanned<RawWorkspace>>>,
-    env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
-    memory_max: Option<Spanned<StrOrInt>>,
-    tasks_max: Option<Spanned<i64>>,
-    cpu_quota: Option<Spanned<String>>,
-    autostart: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWorkspace {
-    path: Spanned<String>,
-    #[serde(default)]
-    mode: WorkspaceMode,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    default: Option<DefaultAction>,
-    hold_timeout: Option<Spanned<String>>,
-    rule: Option<Vec<RawRule>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    host: Spanned<String>,
-    port: Option<Spanned<i64>>,
-    ports: Option<Spanned<Vec<Spanned<i64>>>>,
-    methods: Option<Spanned<Vec<Spanned<String>>>>,
-    path: Option<Spanned<String>>,
-    action: Spanned<Action>,
-    rate: Option<Spanned<String>>,
-    budget: Option<Spanned<RawBudget>>,
-    cost: Option<Spanned<f64>>,
-    inject: Option<Spanned<RawInject>>,
-    intercept: Option<Spanned<bool>>,
-    comment: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInject {
-    header: Spanned<String>,
-    value: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
-    file: Option<Spanned<String>>,
-    credential: Option<Spanned<String>>,
-    env: Option<Spanned<String>>,
-    hosts: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFiles {
-    auto_apply: Option<Vec<Spanned<String>>>,
-    review: Option<Vec<Spanned<String>>>,
-    discard: Option<Vec<Spanned<String>>>,
-    deny_read: Option<Vec<Spanned<String>>>,
-}
-
-/// A TOML value that may be a string or an integer (`memory_max = "2G"` or bytes).
-enum StrOrInt {
-    Str(String),
-    Int(i64),
-}
-
-impl<'de> Deserialize<'de> for StrOrInt {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = StrOrInt;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as \"512M\" or a number of bytes")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrOrInt, E> {
-                Ok(StrOrInt::Str(v.to_owned()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StrOrInt, E> {
-                Ok(StrOrInt::Int(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StrOrInt, E> {
-                Ok(StrOrInt::Int(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Loading.
-
-/// Parses and validates a profile. `file` names it in diagnostics, and its stem is
-/// the profile name.
-pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
-    let name = profile_name(file)?;
-    let raw: RawProfile = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
-    let v = Validator { file, text };
-    let agent = v.agent(raw.agent)?;
-    let (secrets, secret_use) = v.secrets(raw.secrets, &agent)?;
-    let network = v.network(raw.network, &secrets)?;
-    let files = v.files(raw.files)?;
-    let limits = v.limits(raw.limits)?;
-    let budget = match raw.budget {
-        Some(b) => Some(v.budget(b, "budget")?),
-        None => None,
-    };
-    let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
-    let version = version_of(text.as_bytes());
-    Ok(Profile {
-        name,
-        file: file.to_path_buf(),
-        agent,
-        network,
-        secrets,
-        secret_use,
-        files,
-        limits,
-        budget,
-        compiled,
-        version,
-        text: Arc::from(text),
-    })
-}
-
-/// The version hash of a profile's file bytes: lower-case hex SHA-256.
-pub fn version_of(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// Reads and parses one profile file.
-pub fn load_profile(path: &Path) -> Result<Profile, Diagnostic> {
-    let bytes = std::fs::read(path).map_err(|e| Diagnostic::file_level(path, format!("cannot read the file: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let off = e.utf8_error().valid_up_to();
-        let text = String::from_utf8_lossy(e.as_bytes());
-        Diagnostic::at(path, &text, off..off, "the file is not valid UTF-8").fix("save it as UTF-8")
-    })?;
-    parse_profile(path, &text)
-}
-
-/// The result of [`load_dir`]: the profiles that loaded and why the others did not.
-#[derive(Debug, Default)]
-pub struct LoadOutcome {
-    pub profiles: Vec<Profile>,
-    pub refused: Vec<Diagnostic>,
-}
-
-/// Loads every `*.toml` in `dir`, sorted by file name. A missing directory means no
-/// profiles; an unreadable or invalid file is refused without stopping the others.
-/// Other files (editor backups, `README`) are ignored.
-pub fn load_dir(dir: &Path) -> LoadOutcome {
-    let mut out = LoadOutcome::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
-        Err(e) => {
-            out.refused.push(Diagnostic::file_level(dir, format!("cannot read the profiles directory: {e}")));
-            return out;
-        }
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        match entry {
-            Ok(e) => {
-                let p = e.path();
-                let is_toml = p.extension().is_some_and(|x| x == "toml");
-                let hidden = p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
-                if is_toml && !hidden {
-                    paths.push(p);
-                }
-            }
-            Err(e) => out.refused.push(Diagnostic::file_level(dir, format!("cannot list the profiles directory: {e}"))),
-        }
-    }
-    paths.sort();
-    for p in paths {
-        match load_profile(&p) {
-            Ok(profile) => out.profiles.push(profile),
-            Err(d) => out.refused.push(d),
-        }
-    }
-    out
-}
-
-fn profile_name(file: &Path) -> Result<ProfileName, Diagnostic> {
-    let stem = file.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
-    ProfileName::parse(&stem).map_err(|e| {
-        Diagnostic::file_level(file, e.to_string())
-            .fix("rename the file; the file name (without .toml) is the profile name")
-    })
-}
-
-// ---------------------------------------------------------------------------
-// TOML and serde errors → diagnostics.
-
-impl Diagnostic {
-    /// A TOML or serde error of any file gvm reads (profiles, `gvmd.toml`), taken apart
-    /// into position, field, message and fix.
-    pub fn from_toml_error(file: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
-        toml_error(file, text, e)
-    }
-}
-
-fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
-    let span = e.span().unwrap_or(0..0);
-    let raw = e.message().trim();
-    let (message, fix) = split_serde_message(raw);
-    let field = field_at(text, span.clone());
-    let mut d = Diagnostic::at(file, text, span, message).maybe_fix(fix);
-    d.field = field;
-    d
-}
-
-/// Splits serde's "unknown field `x`, expected one of `a`, `b`" into a message and a
-/// fix listing what is accepted. Other messages are kept, on one line.
-fn split_serde_message(raw: &str) -> (String, Option<String>) {
-    let one_line = raw.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
-    for (prefix, what, list) in [
-        ("unknown field `", "unknown field", "accepted fields"),
-        ("unknown variant `", "unknown value", "allowed values"),
-    ] {
-        let Some(rest) = one_line.strip_prefix(prefix) else { continue };
-        let Some((bad, expected)) = rest.split_once('`') else { continue };
-        let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        let message = format!("{what} `{bad}`");
-        let fix = if accepted.is_empty() {
-            if expected.contains("there are no fields") {
-                Some("this table takes no fields".to_string())
-            } else {
-                None
-            }
-        } else {
-            Some(format!("{list}: {}", accepted.join(", ")))
-        };
-        return (message, fix);
-    }
-    if let Some(rest) = one_line.strip_prefix("missing field `") {
-        if let Some((name, _)) = rest.split_once('`') {
-            return (one_line.clone(), Some(format!("add `{name} = ...` to this table")));
-        }
-    }
-    // serde names Rust types; say what to write in TOML.
-    let one_line = one_line
-        .replace("expected i64", "expected an integer")
-        .replace("expected u64", "expected an integer")
-        .replace("expected a boolean", "expected true or false");
-    (one_line, None)
-}
-
-/// The dotted path (`network.rule[2].action`) of the key or value at `span.start`,
-/// found by re-reading the document with spans. `None` for a syntax error.
-fn field_at(text: &str, span: Range<usize>) -> Option<String> {
-    use toml::de::{DeTable, DeValue};
-    let doc = DeTable::parse(text).ok()?;
-    let at = span.start;
-    fn walk(v: &DeValue<'_>, at: usize, path: &mut String) -> bool {
-        match v {
-            DeValue::Table(t) => {
-                for (k, val) in t.iter() {
-                    let inside_key = k.span().contains(&at);
-                    let inside_val = val.span().contains(&at) || val.span().start == at;
-                    let mut deeper = path.clone();
-                    if !deeper.is_empty() {
-                        deeper.push('.');
-                    }
-                    deeper.push_str(k.get_ref());
-                    if inside_key {
-                        *path = deeper;
-                        return true;
-                    }
-                    if inside_val || matches!(val.get_ref(), DeValue::Table(_) | DeValue::Array(_)) {
-                        let mut p = deeper.clone();
-                        if walk(val.get_ref(), at, &mut p) {
-                            *path = p;
-                            return true;
-                        }
-                        if inside_val {
-                            *path = deeper;
-                            return true;
-                        }
-                    }
-                }
-                false
-            }
-            DeValue::Array(a) => {
-                for (i, val) in a.iter().enumerate() {
-                    let inside = val.span().contains(&at) || val.span().start == at;
-                    let deeper = format!("{path}[{i}]");
-                    if inside || matches!(val.get_ref(), DeValue::Table(_)) {
-                        let mut p = deeper.clone();
-                        if walk(val.get_ref(), at, &mut p) {
-                            *path = p;
-                            return true;
-                        }
-                        if inside {
-                            *path = deeper;
-                            return true;
-                        }
-                    }
-                }
-                false
-            }
-            _ => false,
-        }
-    }
-    let mut path = String::new();
-    let root = DeValue::Table(doc.into_inner());
-    (walk(&root, at, &mut path) && !path.is_empty()).then_some(path)
-}
-
-// ---------------------------------------------------------------------------
-// Validation.
+use super::raw::*;
+use super::*;
 
 /// Environment variables the launcher sets itself; a profile may not override them.
 pub const RESERVED_ENV: &[&str] = &[
@@ -589,9 +60,9 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "expect",
 ];
 
-struct Validator<'a> {
-    file: &'a Path,
-    text: &'a str,
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a Path,
+    pub(super) text: &'a str,
 }
 
 type V<T> = Result<T, Diagnostic>;
@@ -601,7 +72,7 @@ impl Validator<'_> {
         Diagnostic::at(self.file, self.text, span, message).field(field)
     }
 
-    fn agent(&self, raw: Option<RawAgent>) -> V<Agent> {
+    pub(super) fn agent(&self, raw: Option<RawAgent>) -> V<Agent> {
         let Some(raw) = raw else { return Ok(Agent::default()) };
         let mut agent =
             Agent { mode: raw.mode.unwrap_or_default(), autostart: raw.autostart.unwrap_or(false), ..Agent::default() };
@@ -704,7 +175,7 @@ impl Validator<'_> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn secrets(
+    pub(super) fn secrets(
         &self,
         raw: Option<BTreeMap<Spanned<String>, Spanned<RawSecret>>>,
         agent: &Agent,
@@ -808,7 +279,7 @@ impl Validator<'_> {
         Ok((out, uses))
     }
 
-    fn network(&self, raw: Option<RawNetwork>, secrets: &BTreeMap<String, SecretSource>) -> V<Network> {
+    pub(super) fn network(&self, raw: Option<RawNetwork>, secrets: &BTreeMap<String, SecretSource>) -> V<Network> {
         let Some(raw) = raw else { return Ok(Network::default()) };
         let mut net = Network { default: raw.default.unwrap_or_default(), ..Network::default() };
         if let Some(t) = raw.hold_timeout {
@@ -1071,7 +542,7 @@ impl Validator<'_> {
         Ok(Injection::new(h.clone(), value.clone(), parts))
     }
 
-    fn files(&self, raw: Option<RawFiles>) -> V<Files> {
+    pub(super) fn files(&self, raw: Option<RawFiles>) -> V<Files> {
         let Some(raw) = raw else { return Ok(Files::default()) };
         let mut out = Files::default();
         for (name, list, dest) in [
@@ -1094,7 +565,7 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
-    fn budget(&self, raw: Spanned<RawBudget>, field: &str) -> V<Budget> {
+    pub(super) fn budget(&self, raw: Spanned<RawBudget>, field: &str) -> V<Budget> {
         let span = raw.span();
         let raw = raw.into_inner();
         if raw.requests.is_none() && raw.money.is_none() {
@@ -1127,7 +598,7 @@ impl Validator<'_> {
         Ok(Budget { requests, money, per: raw.per, on_exhausted: raw.on_exhausted.unwrap_or_default() })
     }
 
-    fn limits(&self, raw: Option<RawLimits>) -> V<Limits> {
+    pub(super) fn limits(&self, raw: Option<RawLimits>) -> V<Limits> {
         let mut out = Limits::default();
         let Some(raw) = raw else { return Ok(out) };
         let count = |v: Spanned<i64>, field: &str, max: u32| -> V<u32> {
@@ -1229,35 +700,4 @@ pub fn validate_glob(g: &str) -> Result<(), String> {
         return Err("`{` is never closed".into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serde_messages_are_split() {
-        assert_eq!(
-            split_serde_message("unknown field `hots`, expected one of `host`, `port`"),
-            ("unknown field `hots`".into(), Some("accepted fields: host, port".into()))
-        );
-        assert_eq!(
-            split_serde_message("unknown variant `allw`, expected `deny` or `hold`"),
-            ("unknown value `allw`".into(), Some("allowed values: deny, hold".into()))
-        );
-        assert_eq!(
-            split_serde_message("missing field `action`\n"),
-            ("missing field `action`".into(), Some("add `action = ...` to this table".into()))
-        );
-    }
-
-    #[test]
-    fn globs() {
-        for ok in ["**/*.csv", "reports/**", "**", "*.{py,sh}", "[abc].txt", "[!a]x", "~/.ssh/**", "a\\*b"] {
-            assert_eq!(validate_glob(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "a**", "**b/c", "[abc", "{a,b", "a}", "../x", "a\\", "a\0"] {
-            assert!(validate_glob(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -1,0 +1,334 @@
+//! Profiles: the public, validated types and loading from disk.
+//!
+//! Parsing goes in two steps. serde reads the file into the `Raw*` structs of [`raw`],
+//! which keep the byte span of every value and refuse unknown fields; then [`validate`]
+//! turns them into the types below, so every semantic error also points at a line and
+//! column ([`spans`] turns spans and TOML errors into diagnostics). The first error
+//! refuses the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::budget::Budget;
+use crate::compiled::CompiledPolicy;
+use crate::diag::Diagnostic;
+use crate::rule::{HostPattern, Rule};
+use crate::units::{Rate, RatePer};
+use gvm_api::ProfileName;
+
+mod raw;
+mod spans;
+mod validate;
+
+use raw::*;
+use spans::toml_error;
+use validate::Validator;
+pub use validate::{validate_glob, RESERVED_ENV};
+
+/// The default `[network] hold_timeout`.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `enforce` or `watch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Allow everything; record what enforce mode would have done.
+    Watch,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Watch => "watch",
+        })
+    }
+}
+
+/// What happens to a request no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[default]
+    Deny,
+    Hold,
+}
+
+/// How a workspace directory is mounted into the sandbox (one type for every crate).
+pub use gvm_api::WorkspaceMode;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub path: PathBuf,
+    pub mode: WorkspaceMode,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Agent {
+    /// `None`: the profile only governs `gvmctl run`.
+    pub command: Option<Vec<String>>,
+    pub mode: Mode,
+    pub workspaces: Vec<Workspace>,
+    pub env: BTreeMap<String, String>,
+    /// Bytes.
+    pub memory_max: Option<u64>,
+    pub tasks_max: Option<u32>,
+    /// Percent of one CPU (200 = two CPUs).
+    pub cpu_quota: Option<u32>,
+    pub autostart: bool,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    pub default: DefaultAction,
+    /// Effective value ([`DEFAULT_HOLD_TIMEOUT`] when not written).
+    pub hold_timeout: Duration,
+    /// True when the file sets `hold_timeout`.
+    pub hold_timeout_set: bool,
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            default: DefaultAction::Deny,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            hold_timeout_set: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Where a secret's value comes from. Read by gvmd, never by the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An absolute path readable by gvmd only.
+    File(PathBuf),
+    /// A systemd credential passed to gvmd.service (`LoadCredential=`).
+    Credential(String),
+}
+
+/// How the agent may use a secret without holding it: `env` names the variable that
+/// carries the profile's placeholder, `hosts` are where the gateway swaps the
+/// placeholder for the value (besides the hosts of rules that inject the secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretUse {
+    pub env: Option<String>,
+    pub hosts: Vec<HostPattern>,
+    /// `file:line:col` of the secret's source, for load-time refusals by gvmd.
+    pub at: Diagnostic,
+}
+
+/// `[files]`: globs, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Files {
+    pub auto_apply: Vec<String>,
+    pub review: Vec<String>,
+    pub discard: Vec<String>,
+    pub deny_read: Vec<String>,
+}
+
+/// `[limits]`: what one agent may take of gvmd's shared resources, so that it cannot
+/// starve the other agents, fill the disk with audit events or exhaust gvmd's file
+/// descriptors. Every field has a default; a profile can lower or raise each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once through all of the profile's listeners (proxy,
+    /// transparent, DNS over TCP), tunnels and WebSockets included. gvmd may grant
+    /// less: its share of gvmd's descriptors (see ARCHITECTURE.md).
+    pub connections: u32,
+    /// Requests held for a human at once; further ones are refused (429).
+    pub held_requests: u32,
+    /// DNS queries; past it the resolver answers REFUSED.
+    pub dns_queries: Rate,
+    /// Decisions recorded one event each. Past it, refusals are counted in summary
+    /// events and requests that would be forwarded are refused (429): nothing is ever
+    /// forwarded unrecorded.
+    pub decisions: Rate,
+    /// Request body bytes per second, over all of the profile's requests; uploads
+    /// beyond it are slowed down, not refused.
+    pub request_body_per_sec: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: DEFAULT_LIMITS_CONNECTIONS,
+            held_requests: 32,
+            dns_queries: Rate { count: 3000, per: RatePer::Min },
+            decisions: Rate { count: 6000, per: RatePer::Min },
+            request_body_per_sec: 32 << 20,
+        }
+    }
+}
+
+/// The default `[limits] connections`.
+pub const DEFAULT_LIMITS_CONNECTIONS: u32 = 1024;
+
+/// A loaded, validated and compiled profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: ProfileName,
+    pub file: PathBuf,
+    pub agent: Agent,
+    pub network: Network,
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `env` / `hosts` of each secret (every secret has an entry).
+    pub secret_use: BTreeMap<String, SecretUse>,
+    pub files: Files,
+    pub limits: Limits,
+    /// `[budget]`: what all of the profile's forwarded requests may spend per period.
+    pub budget: Option<Budget>,
+    pub compiled: Arc<CompiledPolicy>,
+    /// SHA-256 (lower-case hex) of the exact bytes this profile was parsed from: the
+    /// version every decision made under it names (`policy_version`).
+    pub version: String,
+    /// The text it was parsed from (what a version store keeps and diffs).
+    pub text: Arc<str>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Parses and validates a profile. `file` names it in diagnostics, and its stem is
+/// the profile name.
+pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
+    let name = profile_name(file)?;
+    let raw: RawProfile = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    let v = Validator { file, text };
+    let agent = v.agent(raw.agent)?;
+    let (secrets, secret_use) = v.secrets(raw.secrets, &agent)?;
+    let network = v.network(raw.network, &secrets)?;
+    let files = v.files(raw.files)?;
+    let limits = v.limits(raw.limits)?;
+    let budget = match raw.budget {
+        Some(b) => Some(v.budget(b, "budget")?),
+        None => None,
+    };
+    let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
+    let version = version_of(text.as_bytes());
+    Ok(Profile {
+        name,
+        file: file.to_path_buf(),
+        agent,
+        network,
+        secrets,
+        secret_use,
+        files,
+        limits,
+        budget,
+        compiled,
+        version,
+        text: Arc::from(text),
+    })
+}
+
+/// The version hash of a profile's file bytes: lower-case hex SHA-256.
+pub fn version_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Reads and parses one profile file.
+pub fn load_profile(path: &Path) -> Result<Profile, Diagnostic> {
+    let bytes = std::fs::read(path).map_err(|e| Diagnostic::file_level(path, format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let off = e.utf8_error().valid_up_to();
+        let text = String::from_utf8_lossy(e.as_bytes());
+        Diagnostic::at(path, &text, off..off, "the file is not valid UTF-8").fix("save it as UTF-8")
+    })?;
+    parse_profile(path, &text)
+}
+
+/// The result of [`load_dir`]: the profiles that loaded and why the others did not.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    pub profiles: Vec<Profile>,
+    pub refused: Vec<Diagnostic>,
+}
+
+/// Loads every `*.toml` in `dir`, sorted by file name. A missing directory means no
+/// profiles; an unreadable or invalid file is refused without stopping the others.
+/// Other files (editor backups, `README`) are ignored.
+pub fn load_dir(dir: &Path) -> LoadOutcome {
+    let mut out = LoadOutcome::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            out.refused.push(Diagnostic::file_level(dir, format!("cannot read the profiles directory: {e}")));
+            return out;
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) => {
+                let p = e.path();
+                let is_toml = p.extension().is_some_and(|x| x == "toml");
+                let hidden = p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+                if is_toml && !hidden {
+                    paths.push(p);
+                }
+            }
+            Err(e) => out.refused.push(Diagnostic::file_level(dir, format!("cannot list the profiles directory: {e}"))),
+        }
+    }
+    paths.sort();
+    for p in paths {
+        match load_profile(&p) {
+            Ok(profile) => out.profiles.push(profile),
+            Err(d) => out.refused.push(d),
+        }
+    }
+    out
+}
+
+fn profile_name(file: &Path) -> Result<ProfileName, Diagnostic> {
+    let stem = file.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+    ProfileName::parse(&stem).map_err(|e| {
+        Diagnostic::file_level(file, e.to_string())
+            .fix("rename the file; the file name (without .toml) is the profile name")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spans::*;
+    use super::validate::*;
+
+    #[test]
+    fn serde_messages_are_split() {
+        assert_eq!(
+            split_serde_message("unknown field `hots`, expected one of `host`, `port`"),
+            ("unknown field `hots`".into(), Some("accepted fields: host, port".into()))
+        );
+        assert_eq!(
+            split_serde_message("unknown variant `allw`, expected `deny` or `hold`"),
+            ("unknown value `allw`".into(), Some("allowed values: deny, hold".into()))
+        );
+        assert_eq!(
+            split_serde_message("missing field `action`\n"),
+            ("missing field `action`".into(), Some("add `action = ...` to this table".into()))
+        );
+    }
+
+    #[test]
+    fn globs() {
+        for ok in ["**/*.csv", "reports/**", "**", "*.{py,sh}", "[abc].txt", "[!a]x", "~/.ssh/**", "a\\*b"] {
+            assert_eq!(validate_glob(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a**", "**b/c", "[abc", "{a,b", "a}", "../x", "a\\", "a\0"] {
+            assert!(validate_glob(bad).is_err(), "{bad}");
+        }
+    }
+}
