@@ -492,7 +492,7 @@ pub struct PlannedWorkspace {
 /// the launcher needs to build the sandbox. Only root may launch it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LaunchPlan {
-    pub profile: String,
+    pub profile: ProfileName,
     pub uid: u32,
     pub gid: u32,
     /// The bound network namespace to join.

@@ -182,7 +182,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             .record(NewEvent {
                 profile: Some(a.profile.clone()),
                 kind: if method == "CONNECT" { gvm_api::EventKind::Connect } else { gvm_api::EventKind::Http }.into(),
-                decision: Some("deny".into()),
+                decision: Some(gvm_api::Decision::Deny.into()),
                 rule: a.rule.clone(),
                 details: serde_json::json!({
                     "hold_id": a.id,

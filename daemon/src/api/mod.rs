@@ -131,7 +131,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, router: axum::Router) {
         .record(gvm_audit::NewEvent {
             profile: None,
             kind: gvm_api::EventKind::ControlRefused.into(),
-            decision: Some("deny".into()),
+            decision: Some(gvm_api::Decision::Deny.into()),
             rule: None,
             details: serde_json::json!({ "uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "user": who }),
         })

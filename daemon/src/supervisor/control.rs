@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gvm_api::{AgentAction, AgentState, AgentStatus, AgentVerb};
+use gvm_api::{AgentAction, AgentState, AgentStatus, AgentVerb, Decision, EventKind};
 
 use super::children::LaunchCommand;
 use super::Backend;
@@ -220,22 +220,25 @@ pub(crate) async fn tally(daemon: &Daemon, q: gvm_api::EventsQuery, with_last: b
     };
     for c in counts {
         // Refusals past a `[limits]` entry are counted with the requests they refused.
-        let kind = if c.kind == "limits_exceeded" { c.of.as_deref().unwrap_or("") } else { c.kind.as_str() };
+        let kind = match EventKind::parse(&c.kind) {
+            Some(EventKind::LimitsExceeded) => c.of.as_deref().and_then(EventKind::parse),
+            k => k,
+        };
         let (answered, refused, held) = match kind {
-            "dns" => (&mut t.dns_answered, &mut t.dns_refused, None),
-            "http" | "connect" => (&mut t.allowed, &mut t.denied, Some(&mut t.held)),
+            Some(EventKind::Dns) => (&mut t.dns_answered, &mut t.dns_refused, None),
+            Some(EventKind::Http | EventKind::Connect) => (&mut t.allowed, &mut t.denied, Some(&mut t.held)),
             _ => continue,
         };
-        match (c.decision.as_deref(), held) {
-            (Some("allow" | "watch"), _) => *answered += c.count,
-            (Some("deny" | "limit"), _) => *refused += c.count,
-            (Some("hold"), Some(held)) => *held += c.count,
+        match (c.decision.as_deref().and_then(Decision::parse), held) {
+            (Some(Decision::Allow | Decision::Watch), _) => *answered += c.count,
+            (Some(Decision::Deny | Decision::Limit), _) => *refused += c.count,
+            (Some(Decision::Hold), Some(held)) => *held += c.count,
             _ => {}
         }
     }
     let last = events.iter().rev().find(|e| {
-        (e.kind == "http" || e.kind == "connect")
-            && matches!(e.decision.as_deref(), Some("allow" | "watch" | "deny" | "limit" | "hold"))
+        matches!(EventKind::parse(&e.kind), Some(EventKind::Http | EventKind::Connect))
+            && e.decision.as_deref().and_then(Decision::parse).is_some_and(|d| d != Decision::Intercept)
     });
     t.last = last.map(|e| {
         let d = &e.details;

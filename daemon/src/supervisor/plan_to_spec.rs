@@ -25,7 +25,7 @@ pub fn spec_from_plan(
             plan.profile
         ));
     };
-    let profile = gvm_sandbox::ProfileName::parse(&plan.profile).map_err(|e| e.to_string())?;
+    let profile = plan.profile.clone();
     let mut paths = AgentPaths::new(&PathBuf::from(&plan.state_dir), &PathBuf::from(&plan.runtime_dir), &profile);
     if !plan.config_dir.is_empty() {
         paths = paths.with_config_dir(&PathBuf::from(&plan.config_dir));

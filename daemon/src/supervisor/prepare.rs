@@ -214,7 +214,7 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
     env.extend(daemon.gateway.agent_env(&profile));
     let bundle = write_bundle(&daemon.paths.state_dir, &daemon.gateway.ca_pem())?;
     Ok(LaunchPlan {
-        profile: name.to_string(),
+        profile: pname,
         uid,
         gid,
         netns: netns_path.display().to_string(),
