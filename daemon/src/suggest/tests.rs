@@ -295,3 +295,19 @@ fn siblings_under_an_id_collapse_to_a_valid_pattern() {
     let (again, _) = run(&out.new_text, &evs);
     assert_eq!((again.rules.len(), again.already_allowed), (0, 5));
 }
+
+#[test]
+fn completion_events_count_in_either_spelling() {
+    // Logs from before the one-spelling vocabulary hold `http.done`; newer ones
+    // `http_done`. Both carry the bytes sent that flag a large upload.
+    for kind in ["http.done", "http_done"] {
+        let mut big = http(1, "POST", "paste.example", 443, "/upload");
+        big.details["scheme"] = json!("https");
+        let mut done = ev(2, kind, "watch", big.details.clone());
+        done.details["bytes_up"] = json!(LARGE_UPLOAD + 1);
+        done.details["decision_seq"] = json!(1);
+        let (plan, _) = run("", &[big, done]);
+        let kinds: Vec<(&str, &str)> = plan.flagged.iter().map(|f| (f.host.as_str(), f.kind.as_str())).collect();
+        assert!(kinds.contains(&("paste.example", "large_upload_once")), "{kind}: {kinds:?}");
+    }
+}
