@@ -229,7 +229,7 @@ async fn answer(
     d.record(gvm_audit::NewEvent {
         profile: Some(item.profile.clone()),
         kind: gvm_api::EventKind::HoldAnswered.into(),
-        decision: Some(if approve { "allow" } else { "deny" }.into()),
+        decision: Some(if approve { gvm_api::Decision::Allow } else { gvm_api::Decision::Deny }.into()),
         rule: item.rule.clone(),
         details: serde_json::json!({
             "hold_id": id,
