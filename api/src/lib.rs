@@ -406,10 +406,11 @@ pub struct ConsideredRule {
 /// The answer of `POST /v1/policy/explain`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExplainResponse {
-    /// What the gateway would do: `allow`, `deny` or `hold`.
-    pub decision: String,
+    /// What the gateway would do: `allow`, `deny` or `hold` (`intercept` for a CONNECT
+    /// whose requests are decided one by one).
+    pub decision: Decision,
     /// What the rules say (differs from `decision` in watch mode).
-    pub policy_decision: String,
+    pub policy_decision: Decision,
     pub mode: String,
     /// The deciding rule; `None` means the profile's `[network] default`.
     pub rule: Option<String>,

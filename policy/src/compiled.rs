@@ -64,6 +64,16 @@ impl fmt::Display for Verdict {
     }
 }
 
+impl From<Verdict> for gvm_api::Decision {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Allow => gvm_api::Decision::Allow,
+            Verdict::Deny => gvm_api::Decision::Deny,
+            Verdict::Hold => gvm_api::Decision::Hold,
+        }
+    }
+}
+
 impl From<Action> for Verdict {
     fn from(a: Action) -> Self {
         match a {

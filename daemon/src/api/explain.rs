@@ -79,8 +79,8 @@ pub async fn explain(
 pub fn explanation(policy: &gvm_policy::CompiledPolicy, request: &Request<'_>) -> ExplainResponse {
     let e = policy.explain(request, SystemTime::now());
     ExplainResponse {
-        decision: e.decision.verdict.to_string(),
-        policy_decision: e.decision.policy_verdict.to_string(),
+        decision: e.decision.verdict.into(),
+        policy_decision: e.decision.policy_verdict.into(),
         mode: e.decision.mode.to_string(),
         rule: e.decision.rule.as_ref().map(|r| format!("network.rule[{}]", r.index)),
         file: e.decision.rule.as_ref().map(|r| r.file.display().to_string()),

@@ -223,13 +223,13 @@ fn redecide(policy: &gvm_policy::CompiledPolicy, request: &Request<'_>) -> gvm_a
     if request.method == "CONNECT" {
         match policy.decide_connect(request.host, request.port, std::time::SystemTime::now()) {
             gvm_policy::ConnectPlan::Intercept => {
-                (e.decision, e.policy_decision) = ("intercept".into(), "intercept".into());
+                (e.decision, e.policy_decision) = (gvm_api::Decision::Intercept, gvm_api::Decision::Intercept);
                 (e.rule, e.file, e.line) = (None, None, None);
                 e.reason = "rules for this host look inside the tunnel: each request in it is decided".into();
             }
             gvm_policy::ConnectPlan::Decided(d) => {
-                e.decision = d.verdict.to_string();
-                e.policy_decision = d.policy_verdict.to_string();
+                e.decision = d.verdict.into();
+                e.policy_decision = d.policy_verdict.into();
                 e.rule = d.rule.as_ref().map(|r| format!("network.rule[{}]", r.index));
                 e.file = d.rule.as_ref().map(|r| r.file.display().to_string());
                 e.line = d.rule.as_ref().map(|r| r.line);
