@@ -121,8 +121,7 @@ pub struct ProfileStatus {
     pub name: String,
     /// The file it was loaded from.
     pub file: String,
-    /// `enforce` or `watch`.
-    pub mode: String,
+    pub mode: Mode,
     /// Number of network rules.
     pub rules: usize,
     /// When this version was loaded, RFC 3339 UTC.
@@ -198,10 +197,10 @@ pub struct WatchRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WatchState {
     pub profile: String,
-    /// `watch` or `enforce`: how the gateway decides now.
-    pub mode: String,
+    /// How the gateway decides now.
+    pub mode: Mode,
     /// What the profile file says.
-    pub file_mode: String,
+    pub file_mode: Mode,
     /// When the switch was made, by whom, and when it ends (RFC 3339 UTC).
     #[serde(default)]
     pub since: Option<String>,
@@ -411,7 +410,7 @@ pub struct ExplainResponse {
     pub decision: Decision,
     /// What the rules say (differs from `decision` in watch mode).
     pub policy_decision: Decision,
-    pub mode: String,
+    pub mode: Mode,
     /// The deciding rule; `None` means the profile's `[network] default`.
     pub rule: Option<String>,
     pub file: Option<String>,

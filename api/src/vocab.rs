@@ -225,6 +225,24 @@ impl Default for WorkspaceMode {
 }
 
 words! {
+    /// How a profile's network decisions are applied (`[agent] mode`, `gvmctl watch`).
+    Mode, "mode" {
+        /// The rules decide.
+        Enforce = "enforce",
+        /// Everything is allowed; what enforce mode would have done is recorded.
+        Watch = "watch",
+    }
+}
+
+// `words!` owns the derives (see WorkspaceMode).
+#[allow(clippy::derivable_impls)]
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Enforce
+    }
+}
+
+words! {
     /// What `gvmctl agents start|stop|restart P` asks of an agent.
     AgentVerb, "agent action" {
         Start = "start",
@@ -390,6 +408,7 @@ mod tests {
     #[test]
     fn enums_round_trip_in_one_spelling() {
         round_trip(WorkspaceMode::ALL);
+        round_trip(Mode::ALL);
         round_trip(AgentVerb::ALL);
         round_trip(AgentState::ALL);
         round_trip(Decision::ALL);

@@ -62,7 +62,7 @@ pub fn explain(client: &Client, profile: String, method: String, url: String, js
         _ => "the profile's [network] default".to_string(),
     };
     print!("{}", e.decision);
-    if e.mode == "watch" && e.decision != e.policy_decision {
+    if e.mode == gvm_api::Mode::Watch && e.decision != e.policy_decision {
         print!(" (watch mode: enforce would {})", e.policy_decision);
     }
     println!(" by {by}");

@@ -95,7 +95,7 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
             .map(|p| {
                 vec![
                     p.name.clone(),
-                    p.mode.clone(),
+                    p.mode.to_string(),
                     p.rules.to_string(),
                     output::short_time(&p.loaded_at),
                     profile_state(p),

@@ -158,7 +158,7 @@ impl ProfileSet {
             .map(|(name, p)| gvm_api::ProfileStatus {
                 name: name.clone(),
                 file: p.profile.file.display().to_string(),
-                mode: p.profile.agent.mode.to_string(),
+                mode: p.profile.agent.mode,
                 rules: p.profile.network.rules.len(),
                 loaded_at: crate::rfc3339(p.loaded_at),
                 stale: p.stale,

@@ -257,7 +257,7 @@ impl Daemon {
                 .map(|mut p| {
                     p.connections_cap = self.gateway.connections_cap(&p.name);
                     if let Some(loaded) = profiles.profiles.get(&p.name) {
-                        p.mode = self.effective_mode(&loaded.profile).to_string();
+                        p.mode = self.effective_mode(&loaded.profile);
                         p.watch =
                             self.watches.get(&p.name).map(|_| crate::watch::state(self, &p.name, &loaded.profile));
                     }

@@ -169,8 +169,8 @@ pub fn state(daemon: &Daemon, profile: &str, p: &gvm_policy::Profile) -> gvm_api
     let switch = daemon.watches.get(profile);
     gvm_api::WatchState {
         profile: profile.to_string(),
-        mode: daemon.effective_mode(p).to_string(),
-        file_mode: p.agent.mode.to_string(),
+        mode: daemon.effective_mode(p),
+        file_mode: p.agent.mode,
         until: switch.as_ref().and_then(|s| s.until).map(crate::rfc3339),
         since: switch.as_ref().map(|s| crate::rfc3339(s.since)),
         by: switch.map(|s| s.by),

@@ -81,7 +81,7 @@ pub fn explanation(policy: &gvm_policy::CompiledPolicy, request: &Request<'_>) -
     ExplainResponse {
         decision: e.decision.verdict.into(),
         policy_decision: e.decision.policy_verdict.into(),
-        mode: e.decision.mode.to_string(),
+        mode: e.decision.mode,
         rule: e.decision.rule.as_ref().map(|r| format!("network.rule[{}]", r.index)),
         file: e.decision.rule.as_ref().map(|r| r.file.display().to_string()),
         line: e.decision.rule.as_ref().map(|r| r.line),

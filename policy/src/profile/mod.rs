@@ -7,7 +7,6 @@
 //! refuses the file.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,24 +32,8 @@ pub use validate::{validate_glob, RESERVED_ENV};
 /// The default `[network] hold_timeout`.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `enforce` or `watch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    /// Allow everything; record what enforce mode would have done.
-    Watch,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Watch => "watch",
-        })
-    }
-}
+/// `enforce` or `watch` (one type for every crate).
+pub use gvm_api::Mode;
 
 /// What happens to a request no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
