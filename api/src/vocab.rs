@@ -125,7 +125,7 @@ impl PartialEq<&str> for ProfileName {
 macro_rules! words {
     (
         $(#[$meta:meta])*
-        $name:ident, $what:literal {
+        $name:ident, $what:literal $(, default = $default:ident)? {
             $( $(#[$vmeta:meta])* $variant:ident = $text:literal $(| $old:literal)* ),+ $(,)?
         }
     ) => {
@@ -172,6 +172,14 @@ macro_rules! words {
             }
         }
 
+        $(
+            impl Default for $name {
+                fn default() -> Self {
+                    $name::$default
+                }
+            }
+        )?
+
         impl From<$name> for String {
             fn from(v: $name) -> String {
                 v.as_str().to_owned()
@@ -206,7 +214,7 @@ impl std::error::Error for UnknownWord {}
 
 words! {
     /// How a workspace appears inside a sandbox (`[agent] workspaces = [{ mode = ... }]`).
-    WorkspaceMode, "workspace mode" {
+    WorkspaceMode, "workspace mode", default = Overlay {
         /// Writes go to an upper directory and wait for review (`gvmctl changes`).
         Overlay = "overlay",
         /// Read-only.
@@ -216,29 +224,13 @@ words! {
     }
 }
 
-// The `words!` macro owns the derives, so `#[derive(Default)]` cannot be added there.
-#[allow(clippy::derivable_impls)]
-impl Default for WorkspaceMode {
-    fn default() -> Self {
-        WorkspaceMode::Overlay
-    }
-}
-
 words! {
     /// How a profile's network decisions are applied (`[agent] mode`, `gvmctl watch`).
-    Mode, "mode" {
+    Mode, "mode", default = Enforce {
         /// The rules decide.
         Enforce = "enforce",
         /// Everything is allowed; what enforce mode would have done is recorded.
         Watch = "watch",
-    }
-}
-
-// `words!` owns the derives (see WorkspaceMode).
-#[allow(clippy::derivable_impls)]
-impl Default for Mode {
-    fn default() -> Self {
-        Mode::Enforce
     }
 }
 
@@ -264,21 +256,13 @@ impl AgentVerb {
 
 words! {
     /// Where an agent is in its life, as `gvmctl status` shows it.
-    AgentState, "agent state" {
+    AgentState, "agent state", default = Stopped {
         Running = "running",
         Starting = "starting",
         Stopping = "stopping",
         Stopped = "stopped",
         Failed = "failed",
         Restarting = "restarting",
-    }
-}
-
-// `words!` owns the derives (see WorkspaceMode).
-#[allow(clippy::derivable_impls)]
-impl Default for AgentState {
-    fn default() -> Self {
-        AgentState::Stopped
     }
 }
 
@@ -431,5 +415,13 @@ mod tests {
         assert_eq!(e, "`halt` is not a known agent action: use one of start, stop, restart");
         assert!(serde_json::from_str::<WorkspaceMode>("\"overlay2\"").is_err());
         assert_eq!(AgentVerb::Restart.event(), EventKind::AgentRestart);
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        // A profile without `mode` enforces; a workspace without `mode` is reviewed.
+        assert_eq!(Mode::default(), Mode::Enforce);
+        assert_eq!(WorkspaceMode::default(), WorkspaceMode::Overlay);
+        assert_eq!(AgentState::default(), AgentState::Stopped);
     }
 }
