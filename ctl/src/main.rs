@@ -5,6 +5,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod changes;
+mod init;
 mod output;
 mod policy;
 mod reload;
@@ -255,6 +256,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new profile from a shipped template: CONFIG_DIR/profiles/PROFILE.toml.
+    ///
+    /// Templates: hermes (Hermes Agent), generic (any OpenAI-compatible agent). The
+    /// file is validated before it is written and never written over without --force.
+    /// With a terminal it asks for the workspace (Enter keeps the template's); without
+    /// one it asks nothing. gvmd is not asked: run `gvmctl reload` afterwards.
+    #[command(
+        after_help = "Examples:\n  gvmctl init hermes --from hermes --workspace /srv/hermes\n  gvmctl init mybot --from generic --workspace /srv/mybot --force"
+    )]
+    Init {
+        /// The new profile's name (a-z, 0-9, `_`, `-`; the agent runs as gvm-PROFILE).
+        profile: String,
+        /// The template: hermes or generic.
+        #[arg(long, value_name = "TEMPLATE")]
+        from: String,
+        /// The directory the agent works in (an overlay: its writes wait for review).
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Write over an existing profile file.
+        #[arg(long)]
+        force: bool,
+        /// gvmd's config directory (gvmd --config-dir).
+        #[arg(long, value_name = "DIR", env = "GVM_CONFIG_DIR", default_value = "/etc/gvm")]
+        config_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -390,6 +418,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Verify { state_dir, json }) => audit::verify(&client, state_dir.as_deref(), json),
         Command::Policy(PolicyCommand::Check { file, json }) => policy::check(&file, json),
+        Command::Init { profile, from, workspace, force, config_dir, json } => {
+            init::run(init::Args { profile, from, workspace, force, config_dir, json })
+        }
         Command::Policy(PolicyCommand::Explain { at: Some(seq), json, .. }) => {
             versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
         }
