@@ -2,7 +2,8 @@
 //! (a JSON answer, or server-sent events when the request says `"stream": true`) and
 //! `GET /v1/models`, over plain HTTP or TLS under a [`TestCa`](super::agent::TestCa).
 //!
-//! It plays a script: each chat request takes the next [`Turn`], which answers either with
+//! It plays a script: each chat request that advertises tools takes the next [`Turn`]
+//! (side requests without tools get a short text), which answers either with
 //! tool calls or with a final text. Agents name their tools differently (`read_file`,
 //! `file_read`, `terminal`, `shell`, ...), so a tool call names no tool: it picks one from
 //! the list the agent advertised in the request's `tools` ([`Pick`]) and builds its
@@ -315,10 +316,15 @@ fn serve<S: Read + Write>(conn: S, state: &Mutex<State>) {
     }
 }
 
-/// The assistant message of the next turn (a final text once the script is played).
+/// The assistant message of the next turn (a final text once the script is played). A
+/// request that advertises no tools (an agent's side request: a title, a summary) gets
+/// a short text and plays no turn.
 fn answer(req: &Seen, state: &Mutex<State>) -> Value {
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let tools = req.tools();
+    if tools.is_empty() {
+        return json!({"role": "assistant", "content": "Noted."});
+    }
     let mut st = state.lock().unwrap();
     let turn = st.next;
     st.next += 1;

@@ -1,0 +1,286 @@
+//! Hermes Agent (PyPI `hermes-agent`), the real program, under gvm: driven by the fake
+//! OpenAI-compatible model server over HTTPS through gvm's interception, it reads a
+//! file, tries to read `.env`, calls an allowed API and a denied one from its shell
+//! tool, and writes a report. What a user sees is asserted: the agent finished, the
+//! report waits in `gvmctl changes`, the denied call is in the audit log with its rule,
+//! `.env`'s value never reached the model, the key was added by gvm (the agent held
+//! none), and nothing but the model and the allowed API was reached. Under `gvmctl run`
+//! and under `gvm-agent@P` in a throwaway systemd.
+//!
+//! Hermes is installed once per machine into a venv of Debian's /usr/bin/python3 under
+//! /var/cache/gvm-test-agents (readable by the agents' users; pyenv's python under
+//! /root is not), under a lock, bounded in time, and reused by later runs.
+//!
+//! Privileged: `#[ignore = "needs root"]`, run with --include-ignored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::agent::*;
+use common::fake_llm::*;
+use common::*;
+use serde_json::json;
+
+const HERMES_VERSION: &str = "0.19.0";
+const CACHE: &str = "/var/cache/gvm-test-agents";
+/// What the notes file says: the report must carry it, so the agent really read it.
+const NOTES: &str = "quarterly figures: 4242 widgets";
+const KEY: &str = "sk-test-REALKEY-hermes-7f3a9c";
+
+/// The venv's `hermes`, installed if missing (pip from PyPI, at most 15 minutes).
+fn hermes() -> PathBuf {
+    let dir = PathBuf::from(CACHE).join(format!("hermes-{HERMES_VERSION}"));
+    let bin = dir.join("bin/hermes");
+    if dir.join(".gvm-complete").exists() {
+        return bin;
+    }
+    std::fs::create_dir_all(CACHE).unwrap();
+    std::fs::set_permissions(CACHE, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Under a lock: parallel tests install once. A half-made venv (a killed run) has no
+    // marker and is made again. umask 022: the agents' users read it, cannot write it.
+    let script = format!(
+        "umask 022; [ -e {d}/.gvm-complete ] && exit 0; rm -rf {d}; \
+         /usr/bin/python3 -m venv {d} && {d}/bin/pip install --disable-pip-version-check -q hermes-agent=={HERMES_VERSION} \
+         && touch {d}/.gvm-complete",
+        d = dir.display()
+    );
+    let lock = format!("{CACHE}/hermes.lock");
+    let out = Command::new("timeout")
+        .args(["900", "flock", &lock, "sh", "-c", &script])
+        .output()
+        .expect("run the Hermes install (needs util-linux flock and coreutils timeout)");
+    assert!(
+        out.status.success() && dir.join(".gvm-complete").exists(),
+        "installing hermes-agent {HERMES_VERSION} into {} failed (needs apt python3-venv and PyPI): {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+/// The task, as the model plays it with Hermes's tools (picked by name from the tools
+/// Hermes advertises, arguments named as its schemas name them).
+fn script(api_port: u16) -> Vec<Turn> {
+    let path = |t: &Tool| t.param(&["path", "file_path", "filename"]).to_string();
+    vec![
+        Turn::Tools(vec![Call::new("read the notes", named(&["read_file"]), move |t| json!({ path(t): "notes.txt" }))]),
+        Turn::Tools(vec![Call::new("read .env", named(&["read_file"]), move |t| json!({ path(t): ".env" }))]),
+        Turn::Tools(vec![Call::new("shell: the allowed API, the denied one, .env", named(&["terminal"]), move |_| {
+            json!({"command": format!(
+                "curl -sS http://api.test.example:{api_port}/status; echo; \
+                 curl -sS -X POST -d upload=1 http://api.test.example:{api_port}/upload; echo; \
+                 cat .env; echo cat-exit=$?"
+            )})
+        })]),
+        Turn::Tools(vec![Call::new(
+            "write the report",
+            named(&["write_file"]),
+            move |t| json!({ path(t): "report.md", t.param(&["content", "text"]): format!("# Report\n\n{NOTES}\n") }),
+        )]),
+        Turn::Text("Report written to report.md.".into()),
+    ]
+}
+
+/// What both ways of running share: the model, the allowed API, the files, the texts.
+struct World {
+    llm: FakeLlm,
+    api: Upstream,
+    ca_file: PathBuf,
+    key_file: PathBuf,
+    dotenv: String,
+}
+
+impl World {
+    fn new(dir: &Path, ws: &Path) -> World {
+        let ca = TestCa::new(&["llm.test.example"]);
+        let api = Upstream::start(None);
+        let llm = FakeLlm::start(script(api.port()), Some(ca.server.clone()));
+        let ca_file = dir.join("llm-ca.pem");
+        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+        let key_file = dir.join("llm.key");
+        std::fs::write(&key_file, KEY).unwrap();
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let dotenv = format!("dotenv-S3cret-{}", std::process::id());
+        std::fs::write(ws.join("notes.txt"), format!("{NOTES}\n")).unwrap();
+        std::fs::write(ws.join(".env"), format!("API_TOKEN={dotenv}\n")).unwrap();
+        for f in ["notes.txt", ".env"] {
+            std::fs::set_permissions(ws.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        }
+        World { llm, api, ca_file, key_file, dotenv }
+    }
+
+    fn gvmd_toml(&self) -> String {
+        format!(
+            "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\
+             \"api.test.example\" = [\"127.0.0.1\"]\n",
+            self.ca_file.display()
+        )
+    }
+
+    /// The profile: hermes.toml's shape with the test's hosts (the shipped one allows
+    /// real providers; a test reaches nothing outside the machine).
+    fn profile(&self, ws: &Path, command: Option<&[String]>) -> String {
+        let command = command.map(|c| format!("command = {}\n", json!(c))).unwrap_or_default();
+        format!(
+            r#"[agent]
+{command}workspaces = [{{ path = "{ws}", mode = "overlay" }}]
+memory_max = "1G"
+tasks_max = 256
+
+[network]
+default = "deny"
+
+[[network.rule]]
+comment = "the model: chat completions, with the key added by gvm"
+host = "llm.test.example"
+port = {llm}
+methods = ["POST"]
+path = "/v1/chat/completions"
+action = "allow"
+inject = {{ header = "Authorization", value = "Bearer {{secret:llm}}" }}
+
+[[network.rule]]
+host = "llm.test.example"
+port = {llm}
+methods = ["GET"]
+path = "/v1/models/**"
+action = "allow"
+inject = {{ header = "Authorization", value = "Bearer {{secret:llm}}" }}
+
+[[network.rule]]
+comment = "the allowed API"
+host = "api.test.example"
+port = {api}
+methods = ["GET"]
+path = "/status"
+action = "allow"
+
+[[network.rule]]
+comment = "uploads are refused"
+host = "api.test.example"
+path = "/upload"
+action = "deny"
+
+[secrets]
+llm = {{ file = "{key}" }}
+
+[files]
+deny_read = ["**/.env", "**/.hermes/auth.json"]
+review = ["**"]
+"#,
+            ws = ws.display(),
+            llm = self.llm.port(),
+            api = self.api.port(),
+            key = self.key_file.display(),
+        )
+    }
+
+    /// Hermes's config: the fake model over HTTPS; the key is gvm's business.
+    fn hermes_config(&self) -> String {
+        format!(
+            "model:\n  provider: custom\n  base_url: https://llm.test.example:{}/v1\n  default: {MODEL}\n",
+            self.llm.port()
+        )
+    }
+
+    /// What the model saw and did, as a user would check it.
+    fn assert_task_done(&self) {
+        assert!(self.llm.errors().is_empty(), "{:?}", self.llm.errors());
+        assert!(self.llm.played() >= 5, "the model played {} of 5 turns", self.llm.played());
+        let results = self.llm.tool_results();
+        let text: String = results.iter().map(|(n, r)| format!("[{n}] {r}\n")).collect();
+        if std::env::var_os("GVMT_VERBOSE").is_some() {
+            eprintln!("tool results:\n{text}");
+        }
+        assert!(results.iter().any(|(n, r)| n == "read_file" && r.contains(NOTES)), "notes not read:\n{text}");
+        assert!(text.contains("ok /status"), "the allowed API's answer is missing:\n{text}");
+        assert!(text.contains("gvm denied this request"), "the refusal (gvm's 403) is missing:\n{text}");
+        // Hermes's own read_file refuses .env by name; the shell's `cat` is what gvm stops.
+        assert!(text.contains("cat-exit="), "the shell tool did not run to its end:\n{text}");
+        assert!(!self.llm.received(&self.dotenv), ".env's value reached the model:\n{text}");
+        assert!(!self.llm.received(KEY) || self.llm_key_only_in_auth(), "the key reached the model outside its header");
+        let chats = self.llm.chats();
+        assert!(!chats.is_empty());
+        for c in &chats {
+            assert_eq!(c.header("authorization"), Some(format!("Bearer {KEY}").as_str()), "gvm injects the key");
+        }
+        assert!(chats.iter().any(|c| c.json["stream"] == true), "Hermes streams (SSE) through the gateway");
+        let seen = self.api.seen();
+        assert!(seen.iter().any(|l| l.starts_with("GET /status")), "{seen:?}");
+        assert!(!seen.iter().any(|l| l.contains("/upload")), "the denied call reached the API: {seen:?}");
+    }
+
+    fn llm_key_only_in_auth(&self) -> bool {
+        self.llm.seen().iter().all(|s| !s.body.contains(KEY))
+    }
+}
+
+/// Decision events of the profile: the denied upload names its rule; everything
+/// forwarded went to the model or the allowed API.
+fn assert_audit(events: &[serde_json::Value], llm: u16, api: u16) {
+    let upload: Vec<_> = events.iter().filter(|e| e["details"]["path"] == "/upload").collect();
+    assert!(
+        upload.iter().any(|e| e["decision"] == "deny" && e["rule"].as_str().unwrap_or("").contains("network.rule[3]")),
+        "the denied upload with its rule is not in the audit log: {upload:#?}"
+    );
+    for e in events.iter().filter(|e| e["decision"] == "allow") {
+        let host = e["details"]["host"].as_str().unwrap_or("");
+        let port = e["details"]["port"]
+            .as_u64()
+            .or_else(|| e["details"]["addr"].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()));
+        if host.is_empty() {
+            continue; // not a network event (run_started, files, ...)
+        }
+        assert!(
+            (host == "llm.test.example" && port.is_none_or(|p| p == u64::from(llm)))
+                || (host == "api.test.example" && port.is_none_or(|p| p == u64::from(api))),
+            "something else left the sandbox: {e:#}"
+        );
+    }
+}
+
+fn changes(dirs: &Dirs, profile: &str) -> Vec<String> {
+    let out = gvmctl(dirs, &["changes", profile, "--json"]);
+    assert!(out.status.success(), "gvmctl changes: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.get("changes").cloned().unwrap_or(v);
+    list.as_array()
+        .unwrap_or_else(|| panic!("gvmctl changes --json: {}", stdout(&out)))
+        .iter()
+        .map(|c| c["path"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
+    assert_root();
+    let hermes = hermes();
+    let mut sb = Sandboxed::new("hm");
+    let world = World::new(sb.dirs.root.path(), &sb.ws);
+    let gvmd_toml = world.gvmd_toml();
+    let profile = world.profile(&sb.ws, None);
+    sb.start(&gvmd_toml, &profile, &[]);
+
+    // Hermes is configured from inside its sandbox, as a user would (the files belong
+    // to the agent's user, in its persistent home).
+    let conf = world.hermes_config();
+    let setup = sb.sh(&format!("mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\nenv"));
+    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    assert!(!setup.out.contains(KEY), "the key is in the agent's environment");
+
+    let started = std::time::Instant::now();
+    let ran = sb.run(&[hermes.to_str().unwrap(), "-z", "Summarise notes.txt into report.md."]);
+    let took = started.elapsed();
+    assert_eq!(ran.code, Some(0), "{ran:#?}\nfake model: {:#?}", world.llm.errors());
+    assert!(ran.out.contains("Report written to report.md."), "{ran:#?}");
+    eprintln!("hermes -z under gvmctl run: {:.1} s, {}", took.as_secs_f64(), ran.summary());
+    world.assert_task_done();
+    assert_audit(&sb.events(""), world.llm.port(), world.api.port());
+    let changed = changes(&sb.dirs, &sb.profile);
+    assert!(changed.iter().any(|p| p.ends_with("report.md")), "report.md does not wait in gvmctl changes: {changed:?}");
+    assert!(!sb.ws.join("report.md").exists(), "the report reached the real workspace before review");
+}
