@@ -20,6 +20,7 @@ use std::process::Command;
 
 use common::agent::*;
 use common::fake_llm::*;
+use common::systemd::Systemd;
 use common::*;
 use serde_json::json;
 
@@ -94,10 +95,19 @@ struct World {
 }
 
 impl World {
-    fn new(dir: &Path, ws: &Path) -> World {
+    /// The model and the API listen on 127.0.0.1 of `netns` (the host's when None).
+    fn new(dir: &Path, ws: &Path, netns: Option<&Path>) -> World {
         let ca = TestCa::new(&["llm.test.example"]);
-        let api = Upstream::start(None);
-        let llm = FakeLlm::start(script(api.port()), Some(ca.server.clone()));
+        let server = ca.server.clone();
+        let start = move || {
+            let api = Upstream::start(None);
+            let llm = FakeLlm::start(script(api.port()), Some(server));
+            (api, llm)
+        };
+        let (api, llm) = match netns {
+            Some(n) => in_netns(n, start),
+            None => start(),
+        };
         let ca_file = dir.join("llm-ca.pem");
         std::fs::write(&ca_file, &ca.ca_pem).unwrap();
         let key_file = dir.join("llm.key");
@@ -242,13 +252,12 @@ fn assert_audit(events: &[serde_json::Value], llm: u16, api: u16) {
     }
 }
 
-fn changes(dirs: &Dirs, profile: &str) -> Vec<String> {
-    let out = gvmctl(dirs, &["changes", profile, "--json"]);
-    assert!(out.status.success(), "gvmctl changes: {}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let list = v.get("changes").cloned().unwrap_or(v);
-    list.as_array()
-        .unwrap_or_else(|| panic!("gvmctl changes --json: {}", stdout(&out)))
+/// The paths `gvmctl changes P --json` lists.
+fn changed_paths(json: &[u8]) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(json).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(json)));
+    v.as_array()
+        .unwrap_or_else(|| panic!("gvmctl changes --json: {v}"))
         .iter()
         .map(|c| c["path"].as_str().unwrap_or("").to_string())
         .collect()
@@ -260,7 +269,7 @@ fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
     assert_root();
     let hermes = hermes();
     let mut sb = Sandboxed::new("hm");
-    let world = World::new(sb.dirs.root.path(), &sb.ws);
+    let world = World::new(sb.dirs.root.path(), &sb.ws, None);
     let gvmd_toml = world.gvmd_toml();
     let profile = world.profile(&sb.ws, None);
     sb.start(&gvmd_toml, &profile, &[]);
@@ -280,7 +289,80 @@ fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
     eprintln!("hermes -z under gvmctl run: {:.1} s, {}", took.as_secs_f64(), ran.summary());
     world.assert_task_done();
     assert_audit(&sb.events(""), world.llm.port(), world.api.port());
-    let changed = changes(&sb.dirs, &sb.profile);
+    let out = gvmctl(&sb.dirs, &["changes", &sb.profile, "--json"]);
+    assert!(out.status.success(), "gvmctl changes: {}", stderr(&out));
+    let changed = changed_paths(&out.stdout);
     assert!(changed.iter().any(|p| p.ends_with("report.md")), "report.md does not wait in gvmctl changes: {changed:?}");
     assert!(!sb.ws.join("report.md").exists(), "the report reached the real workspace before review");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn hermes_as_a_gvm_agent_unit_does_its_task_and_nothing_else() {
+    assert_root();
+    let hermes = hermes();
+    let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    // Host directories bound into the instance at the same paths: gvmd's state (overlay
+    // upper dirs cannot live on the instance's own overlay root), the workspace, and the
+    // test's CA and key files.
+    let state = tempfile::Builder::new().prefix("gvm-sd-state-").tempdir().unwrap();
+    let ws = tempfile::Builder::new().prefix("gvm-sd-ws-").tempdir().unwrap();
+    std::fs::set_permissions(ws.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let files = tempfile::Builder::new().prefix("gvm-sd-files-").tempdir().unwrap();
+    let sd = Systemd::boot(&[&bin_dir, state.path(), ws.path(), files.path()]);
+    let netns = PathBuf::from(format!("/proc/{}/ns/net", sd.pid()));
+    let world = World::new(files.path(), ws.path(), Some(&netns));
+    let (gvmd, gvmctl) = (bin("gvmd").display().to_string(), bin("gvmctl").display().to_string());
+    let root = sd.root();
+
+    for unit in ["gvmd.service", "gvm-agent@.service"] {
+        let text =
+            std::fs::read_to_string(repo.join("units").join(unit)).unwrap().replace("/usr/local/bin/gvmd", &gvmd);
+        std::fs::write(root.join("etc/systemd/system").join(unit), text).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc/systemd/system/gvmd.service.d")).unwrap();
+    std::fs::write(
+        root.join("etc/systemd/system/gvmd.service.d/test.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart={gvmd} --foreground --config-dir /etc/gvm --state-dir {} --runtime-dir /run/gvm\n",
+            state.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("etc/gvm/profiles")).unwrap();
+    std::fs::write(root.join("etc/gvm/gvmd.toml"), world.gvmd_toml()).unwrap();
+    let command: Vec<String> =
+        vec![hermes.display().to_string(), "-z".into(), "Summarise notes.txt into report.md.".into()];
+    std::fs::write(root.join("etc/gvm/profiles/hermes.toml"), world.profile(ws.path(), Some(&command))).unwrap();
+    sd.sh("systemctl daemon-reload && systemctl start gvmd.service");
+
+    // Configured from inside its sandbox, then started as a unit, the way a user would.
+    let conf = world.hermes_config();
+    sd.sh(&format!(
+        "{gvmctl} run --profile hermes -- sh -c \"mkdir -p ~/.hermes && printf '%s' '{conf}' > ~/.hermes/config.yaml\""
+    ));
+    let started = std::time::Instant::now();
+    sd.sh("systemctl start gvm-agent@hermes.service");
+    let settle = std::time::Duration::from_secs(180);
+    sd.wait_for("systemctl is-active gvm-agent@hermes.service || true", "Hermes to finish", settle, |t| {
+        t.trim() == "inactive" || t.trim() == "failed"
+    });
+    let took = started.elapsed();
+    let journal = sd.sh("journalctl -u gvm-agent@hermes.service -o cat --no-pager");
+    let result = sd.sh("systemctl show -p Result -p ExecMainStatus --value gvm-agent@hermes.service");
+    assert_eq!(result.split_whitespace().collect::<Vec<_>>(), ["success", "0"], "{journal}");
+    assert!(journal.contains("Report written to report.md."), "{journal}");
+    eprintln!("hermes -z as gvm-agent@hermes: {:.1} s from systemctl start to inactive", took.as_secs_f64());
+    world.assert_task_done();
+
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&sd.sh(&format!("{gvmctl} audit log --profile hermes --json --limit 100000"))).unwrap();
+    assert_audit(&events, world.llm.port(), world.api.port());
+    let changed = changed_paths(sd.sh(&format!("{gvmctl} changes hermes --json")).as_bytes());
+    assert!(changed.iter().any(|p| p.ends_with("report.md")), "report.md does not wait in gvmctl changes: {changed:?}");
+    assert!(!ws.path().join("report.md").exists(), "the report reached the real workspace before review");
+    let journal = sd.sh("journalctl -u gvmd.service -o cat --no-pager | tail -20");
+    let verify = sd.sh(&format!("{gvmctl} audit verify"));
+    assert!(verify.starts_with("ok: "), "{verify}\n{journal}");
 }

@@ -15,7 +15,7 @@
 //! `[gateway.hosts]`, allow that host and port in the profile.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,17 +138,28 @@ pub const MODEL: &str = "gvm-fake-model";
 impl FakeLlm {
     /// Listens on 127.0.0.1 (a free port); plain HTTP when `tls` is None.
     pub fn start(script: Vec<Turn>, tls: Option<Arc<rustls::ServerConfig>>) -> FakeLlm {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), script, tls)
+    }
+
+    /// On a listener of the caller's (e.g. one made inside another network namespace).
+    pub fn start_on(listener: TcpListener, script: Vec<Turn>, tls: Option<Arc<rustls::ServerConfig>>) -> FakeLlm {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State { script, next: 0, seen: Vec::new(), errors: Vec::new() }));
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, st) = (stop.clone(), state.clone());
+        // Polled, so that Drop stops it from any network namespace.
+        listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
+            while !flag.load(Ordering::Relaxed) {
+                let conn = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = conn.set_nonblocking(false);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
                 let (st, tls) = (st.clone(), tls.clone());
                 std::thread::spawn(move || match tls {
@@ -222,7 +233,6 @@ impl FakeLlm {
 impl Drop for FakeLlm {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 
