@@ -7,16 +7,13 @@
 //! none), and nothing but the model and the allowed API was reached. Under `gvmctl run`
 //! and under `gvm-agent@P` in a throwaway systemd.
 //!
-//! Hermes is installed once per machine into a venv of Debian's /usr/bin/python3 under
-//! /var/cache/gvm-test-agents (readable by the agents' users; pyenv's python under
-//! /root is not), under a lock, bounded in time, and reused by later runs.
+//! Hermes is installed once per machine (`common::hermes::install`).
 //!
 //! Privileged: `#[ignore = "needs root"]`, run with --include-ignored.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::agent::*;
 use common::fake_llm::*;
@@ -24,43 +21,9 @@ use common::systemd::Systemd;
 use common::*;
 use serde_json::json;
 
-const HERMES_VERSION: &str = "0.19.0";
-const CACHE: &str = "/var/cache/gvm-test-agents";
 /// What the notes file says: the report must carry it, so the agent really read it.
 const NOTES: &str = "quarterly figures: 4242 widgets";
 const KEY: &str = "sk-test-REALKEY-hermes-7f3a9c";
-
-/// The venv's `hermes`, installed if missing (pip from PyPI, at most 15 minutes).
-fn hermes() -> PathBuf {
-    let dir = PathBuf::from(CACHE).join(format!("hermes-{HERMES_VERSION}"));
-    let bin = dir.join("bin/hermes");
-    if dir.join(".gvm-complete").exists() {
-        return bin;
-    }
-    std::fs::create_dir_all(CACHE).unwrap();
-    std::fs::set_permissions(CACHE, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    // Under a lock: parallel tests install once. A half-made venv (a killed run) has no
-    // marker and is made again. umask 022: the agents' users read it, cannot write it.
-    let script = format!(
-        "umask 022; [ -e {d}/.gvm-complete ] && exit 0; rm -rf {d}; \
-         /usr/bin/python3 -m venv {d} && {d}/bin/pip install --disable-pip-version-check -q hermes-agent=={HERMES_VERSION} \
-         && touch {d}/.gvm-complete",
-        d = dir.display()
-    );
-    let lock = format!("{CACHE}/hermes.lock");
-    let out = Command::new("timeout")
-        .args(["900", "flock", &lock, "sh", "-c", &script])
-        .output()
-        .expect("run the Hermes install (needs util-linux flock and coreutils timeout)");
-    assert!(
-        out.status.success() && dir.join(".gvm-complete").exists(),
-        "installing hermes-agent {HERMES_VERSION} into {} failed (needs apt python3-venv and PyPI): {}{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
 
 /// The task, as the model plays it with Hermes's tools (picked by name from the tools
 /// Hermes advertises, arguments named as its schemas name them).
@@ -267,7 +230,7 @@ fn changed_paths(json: &[u8]) -> Vec<String> {
 #[ignore = "needs root"]
 fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
     assert_root();
-    let hermes = hermes();
+    let hermes = common::hermes::install();
     let mut sb = Sandboxed::new("hm");
     let world = World::new(sb.dirs.root.path(), &sb.ws, None);
     let gvmd_toml = world.gvmd_toml();
@@ -300,7 +263,7 @@ fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
 #[ignore = "needs root"]
 fn hermes_as_a_gvm_agent_unit_does_its_task_and_nothing_else() {
     assert_root();
-    let hermes = hermes();
+    let hermes = common::hermes::install();
     let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     // Host directories bound into the instance at the same paths: gvmd's state (overlay

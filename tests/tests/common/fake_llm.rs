@@ -160,6 +160,7 @@ impl FakeLlm {
                     Err(_) => continue,
                 };
                 let _ = conn.set_nonblocking(false);
+                let _ = conn.set_nodelay(true);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
                 let (st, tls) = (st.clone(), tls.clone());
                 std::thread::spawn(move || match tls {
