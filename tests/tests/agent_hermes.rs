@@ -329,3 +329,89 @@ fn hermes_as_a_gvm_agent_unit_does_its_task_and_nothing_else() {
     let verify = sd.sh(&format!("{gvmctl} audit verify"));
     assert!(verify.starts_with("ok: "), "{verify}\n{journal}");
 }
+
+/// The shipped profile as `gvmctl init --from hermes` writes it, with the one edit a
+/// user makes (where the key file is) and OpenRouter played by the fake model (gvmd's
+/// `[gateway.hosts]` sends openrouter.ai to this machine's loopback, on a test port:
+/// Hermes's `openrouter` provider always goes to port 443, so the test names the port
+/// with `provider: custom`). Hermes finishes its task with the key as a placeholder that
+/// gvm swaps for the real one on the way out.
+#[test]
+#[ignore = "needs root"]
+fn the_shipped_hermes_profile_runs_hermes_with_its_key_as_a_placeholder() {
+    assert_root();
+    let hermes = common::hermes::install();
+    let mut sb = Sandboxed::new("hs");
+    let ca = TestCa::new(&["openrouter.ai"]);
+    let path = |t: &Tool| t.param(&["path", "file_path", "filename"]).to_string();
+    let llm = FakeLlm::start(
+        vec![
+            Turn::Tools(vec![Call::new(
+                "read the notes",
+                named(&["read_file"]),
+                move |t| json!({ path(t): "notes.txt" }),
+            )]),
+            Turn::Tools(vec![Call::new(
+                "write the report",
+                named(&["write_file"]),
+                move |t| json!({ path(t): "report.md", t.param(&["content", "text"]): format!("# Report\n\n{NOTES}\n") }),
+            )]),
+            Turn::Text("Report written to report.md.".into()),
+        ],
+        Some(ca.server.clone()),
+    );
+    let dir = sb.dirs.root.path().to_path_buf();
+    std::fs::write(dir.join("ca.pem"), &ca.ca_pem).unwrap();
+    std::fs::write(dir.join("openrouter.key"), KEY).unwrap();
+    std::fs::set_permissions(dir.join("openrouter.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(sb.ws.join("notes.txt"), format!("{NOTES}\n")).unwrap();
+    std::fs::set_permissions(sb.ws.join("notes.txt"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    let init = gvmctl(
+        &sb.dirs,
+        &[
+            "init",
+            &sb.profile,
+            "--from",
+            "hermes",
+            "--workspace",
+            sb.ws.to_str().unwrap(),
+            "--config-dir",
+            sb.dirs.config.to_str().unwrap(),
+        ],
+    );
+    assert!(init.status.success(), "{}", stderr(&init));
+    let file = sb.dirs.config.join("profiles").join(format!("{}.toml", sb.profile));
+    let profile = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("/etc/gvm/secrets/openrouter", dir.join("openrouter.key").to_str().unwrap());
+    let gvmd_toml = format!(
+        "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"openrouter.ai\" = [\"127.0.0.1\"]\n",
+        dir.join("ca.pem").display()
+    );
+    sb.start(&gvmd_toml, &profile, &[]);
+
+    let conf = format!(
+        "model:\n  provider: custom\n  base_url: https://openrouter.ai:{}/api/v1\n  default: {MODEL}\n",
+        llm.port()
+    );
+    let setup = sb.sh(&format!(
+        "mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\necho key=$OPENROUTER_API_KEY"
+    ));
+    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    assert!(setup.out.contains("key=gvm-secret-openrouter-") && !setup.out.contains(KEY), "{setup:#?}");
+
+    let ran = sb.run(&[hermes.to_str().unwrap(), "-z", "Summarise notes.txt into report.md."]);
+    assert_eq!(ran.code, Some(0), "{ran:#?}\nfake model: {:#?}", llm.errors());
+    assert!(ran.out.contains("Report written to report.md."), "{ran:#?}");
+    assert!(llm.errors().is_empty(), "{:?}", llm.errors());
+    let chats = llm.chats();
+    assert!(chats.len() >= 3, "{chats:#?}");
+    for c in &chats {
+        assert_eq!(c.header("authorization"), Some(format!("Bearer {KEY}").as_str()), "the placeholder was swapped");
+    }
+    assert!(!llm.received("gvm-secret-openrouter-"), "a placeholder reached the provider");
+    let out = gvmctl(&sb.dirs, &["changes", &sb.profile, "--json"]);
+    let changed = changed_paths(&out.stdout);
+    assert!(changed.iter().any(|p| p.ends_with("report.md")), "{changed:?}");
+}
