@@ -25,13 +25,31 @@ use serde_json::json;
 const NOTES: &str = "quarterly figures: 4242 widgets";
 const KEY: &str = "sk-test-REALKEY-hermes-7f3a9c";
 
+/// A file path argument, named as the tool's schema names it.
+fn path_arg(t: &Tool) -> String {
+    t.param(&["path", "file_path", "filename"]).to_string()
+}
+
+/// Hermes's `read_file` on `file`.
+fn read(what: &str, file: &'static str) -> Turn {
+    Turn::Tools(vec![Call::new(what, named(&["read_file"]), move |t| json!({ path_arg(t): file }))])
+}
+
+/// Hermes's `write_file`: the report, carrying the notes.
+fn write_report() -> Turn {
+    Turn::Tools(vec![Call::new(
+        "write the report",
+        named(&["write_file"]),
+        |t| json!({ path_arg(t): "report.md", t.param(&["content", "text"]): format!("# Report\n\n{NOTES}\n") }),
+    )])
+}
+
 /// The task, as the model plays it with Hermes's tools (picked by name from the tools
 /// Hermes advertises, arguments named as its schemas name them).
 fn script(api_port: u16) -> Vec<Turn> {
-    let path = |t: &Tool| t.param(&["path", "file_path", "filename"]).to_string();
     vec![
-        Turn::Tools(vec![Call::new("read the notes", named(&["read_file"]), move |t| json!({ path(t): "notes.txt" }))]),
-        Turn::Tools(vec![Call::new("read .env", named(&["read_file"]), move |t| json!({ path(t): ".env" }))]),
+        read("read the notes", "notes.txt"),
+        read("read .env", ".env"),
         Turn::Tools(vec![Call::new("shell: the allowed API, the denied one, .env", named(&["terminal"]), move |_| {
             json!({"command": format!(
                 "curl -sS http://api.test.example:{api_port}/status; echo; \
@@ -39,11 +57,7 @@ fn script(api_port: u16) -> Vec<Turn> {
                  cat .env; echo cat-exit=$?"
             )})
         })]),
-        Turn::Tools(vec![Call::new(
-            "write the report",
-            named(&["write_file"]),
-            move |t| json!({ path(t): "report.md", t.param(&["content", "text"]): format!("# Report\n\n{NOTES}\n") }),
-        )]),
+        write_report(),
         Turn::Text("Report written to report.md.".into()),
     ]
 }
@@ -343,21 +357,8 @@ fn the_shipped_hermes_profile_runs_hermes_with_its_key_as_a_placeholder() {
     let hermes = common::hermes::install();
     let mut sb = Sandboxed::new("hs");
     let ca = TestCa::new(&["openrouter.ai"]);
-    let path = |t: &Tool| t.param(&["path", "file_path", "filename"]).to_string();
     let llm = FakeLlm::start(
-        vec![
-            Turn::Tools(vec![Call::new(
-                "read the notes",
-                named(&["read_file"]),
-                move |t| json!({ path(t): "notes.txt" }),
-            )]),
-            Turn::Tools(vec![Call::new(
-                "write the report",
-                named(&["write_file"]),
-                move |t| json!({ path(t): "report.md", t.param(&["content", "text"]): format!("# Report\n\n{NOTES}\n") }),
-            )]),
-            Turn::Text("Report written to report.md.".into()),
-        ],
+        vec![read("read the notes", "notes.txt"), write_report(), Turn::Text("Report written to report.md.".into())],
         Some(ca.server.clone()),
     );
     let dir = sb.dirs.root.path().to_path_buf();
