@@ -416,3 +416,34 @@ fn the_shipped_hermes_profile_runs_hermes_with_its_key_as_a_placeholder() {
     let changed = changed_paths(&out.stdout);
     assert!(changed.iter().any(|p| p.ends_with("report.md")), "{changed:?}");
 }
+
+/// A model server missing from the profile, over plain HTTP (a local Ollama or vLLM):
+/// what Hermes prints (the unit's journal) carries gvm's 403, whose first line names the
+/// request to allow (Hermes prints the first 300 characters of an error body). (Over HTTPS the refusal comes at CONNECT, before
+/// any TLS, and Hermes prints only "Connection error"; the audit log names the host.)
+#[test]
+#[ignore = "needs root"]
+fn a_model_provider_missing_from_the_profile_is_named_in_what_hermes_prints() {
+    assert_root();
+    let hermes = common::hermes::install();
+    let mut sb = Sandboxed::new("hn");
+    let world = World::new(sb.dirs.root.path(), &sb.ws, None);
+    let profile = format!(
+        "[agent]\nworkspaces = [{{ path = \"{}\", mode = \"overlay\" }}]\n\n[network]\ndefault = \"deny\"\n",
+        sb.ws.display()
+    );
+    sb.start(&world.gvmd_toml(), &profile, &[]);
+    let conf = world.hermes_config().replace("https://", "http://");
+    let setup = sb.sh(&format!("mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\n"));
+    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    let ran = sb.run(&[hermes.to_str().unwrap(), "-z", "Summarise notes.txt into report.md."]);
+    let printed = format!("{}{}", ran.out, ran.err);
+    let url = format!("http://llm.test.example:{}/v1/chat/completions", world.llm.port());
+    assert!(
+        printed.contains(&format!("HTTP 403: {{\n  \"error\": \"gvm denied this request: POST {url}\"")),
+        "what Hermes prints names the request to allow: {ran:#?}"
+    );
+    assert!(world.llm.seen().is_empty(), "the model was reached: {:#?}", world.llm.seen());
+    let denied = sb.events("").into_iter().filter(|e| e["decision"] == "deny").count();
+    assert!(denied > 0, "no refusal in the audit log");
+}
