@@ -240,6 +240,14 @@ fn changed_paths(json: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Writes Hermes's config.yaml from inside the sandbox, as a user would (the file
+/// belongs to the agent's user, in its persistent home); then runs `after` there too.
+fn configure(sb: &Sandboxed, conf: &str, after: &str) -> Ran {
+    let setup = sb.sh(&format!("mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\n{after}"));
+    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    setup
+}
+
 #[test]
 #[ignore = "needs root"]
 fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
@@ -251,11 +259,8 @@ fn hermes_under_gvmctl_run_does_its_task_and_nothing_else() {
     let profile = world.profile(&sb.ws, None);
     sb.start(&gvmd_toml, &profile, &[]);
 
-    // Hermes is configured from inside its sandbox, as a user would (the files belong
-    // to the agent's user, in its persistent home).
     let conf = world.hermes_config();
-    let setup = sb.sh(&format!("mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\nenv"));
-    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    let setup = configure(&sb, &conf, "env");
     assert!(!setup.out.contains(KEY), "the key is in the agent's environment");
 
     let started = std::time::Instant::now();
@@ -396,10 +401,7 @@ fn the_shipped_hermes_profile_runs_hermes_with_its_key_as_a_placeholder() {
         "model:\n  provider: custom\n  base_url: https://openrouter.ai:{}/api/v1\n  default: {MODEL}\n",
         llm.port()
     );
-    let setup = sb.sh(&format!(
-        "mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\necho key=$OPENROUTER_API_KEY"
-    ));
-    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    let setup = configure(&sb, &conf, "echo key=$OPENROUTER_API_KEY");
     assert!(setup.out.contains("key=gvm-secret-openrouter-") && !setup.out.contains(KEY), "{setup:#?}");
 
     let ran = sb.run(&[hermes.to_str().unwrap(), "-z", "Summarise notes.txt into report.md."]);
@@ -434,8 +436,7 @@ fn a_model_provider_missing_from_the_profile_is_named_in_what_hermes_prints() {
     );
     sb.start(&world.gvmd_toml(), &profile, &[]);
     let conf = world.hermes_config().replace("https://", "http://");
-    let setup = sb.sh(&format!("mkdir -p ~/.hermes && cat > ~/.hermes/config.yaml <<'EOF'\n{conf}EOF\n"));
-    assert_eq!(setup.code, Some(0), "{setup:#?}");
+    configure(&sb, &conf, "");
     let ran = sb.run(&[hermes.to_str().unwrap(), "-z", "Summarise notes.txt into report.md."]);
     let printed = format!("{}{}", ran.out, ran.err);
     let url = format!("http://llm.test.example:{}/v1/chat/completions", world.llm.port());
