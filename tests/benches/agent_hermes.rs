@@ -7,6 +7,11 @@
 //!     cargo build --release -p gvm-daemon -p gvmctl
 //!     cargo bench -p gvm-tests --bench agent_hermes
 //!
+//! or, without building the test crate's dependencies in release (the fake model then
+//! runs unoptimised, the same for both columns):
+//!
+//!     GVM_TEST_BIN_DIR=$CARGO_TARGET_DIR/release cargo test -p gvm-tests --bench agent_hermes
+//!
 //! Numbers are medians; the model answers at once, so the times are the agent's and
 //! gvm's own.
 
