@@ -54,7 +54,7 @@ fn script(api_port: u16) -> Vec<Turn> {
             json!({"command": format!(
                 "curl -sS http://api.test.example:{api_port}/status; echo; \
                  curl -sS -X POST -d upload=1 http://api.test.example:{api_port}/upload; echo; \
-                 cat .env; echo cat-exit=$?"
+                 cat .env; echo cat-exit=$?; getent hosts api.test.example; echo getent-exit=$?"
             )})
         })]),
         write_report(),
@@ -187,6 +187,8 @@ review = ["**"]
         assert!(text.contains("gvm denied this request"), "the refusal (gvm's 403) is missing:\n{text}");
         // Hermes's own read_file refuses .env by name; the shell's `cat` is what gvm stops.
         assert!(text.contains("cat-exit="), "the shell tool did not run to its end:\n{text}");
+        // getaddrinfo inside the sandbox is answered by gvmd's resolver.
+        assert!(text.contains("getent-exit=0"), "the shell tool could not resolve the API's name:\n{text}");
         assert!(!self.llm.received(&self.dotenv), ".env's value reached the model:\n{text}");
         assert!(!self.llm.received(KEY) || self.llm_key_only_in_auth(), "the key reached the model outside its header");
         let chats = self.llm.chats();
