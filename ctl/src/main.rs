@@ -258,8 +258,9 @@ enum Command {
     },
     /// Write a new profile from a shipped template: CONFIG_DIR/profiles/PROFILE.toml.
     ///
-    /// Templates: hermes (Hermes Agent), generic (any OpenAI-compatible agent). The
-    /// file is validated before it is written and never written over without --force.
+    /// Templates: hermes (Hermes Agent), generic (any OpenAI-compatible agent), and
+    /// the others listed under --from. The file is validated before it is written and
+    /// never written over without --force.
     /// With a terminal it asks for the workspace (Enter keeps the template's); without
     /// one it asks nothing. gvmd is not asked: run `gvmctl reload` afterwards.
     #[command(
@@ -268,8 +269,9 @@ enum Command {
     Init {
         /// The new profile's name (a-z, 0-9, `_`, `-`; the agent runs as gvm-PROFILE).
         profile: String,
-        /// The template: hermes or generic.
-        #[arg(long, value_name = "TEMPLATE")]
+        /// The shipped template (policies/ of the source tree).
+        #[arg(long, value_name = "TEMPLATE",
+              value_parser = clap::builder::PossibleValuesParser::new(init::TEMPLATES.iter().map(|t| t.0)))]
         from: String,
         /// The directory the agent works in (an overlay: its writes wait for review).
         #[arg(long, value_name = "DIR")]
@@ -280,6 +282,7 @@ enum Command {
         /// gvmd's config directory (gvmd --config-dir).
         #[arg(long, value_name = "DIR", env = "GVM_CONFIG_DIR", default_value = "/etc/gvm")]
         config_dir: PathBuf,
+        /// Print JSON for scripts (the file, warnings, missing secret files, next commands).
         #[arg(long)]
         json: bool,
     },

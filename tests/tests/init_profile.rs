@@ -63,8 +63,8 @@ fn init_refuses_to_overwrite_without_force_and_names_the_templates() {
     assert!(std::fs::read_to_string(&file).unwrap().contains("--from generic"));
 
     let bad = init(&dirs, &["agent2", "--from", "openclaww"]);
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("--from takes one of hermes, generic"), "{}", stderr(&bad));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("[possible values: hermes, generic"), "{}", stderr(&bad));
     let rel = init(&dirs, &["agent2", "--from", "hermes", "--workspace", "work"]);
     assert!(stderr(&rel).contains("give an absolute path"), "{}", stderr(&rel));
     let name = init(&dirs, &["Bad Name", "--from", "hermes"]);
