@@ -25,7 +25,7 @@ use common::agent::{output_within, Sandboxed, TestCa};
 use common::fake_llm::{FakeLlm, MODEL};
 
 const STARTS: usize = 5;
-const REQUESTS: usize = 50;
+const REQUESTS: usize = 200;
 
 /// Streams `REQUESTS` chat completions with the OpenAI SDK Hermes uses, over one
 /// client (kept-alive connections, as Hermes does); prints each request's seconds.
@@ -89,13 +89,17 @@ fn main() {
     std::fs::write(home.path().join("config.yaml"), config(&direct)).unwrap();
     let host_cmd = |argv: &[&str]| {
         let mut c = Command::new(argv[0]);
+        // The model directly; every other host (Hermes asks PyPI and OpenRouter at
+        // start) fails at once, as gvm's refusals do, through a proxy that is not there
+        // (port 9) — not after DNS time-outs of a machine without a resolver.
         c.args(&argv[1..])
             .env("HERMES_HOME", home.path())
             .env("SSL_CERT_FILE", &ca_file)
-            .env("NO_PROXY", "*")
+            .env("NO_PROXY", "127.0.0.1")
+            .env("no_proxy", "127.0.0.1")
             .current_dir(&sb.ws);
         for v in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
-            c.env_remove(v);
+            c.env(v, "http://127.0.0.1:9");
         }
         c
     };
