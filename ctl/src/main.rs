@@ -5,6 +5,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod changes;
+mod init;
 mod output;
 mod policy;
 mod reload;
@@ -255,6 +256,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new profile from a shipped template: CONFIG_DIR/profiles/PROFILE.toml.
+    ///
+    /// Templates: hermes (Hermes Agent), generic (any OpenAI-compatible agent), and
+    /// the others listed under --from. The file is validated before it is written and
+    /// never written over without --force.
+    /// With a terminal it asks for the workspace (Enter keeps the template's); without
+    /// one it asks nothing. gvmd is not asked: run `gvmctl reload` afterwards.
+    #[command(
+        after_help = "Examples:\n  gvmctl init hermes --from hermes --workspace /srv/hermes\n  gvmctl init mybot --from generic --workspace /srv/mybot --force"
+    )]
+    Init {
+        /// The new profile's name (a-z, 0-9, `_`, `-`; the agent runs as gvm-PROFILE).
+        profile: String,
+        /// The shipped template (policies/ of the source tree).
+        #[arg(long, value_name = "TEMPLATE",
+              value_parser = clap::builder::PossibleValuesParser::new(init::TEMPLATES.iter().map(|t| t.0)))]
+        from: String,
+        /// The directory the agent works in (an overlay: its writes wait for review).
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Write over an existing profile file.
+        #[arg(long)]
+        force: bool,
+        /// gvmd's config directory (gvmd --config-dir).
+        #[arg(long, value_name = "DIR", env = "GVM_CONFIG_DIR", default_value = "/etc/gvm")]
+        config_dir: PathBuf,
+        /// Print JSON for scripts (the file, warnings, missing secret files, next commands).
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -394,6 +425,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Verify { state_dir, json }) => audit::verify(&client, state_dir.as_deref(), json),
         Command::Policy(PolicyCommand::Check { file, json }) => policy::check(&file, json),
+        Command::Init { profile, from, workspace, force, config_dir, json } => {
+            init::run(init::Args { profile, from, workspace, force, config_dir, json })
+        }
         Command::Policy(PolicyCommand::Explain { at: Some(seq), json, .. }) => {
             versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
         }

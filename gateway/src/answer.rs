@@ -50,7 +50,9 @@ pub(crate) fn denied(profile: &str, rule: Option<&str>, what: &Described, reason
     json_response(
         StatusCode::FORBIDDEN,
         json!({
-            "error": "gvm denied this request",
+            // The request first: clients that show only the start of an error body
+            // (Hermes shows 300 characters) still tell the user what to allow.
+            "error": format!("gvm denied this request: {} {}", what.method, what.url),
             "profile": profile,
             "rule": rule.unwrap_or("default"),
             "request": { "method": what.method, "url": what.url },

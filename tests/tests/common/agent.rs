@@ -596,6 +596,19 @@ impl Drop for TestHost {
     }
 }
 
+/// Runs `f` on a thread that joined the network namespace at `netns` (e.g. a throwaway
+/// systemd's `/proc/PID/ns/net`): sockets `f` makes live there, also the listeners of
+/// servers it starts (their threads inherit the namespace).
+pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{}: {e}", netns.display()));
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
 /// Waits until `f` holds (polling), or panics with `what` after `limit`.
 pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

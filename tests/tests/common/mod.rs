@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fake_llm;
+pub mod hermes;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
@@ -14,9 +16,14 @@ use std::time::{Duration, Instant};
 /// Path of a binary built by this workspace (`gvmd`, `gvmctl`), next to the test's
 /// own `deps/` directory. `cargo test --workspace` builds them: the daemon and ctl
 /// packages have integration tests of their own, which makes cargo build their bins.
+/// `GVM_TEST_BIN_DIR` points elsewhere (e.g. a bench built in the dev profile measuring
+/// release binaries).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("GVM_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe.parent().and_then(Path::parent).expect("target dir").to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
