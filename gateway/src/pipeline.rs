@@ -551,8 +551,9 @@ impl Inner {
             Verdict::Allow => {}
         }
         if let Some((burst, per)) = ruling.rate {
-            let rule_key = ruling.rule_index.map_or_else(|| "default".to_string(), |i| format!("network.rule[{i}]"));
-            if let Err(wait) = self.rate.take(&profile, &rule_key, burst, per, Instant::now()) {
+            if let Err(wait) = self.rate.take(&profile, ruling.rule_index, burst, per, Instant::now()) {
+                let rule_key =
+                    ruling.rule_index.map_or_else(|| "default".to_string(), |i| format!("network.rule[{i}]"));
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 let details = std::mem::take(details);
                 return Err(Refusal::RateLimited { kind, rule: rule.map(str::to_owned), details, rule_key, secs });
