@@ -30,7 +30,7 @@ use crate::decide::{Leak, Place, ProfileState, Ruling, Verdict};
 use crate::head::{self, Head, Target, HEAD_TIMEOUT, MAX_HEAD};
 use crate::holds::{HeldInfo, HoldOutcome};
 use crate::limit::Slot;
-use crate::upstream::{PoolKey, Upstreams};
+use crate::upstream::PoolKey;
 use crate::Inner;
 
 /// How the connection reached the gateway (recorded as `details.via`).
@@ -434,7 +434,7 @@ impl Inner {
                 });
             }
         } else {
-            Upstreams::checkin(&self.upstreams, key, sender);
+            self.upstreams.checkin(key, sender);
         }
         let (mut parts, body) = resp.into_parts();
         head::strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
