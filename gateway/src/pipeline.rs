@@ -341,8 +341,8 @@ impl Inner {
         };
         let upgrade = head::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let leak_details = state.scan.is_some().then(|| details.clone());
-        let done = Arc::new(self.completion("http", &profile, &ruling, details, seq, start));
+        let leak_details = state.scan.is_some().then_some(details);
+        let done = Arc::new(self.completion("http", &profile, &ruling, seq, start));
 
         let (mut parts, body) = req.into_parts();
         head::strip_hop(&mut parts.headers, upgrade);
@@ -600,13 +600,14 @@ impl Inner {
         })
     }
 
-    /// The completion record, appended (not awaited by the agent) when the exchange ends.
+    /// The completion record, appended (not awaited by the agent) when the exchange
+    /// ends: the decision's seq and what the exchange counted. The request itself is in
+    /// the decision event that `decision_seq` names, not copied here.
     pub(crate) fn completion(
         &self,
         kind: &str,
         profile: &str,
         ruling: &Ruling,
-        details: Value,
         seq: u64,
         start: Instant,
     ) -> Completion {
@@ -616,7 +617,7 @@ impl Inner {
             kind: format!("{kind}.done"),
             decision: Some(ruling.audit_decision().to_string()),
             rule: ruling.rule.clone(),
-            details,
+            details: Value::Null,
         };
         Completion {
             start,
@@ -626,14 +627,11 @@ impl Inner {
             usage: Mutex::new(None),
             on_done: Some(Box::new(move |status, up, down, ms, usage| {
                 let mut ev = ev;
-                let details = &mut ev.details;
-                details["decision_seq"] = json!(seq);
-                details["status"] = json!(status);
-                details["bytes_up"] = json!(up);
-                details["bytes_down"] = json!(down);
-                details["duration_ms"] = json!(ms);
+                ev.details = json!({
+                    "decision_seq": seq, "status": status, "bytes_up": up, "bytes_down": down, "duration_ms": ms,
+                });
                 if let Some(u) = usage {
-                    details["usage"] = u;
+                    ev.details["usage"] = u;
                 }
                 crate::audit_glue::append_nowait(&audit, ev);
             })),
