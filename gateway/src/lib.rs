@@ -496,7 +496,7 @@ impl Gateway {
                 .network
                 .rules
                 .iter()
-                .map(|r| format!("network.rule[{}] ({}:{})", r.index, profile.file.display(), r.line))
+                .map(|r| Arc::from(format!("network.rule[{}] ({}:{})", r.index, profile.file.display(), r.line)))
                 .collect(),
             body,
             scan: None,

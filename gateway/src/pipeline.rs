@@ -314,7 +314,7 @@ impl Inner {
             let swap = match check_head(&state, scan, &ruling, target, &path_q, req.headers()) {
                 Ok(s) => s,
                 Err((leak, place)) => {
-                    let why = Refusal::Leaked { rule: ruling.rule.clone(), details, leak, place };
+                    let why = Refusal::Leaked { rule: ruling.rule.as_deref().map(str::to_owned), details, leak, place };
                     // A secret in the URL: the answer does not repeat the URL.
                     let what = if place == Place::Url {
                         let url = format!("{}://{}/[redacted]", target.scheme(), target.authority());
@@ -404,7 +404,12 @@ impl Inner {
             let leak = state.judge(&hit, Place::Body, &ruling, target.tls, &target.host).err();
             let leak = leak.unwrap_or_else(|| Leak::Egress { secret: String::new(), reason: "unexpected".into() });
             let details = leak_details.unwrap_or_default();
-            return Err(refused(Refusal::Leaked { rule: ruling.rule.clone(), details, leak, place: Place::Body }));
+            return Err(refused(Refusal::Leaked {
+                rule: ruling.rule.as_deref().map(str::to_owned),
+                details,
+                leak,
+                place: Place::Body,
+            }));
         }
         let resp = match sent {
             Ok(r) => r,
@@ -515,7 +520,7 @@ impl Inner {
                     profile: profile.to_string(),
                     method: what.method.clone(),
                     url: what.url.clone(),
-                    rule: ruling.rule.clone(),
+                    rule: ruling.rule.as_deref().map(str::to_owned),
                     body,
                     since,
                     expires_at: since + ruling.hold_timeout,
@@ -594,7 +599,12 @@ impl Inner {
             let Err(leak) = state.judge(&hit, Place::Body, &ruling, target.tls, &target.host) else { return };
             tokio::spawn(async move {
                 let profile = state.name.clone();
-                let why = Refusal::Leaked { rule: ruling.rule.clone(), details, leak, place: Place::Body };
+                let why = Refusal::Leaked {
+                    rule: ruling.rule.as_deref().map(str::to_owned),
+                    details,
+                    leak,
+                    place: Place::Body,
+                };
                 let _ = self.refuse(&profile, &what, why).await;
             });
         })
@@ -616,7 +626,7 @@ impl Inner {
             profile: Some(profile.to_string()),
             kind: format!("{kind}.done"),
             decision: Some(ruling.audit_decision().to_string()),
-            rule: ruling.rule.clone(),
+            rule: ruling.rule.as_deref().map(str::to_owned),
             details: Value::Null,
         };
         Completion {
