@@ -200,8 +200,8 @@ impl Audit {
         Self::open_with_durability(state_dir, cfg, Durability::Full)
     }
 
-    /// [`Audit::open`] with a chosen durability. gvmd uses what `gvmd.toml`'s `sync`
-    /// names: `full` (the default, [`Durability::Full`]) or `normal`.
+    /// [`Audit::open`] with a chosen durability. gvmd uses what `gvmd.toml`'s
+    /// `[audit] sync` names: `normal` (gvmd's default, [`Durability::Normal`]) or `full`.
     pub fn open_with_durability(
         state_dir: &Path,
         cfg: AuditConfig,

@@ -23,11 +23,15 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// `PRAGMA synchronous=FULL`: the WAL is fsynced at every commit, so an answered
-    /// event survives a process crash and a power loss. What gvmd uses.
+    /// event survives a process crash, an OS crash and a power loss. The library's
+    /// default ([`Audit::open`](crate::Audit::open)); gvmd with `[audit] sync = "full"`.
     #[default]
     Full,
-    /// `PRAGMA synchronous=NORMAL`: an answered event survives a process crash but may be
-    /// lost on power loss. For measurements only.
+    /// `PRAGMA synchronous=NORMAL` (WAL): a commit is written to the WAL (the kernel's
+    /// page cache) before the append is answered, so an answered event survives a crash
+    /// or SIGKILL of the process; an OS crash or power loss may lose the newest commits
+    /// (never the chain's consistency: the WAL is fsynced at checkpoints). gvmd's
+    /// default (`[audit] sync = "normal"`).
     Normal,
 }
 

@@ -133,10 +133,12 @@ pub struct AuditSection {
     /// ...or after this long, whichever comes first ("30s", "5m").
     #[serde(default = "default_checkpoint_interval", with = "duration_text")]
     pub checkpoint_interval: Duration,
-    /// When an event counts as written: `"full"` (default) flushes it to the disk before
-    /// the request it describes goes ahead, so neither a crash nor a power loss loses an
-    /// answered request's event; `"normal"` hands it to the kernel (WAL), which survives
-    /// a crash of gvmd but not of the machine, for about half the gateway's added latency.
+    /// When an event counts as written: `"normal"` (default) commits it to the WAL in the
+    /// kernel's page cache before the request it describes goes ahead, which survives a
+    /// crash or SIGKILL of gvmd (the design's promise: a process crash loses nothing
+    /// that was answered) but not an OS crash or power loss; `"full"` also fsyncs each
+    /// commit, so a power loss loses nothing either, at one fsync per group commit on
+    /// the request path (ARCHITECTURE.md, "Durability and speed", has the numbers).
     #[serde(default)]
     pub sync: SyncMode,
 }
@@ -144,8 +146,8 @@ pub struct AuditSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
-    #[default]
     Full,
+    #[default]
     Normal,
 }
 
@@ -154,7 +156,7 @@ impl Default for AuditSection {
         AuditSection {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval: default_checkpoint_interval(),
-            sync: SyncMode::Full,
+            sync: SyncMode::Normal,
         }
     }
 }
@@ -339,6 +341,17 @@ mod tests {
         std::fs::write(&file, "[audit]\nsync = \"sometimes\"\n").unwrap();
         let err = DaemonConfig::load(&file).unwrap_err().to_string();
         assert!(err.contains("`audit.sync`") && err.contains("full, normal"), "{err}");
+    }
+
+    #[test]
+    fn audit_sync_defaults_to_normal() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gvmd.toml");
+        std::fs::write(&file, "[audit]\ncheckpoint_every = 5\n").unwrap();
+        assert_eq!(DaemonConfig::load(&file).unwrap().audit.sync, SyncMode::Normal);
+        std::fs::write(&file, "[audit]\nsync = \"full\"\n").unwrap();
+        assert_eq!(DaemonConfig::load(&file).unwrap().audit.sync, SyncMode::Full);
+        assert_eq!(AuditSection::default().sync, SyncMode::Normal);
     }
 
     #[test]

@@ -75,6 +75,11 @@ pub struct Observations {
     pub decisions: u64,
     /// New files of the agent (workspace-relative), for `[files]` suggestions.
     files: Vec<String>,
+    /// Host of each forwarding decision, by seq: a completion record (`http.done`)
+    /// names its decision by `decision_seq`, not by host.
+    host_of_seq: HashMap<u64, String>,
+    /// Bytes sent by completion records read before their decision, by decision seq.
+    up_of_seq: HashMap<u64, u64>,
 }
 
 impl Observations {
@@ -118,12 +123,33 @@ impl Observations {
                     path: if connect { String::new() } else { s("path").unwrap_or("/").to_string() },
                 };
                 *self.requests.entry(key).or_default() += n;
-                self.hosts.entry(host.to_string()).or_default().requests += n;
+                let h = self.hosts.entry(host.to_string()).or_default();
+                h.requests += n;
+                if let Some(up) = self.up_of_seq.remove(&ev.seq) {
+                    h.max_up = h.max_up.max(up);
+                } else {
+                    self.host_of_seq.insert(ev.seq, host.to_string());
+                }
             }
             EventKind::HttpDone | EventKind::ConnectDone => {
-                if let (Some(host), Some(up)) = (s("host"), d.get("bytes_up").and_then(serde_json::Value::as_u64)) {
-                    let h = self.hosts.entry(host.to_string()).or_default();
-                    h.max_up = h.max_up.max(up);
+                let Some(up) = d.get("bytes_up").and_then(serde_json::Value::as_u64) else { return };
+                let of = d.get("decision_seq").and_then(serde_json::Value::as_u64);
+                // Older records carried the host themselves.
+                let host = match (s("host"), of) {
+                    (Some(h), _) => Some(h.to_string()),
+                    (None, Some(seq)) => self.host_of_seq.remove(&seq),
+                    (None, None) => None,
+                };
+                match (host, of) {
+                    (Some(host), _) => {
+                        let h = self.hosts.entry(host).or_default();
+                        h.max_up = h.max_up.max(up);
+                    }
+                    (None, Some(seq)) => {
+                        let e = self.up_of_seq.entry(seq).or_default();
+                        *e = (*e).max(up);
+                    }
+                    (None, None) => {}
                 }
             }
             EventKind::Dns => {

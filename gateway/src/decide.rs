@@ -20,8 +20,9 @@ pub(crate) struct Ruling {
     pub verdict: Verdict,
     /// What enforce mode would have done (differs from `verdict` in watch mode).
     pub policy_verdict: Verdict,
-    /// `network.rule[i] (file:line)`; `None` = the profile's default.
-    pub rule: Option<String>,
+    /// `network.rule[i] (file:line)`, made once per profile load; `None` = the
+    /// profile's default.
+    pub rule: Option<Arc<str>>,
     pub rule_index: Option<usize>,
     /// `(count, per)`.
     pub rate: Option<(u32, Duration)>,
@@ -42,7 +43,7 @@ impl Ruling {
         }
     }
 
-    fn deny(rule: Option<String>, reason_rule: Option<usize>) -> Self {
+    fn deny(rule: Option<Arc<str>>, reason_rule: Option<usize>) -> Self {
         Ruling {
             verdict: Verdict::Deny,
             policy_verdict: Verdict::Deny,
@@ -77,7 +78,7 @@ pub(crate) struct ProfileState {
     /// Each rule's `budget`, by rule index.
     pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
     /// Each rule's name as decisions give it: `network.rule[i] (file:line)`.
-    pub rule_names: Vec<String>,
+    pub rule_names: Vec<Arc<str>>,
     /// Each rule's `intercept = false`, by rule index.
     pub rule_tunnel: Vec<bool>,
     /// Each rule's `cost`, by rule index.
@@ -159,7 +160,11 @@ impl ProfileState {
     }
 
     fn ruling(&self, d: Decision) -> Ruling {
-        let rule = d.rule.as_ref().map(ToString::to_string);
+        // The rule's name was made when the profile was loaded (no formatting here).
+        let rule = d.rule.as_ref().map(|r| match self.rule_names.get(r.index) {
+            Some(name) => name.clone(),
+            None => Arc::from(r.to_string()),
+        });
         let rule_index = d.rule.as_ref().map(|r| r.index);
         let mut inject = Vec::new();
         let mut inject_secrets = Vec::new();
@@ -244,7 +249,7 @@ impl ProfileState {
         if let Some((i, Some(b))) = ruling.rule_index.map(|i| (i, self.rule_budgets.get(i).copied().flatten())) {
             out.push(crate::spend::Applies {
                 key: format!("network.rule[{i}]"),
-                name: ruling.rule.clone().unwrap_or_else(|| format!("network.rule[{i}]")),
+                name: ruling.rule.as_deref().map_or_else(|| format!("network.rule[{i}]"), str::to_owned),
                 budget: b,
             });
         }
@@ -264,7 +269,7 @@ impl ProfileState {
             if let Some(b) = b {
                 out.push(crate::spend::Applies {
                     key: format!("network.rule[{i}]"),
-                    name: self.rule_names.get(i).cloned().unwrap_or_else(|| format!("network.rule[{i}]")),
+                    name: self.rule_names.get(i).map_or_else(|| format!("network.rule[{i}]"), |n| n.to_string()),
                     budget: *b,
                 });
             }

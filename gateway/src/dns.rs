@@ -19,48 +19,37 @@ use crate::Inner;
 
 pub(crate) async fn serve(inner: Arc<Inner>, udp: UdpSocket, tcp: TcpListener, profile: Arc<str>, answer: IpAddr) {
     let udp = Arc::new(udp);
-    {
-        let inner = inner.clone();
-        let profile = profile.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = tcp.accept().await else {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                };
-                let Some(slot) = inner.admit_connection(&profile, "dns-tcp") else { continue };
-                let _ = s.set_nodelay(true);
-                let serve = serve_tcp(inner.clone(), s, profile.clone(), answer);
-                tokio::spawn(async move {
-                    serve.await;
-                    drop(slot);
-                });
+    // One task for both: when the profile's listeners are stopped, both stop.
+    let tcp = crate::accept::serve(inner.clone(), tcp, profile.clone(), crate::accept::Door::DnsTcp(answer));
+    let udp_loop = async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = udp.recv_from(&mut buf).await else { continue };
+            // Past `[limits] dns_queries`: REFUSED at once, counted, no task, no event.
+            if let Some(refused) = over_rate(&inner, &profile, &buf[..n]) {
+                if !refused.is_empty() {
+                    let _ = udp.try_send_to(&refused, peer);
+                }
+                continue;
             }
-        });
-    }
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let Ok((n, peer)) = udp.recv_from(&mut buf).await else { continue };
-        // Past `[limits] dns_queries`: REFUSED at once, counted, no task, no event.
-        if let Some(refused) = over_rate(&inner, &profile, &buf[..n]) {
-            if !refused.is_empty() {
-                let _ = udp.try_send_to(&refused, peer);
-            }
-            continue;
+            let raw = buf[..n].to_vec();
+            let inner = inner.clone();
+            let profile = profile.clone();
+            let udp = udp.clone();
+            tokio::spawn(async move {
+                if let Some(out) = respond(&inner, &profile, answer, &raw, "udp").await {
+                    let _ = udp.send_to(&out, peer).await;
+                }
+            });
         }
-        let raw = buf[..n].to_vec();
-        let inner = inner.clone();
-        let profile = profile.clone();
-        let udp = udp.clone();
-        tokio::spawn(async move {
-            if let Some(out) = respond(&inner, &profile, answer, &raw, "udp").await {
-                let _ = udp.send_to(&out, peer).await;
-            }
-        });
+    };
+    tokio::select! {
+        () = tcp => {}
+        () = udp_loop => {}
     }
 }
 
-async fn serve_tcp(inner: Arc<Inner>, mut s: TcpStream, profile: Arc<str>, answer: IpAddr) {
+pub(crate) async fn serve_tcp(inner: Arc<Inner>, mut s: TcpStream, profile: Arc<str>, answer: IpAddr) {
     loop {
         let len = match tokio::time::timeout(std::time::Duration::from_secs(10), s.read_u16()).await {
             Ok(Ok(l)) => usize::from(l),

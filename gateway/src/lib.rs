@@ -41,6 +41,7 @@
 //! Must never: forward anything it has not recorded, connect to an address it has not
 //! checked, or let an agent reach gvmd's own sockets through it.
 
+mod accept;
 mod answer;
 mod audit_glue;
 mod body;
@@ -50,14 +51,16 @@ mod decide;
 mod dns;
 mod dnswire;
 mod exfil;
+mod head;
 mod holds;
 mod limit;
-mod proxy;
+mod pipeline;
 mod rate;
 mod resolve;
 mod spend;
 mod stream;
 mod transparent;
+mod tunnel;
 mod upstream;
 mod usage;
 
@@ -69,13 +72,13 @@ pub mod fuzz_api {
 
     /// `host[:port]` as in a CONNECT target, an absolute-form URL or a Host header.
     pub fn split_authority(s: &str) -> Result<(Host, Option<u16>), String> {
-        crate::proxy::split_authority(s)
+        crate::head::split_authority(s)
     }
 
     /// The checks on a request head before it is decided (method case, framing).
     pub fn check_head(method: &http::Method, headers: &http::HeaderMap) -> Result<(), String> {
-        crate::proxy::check_method(method)?;
-        crate::proxy::check_framing(headers)
+        crate::head::check_method(method)?;
+        crate::head::check_framing(headers)
     }
 
     /// A DNS query: `(id, name, qtype)`, or the id to answer FORMERR to.
@@ -130,7 +133,6 @@ async fn flush_spend(inner: Arc<Inner>) {
     let Some(store) = inner.spend_store.get().cloned() else { return };
     let _ = tokio::task::spawn_blocking(move || inner.spend.flush(&store)).await;
 }
-use crate::proxy::{ConnCtx, ConnKind};
 
 /// A profile's name as the gateway keys it (the daemon validates names).
 pub type ProfileName = Arc<str>;
@@ -494,7 +496,7 @@ impl Gateway {
                 .network
                 .rules
                 .iter()
-                .map(|r| format!("network.rule[{}] ({}:{})", r.index, profile.file.display(), r.line))
+                .map(|r| Arc::from(format!("network.rule[{}] ({}:{})", r.index, profile.file.display(), r.line)))
                 .collect(),
             body,
             scan: None,
@@ -644,18 +646,7 @@ impl Gateway {
     pub fn serve_proxy(&self, listener: TcpListener, profile: ProfileName) -> JoinHandle<()> {
         let inner = self.inner.clone();
         inner.start_folder();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _peer)) = listener.accept().await else {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                };
-                let Some(slot) = inner.admit_connection(&profile, "proxy") else { continue };
-                let _ = tcp.set_nodelay(true);
-                let conn = Arc::new(ConnCtx { profile: profile.clone(), kind: ConnKind::Proxy, _slot: Arc::new(slot) });
-                tokio::spawn(inner.clone().serve_http(tcp, conn));
-            }
-        })
+        tokio::spawn(accept::serve(inner, listener, profile, accept::Door::Proxy))
     }
 
     /// The transparent listener (connections redirected by nft) for `profile`.
@@ -673,7 +664,7 @@ impl Gateway {
     ) -> JoinHandle<()> {
         let inner = self.inner.clone();
         inner.start_folder();
-        tokio::spawn(transparent::serve(inner, listener, profile, dst))
+        tokio::spawn(accept::serve(inner, listener, profile, accept::Door::Transparent(dst)))
     }
 
     /// The DNS resolver (UDP and TCP) for `profile`; allowed names resolve to

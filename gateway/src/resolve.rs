@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Why no upstream address could be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,35 +80,101 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
-/// Upstream resolution with the SSRF check.
-#[derive(Debug, Clone)]
+/// How long a name's addresses are reused. The system resolver (getaddrinfo) does
+/// not say a record's TTL, so a bound below the TTLs APIs publish (60 s and more):
+/// an address that changes is picked up within this much.
+const POSITIVE_TTL: Duration = Duration::from_secs(30);
+/// How long "does not resolve" is remembered: short, so a name that appears (or a
+/// resolver that comes back) is seen almost at once, yet a loop of requests for a
+/// missing name does not ask the resolver each time.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// Most names remembered; past it, expired entries go, and if none had expired the
+/// whole cache is dropped (an agent naming endless hosts cannot grow gvmd's memory).
+const MAX_CACHED: usize = 4096;
+/// How often the host's own addresses are read again (an interface may come up or
+/// get a new address while gvmd runs; the SSRF check must know it).
+const OWN_REFRESH: Duration = Duration::from_secs(5);
+
+struct Cached {
+    /// Empty: the name did not resolve.
+    ips: Arc<[IpAddr]>,
+    until: Instant,
+}
+
+/// Upstream resolution with the SSRF check. Resolutions are cached (the candidates,
+/// before the check): the check runs on every request, on the addresses it connects to.
 pub(crate) struct Resolver {
     static_hosts: HashMap<String, Vec<IpAddr>>,
-    own: Vec<IpAddr>,
+    own: RwLock<(Arc<[IpAddr]>, Instant)>,
+    cache: Mutex<HashMap<Box<str>, Cached>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").field("static_hosts", &self.static_hosts).finish_non_exhaustive()
+    }
+}
+
+/// The addresses of this host's interfaces.
+fn own_addresses() -> Arc<[IpAddr]> {
+    nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|i| {
+                let a = i.address?;
+                if let Some(v4) = a.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                }
+            })
+            .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Resolver {
     pub(crate) fn new(static_hosts: &HashMap<String, Vec<IpAddr>>) -> Self {
         let static_hosts =
             static_hosts.iter().map(|(k, v)| (k.trim_end_matches('.').to_ascii_lowercase(), v.clone())).collect();
-        let own = nix::ifaddrs::getifaddrs()
-            .map(|it| {
-                it.filter_map(|i| {
-                    let a = i.address?;
-                    if let Some(v4) = a.as_sockaddr_in() {
-                        Some(IpAddr::V4(v4.ip()))
-                    } else {
-                        a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-                    }
-                })
-                .collect()
-            })
-            .unwrap_or_default();
-        Self { static_hosts, own }
+        Self { static_hosts, own: RwLock::new((own_addresses(), Instant::now())), cache: Mutex::new(HashMap::new()) }
     }
 
-    fn forbidden(&self, ip: IpAddr) -> bool {
-        is_internal(ip) || self.own.contains(&ip)
+    /// The host's own addresses, read again when older than [`OWN_REFRESH`].
+    fn own(&self) -> Arc<[IpAddr]> {
+        {
+            let own = self.own.read().unwrap_or_else(|e| e.into_inner());
+            if own.1.elapsed() < OWN_REFRESH {
+                return own.0.clone();
+            }
+        }
+        let fresh = own_addresses();
+        *self.own.write().unwrap_or_else(|e| e.into_inner()) = (fresh.clone(), Instant::now());
+        fresh
+    }
+
+    /// The addresses `host` resolves to (empty: none), from the cache when fresh.
+    async fn lookup(&self, host: &str, port: u16) -> Arc<[IpAddr]> {
+        let now = Instant::now();
+        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(host) {
+            if c.until > now {
+                return c.ips.clone();
+            }
+        }
+        let ips: Arc<[IpAddr]> = match tokio::net::lookup_host((host, port)).await {
+            Ok(it) => it.map(|sa| sa.ip()).collect(),
+            Err(_) => Arc::from([]),
+        };
+        let ttl = if ips.is_empty() { NEGATIVE_TTL } else { POSITIVE_TTL };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            let now = Instant::now();
+            cache.retain(|_, c| c.until > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(host.into(), Cached { ips: ips.clone(), until: Instant::now() + ttl });
+        ips
     }
 
     /// One checked address for `host:port`. `named_by_rule` says whether a rule of the
@@ -123,18 +191,16 @@ impl Resolver {
                 .map(|ip| SocketAddr::new(*ip, port))
                 .ok_or_else(|| ResolveError::NoAddress { host: host.to_string() });
         }
-        let candidates: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => match tokio::net::lookup_host((host, port)).await {
-                Ok(it) => it.map(|sa| sa.ip()).collect(),
-                Err(_) => Vec::new(),
-            },
+        let candidates: Arc<[IpAddr]> = match host.parse::<IpAddr>() {
+            Ok(ip) => Arc::from([ip]),
+            Err(_) => self.lookup(host, port).await,
         };
         if candidates.is_empty() {
             return Err(ResolveError::NoAddress { host: host.to_string() });
         }
-        for ip in &candidates {
-            if !self.forbidden(*ip) || named_by_rule(*ip) {
+        let own = self.own();
+        for ip in candidates.iter() {
+            if !(is_internal(*ip) || own.contains(ip)) || named_by_rule(*ip) {
                 return Ok(SocketAddr::new(*ip, port));
             }
         }
@@ -187,5 +253,29 @@ mod tests {
         assert!(matches!(err, ResolveError::Internal { .. }), "{err}");
         let ok = r.resolve("127.0.0.1", 80, &|ip| ip == IpAddr::from([127, 0, 0, 1])).await.unwrap();
         assert_eq!(ok.port(), 80);
+        // Cached: the second answer is the same check on the same addresses.
+        let err = r.resolve("localhost", 80, &|_| false).await.unwrap_err();
+        assert!(matches!(err, ResolveError::Internal { .. }), "{err}");
+        let ok = r.resolve("localhost", 8080, &|ip| ip.is_loopback()).await.unwrap();
+        assert!(ok.ip().is_loopback() && ok.port() == 8080, "{ok}");
+    }
+
+    #[tokio::test]
+    async fn missing_names_are_remembered_briefly_and_the_cache_is_bounded() {
+        let r = Resolver::new(&HashMap::new());
+        let err = r.resolve("no-such-name.invalid", 80, &|_| true).await.unwrap_err();
+        assert!(matches!(err, ResolveError::NoAddress { .. }), "{err}");
+        let until = r.cache.lock().unwrap().get("no-such-name.invalid").map(|c| c.until).unwrap();
+        assert!(until <= Instant::now() + NEGATIVE_TTL);
+        {
+            let mut cache = r.cache.lock().unwrap();
+            for i in 0..MAX_CACHED {
+                let until = Instant::now() + POSITIVE_TTL;
+                cache.insert(format!("h{i}.example").into(), Cached { ips: Arc::from([]), until });
+            }
+        }
+        let _ = r.resolve("localhost", 80, &|_| true).await.unwrap();
+        let cache = r.cache.lock().unwrap();
+        assert!(cache.len() <= MAX_CACHED && cache.contains_key("localhost"), "{}", cache.len());
     }
 }

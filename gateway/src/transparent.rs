@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use gvm_policy::Host;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::answer::Described;
+use crate::head::Target;
 use crate::limit::Slot;
-use crate::proxy::{ConnCtx, ConnKind, Target, TunnelPlan, Via};
+use crate::pipeline::{ConnCtx, ConnKind, Via};
 use crate::stream::{sniff, Prefixed, Sniffed};
+use crate::tunnel::{connect_described, TunnelPlan};
 use crate::Inner;
 
 /// Where the original destination of a redirected connection comes from.
@@ -43,23 +44,8 @@ impl OriginalDst {
 /// How long to wait for the agent's first bytes (SNI / request line).
 const NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener, profile: Arc<str>, dst: OriginalDst) {
-    loop {
-        let Ok((tcp, _peer)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            continue;
-        };
-        let Some(slot) = inner.admit_connection(&profile, "transparent") else { continue };
-        let _ = tcp.set_nodelay(true);
-        let inner = inner.clone();
-        let profile = profile.clone();
-        tokio::spawn(async move {
-            one(inner, tcp, profile, dst, Arc::new(slot)).await;
-        });
-    }
-}
-
-async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: OriginalDst, slot: Arc<Slot>) {
+/// Serves one redirected connection (from [`crate::accept`]).
+pub(crate) async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: OriginalDst, slot: Arc<Slot>) {
     let Some(orig) = dst.get(&tcp) else {
         let _ = inner
             .note("connect", &profile, "deny", Some("protocol"),
@@ -97,9 +83,9 @@ async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>, dst: Orig
                 }
             };
             let target = Target { tls: true, host, port };
-            let what = Described { method: "CONNECT".into(), url: format!("{}:{port}", target.host.url_form()) };
-            match inner.admit_tunnel(&profile, &target, Via::Transparent, &what).await {
-                Err(_) => {} // recorded; the agent sees the connection close
+            match inner.admit_tunnel(&profile, &target, Via::Transparent).await {
+                // Recorded; the agent sees the connection close.
+                Err(why) => drop(inner.refuse(&profile, &connect_described(&target), why).await),
                 Ok(TunnelPlan::Intercept) => inner.intercept_tls(profile, io, target, Via::Transparent, slot).await,
                 Ok(plan @ TunnelPlan::Splice { .. }) => {
                     inner.tunnel(profile, io, target, plan, Via::Transparent, slot).await;

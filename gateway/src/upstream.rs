@@ -78,37 +78,28 @@ impl Upstreams {
         Self { tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)), idle: Mutex::new(HashMap::new()) }
     }
 
-    /// An idle pooled connection ready for a request, if any.
+    /// A pooled connection ready for a request, if any. Connections still busy with
+    /// an earlier response stay in the pool; closed ones are dropped.
     pub(crate) fn checkout(&self, key: &PoolKey) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
-        let mut found = None;
-        while let Some(s) = list.pop() {
-            if s.is_ready() {
-                found = Some(s);
-                break;
-            }
-        }
+        list.retain(|s| !s.is_closed());
+        let found = list.iter().rposition(SendRequest::is_ready).map(|i| list.swap_remove(i));
         if list.is_empty() {
             idle.remove(key);
         }
         found
     }
 
-    /// Returns `s` to the pool once its current exchange is finished.
-    pub(crate) fn checkin(self: &Arc<Self>, key: PoolKey, mut s: Sender) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if s.ready().await.is_ok() {
-                let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let of_profile: usize =
-                    idle.iter().filter(|(k, _)| k.profile == key.profile).map(|(_, l)| l.len()).sum();
-                let list = idle.entry(key).or_default();
-                if list.len() < IDLE_PER_KEY && of_profile < IDLE_PER_PROFILE {
-                    list.push(s);
-                }
-            }
-        });
+    /// Puts `s` back in the pool at once (no task): it is handed out again by
+    /// [`Upstreams::checkout`] once its current exchange is finished.
+    pub(crate) fn checkin(&self, key: PoolKey, s: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let of_profile: usize = idle.iter().filter(|(k, _)| k.profile == key.profile).map(|(_, l)| l.len()).sum();
+        let list = idle.entry(key).or_default();
+        if list.len() < IDLE_PER_KEY && of_profile < IDLE_PER_PROFILE {
+            list.push(s);
+        }
     }
 
     /// Forgets the idle connections of a profile.

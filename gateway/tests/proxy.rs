@@ -66,8 +66,10 @@ async fn plain_http_allow_and_deny_with_audit() {
     let ev = find_event(&env, "http", "/v1/models").expect("allow event");
     assert_eq!(ev.decision.as_deref(), Some("allow"));
     assert!(ev.rule.as_deref().unwrap().starts_with("network.rule[0]"));
-    // The completion record follows with status and bytes.
-    let done = wait_event(&env, "http.done", "/v1/models").await;
+    // The completion record follows with status and bytes, naming its decision (and
+    // not repeating it).
+    let done = wait_event(&env, "http.done", &format!("\"decision_seq\":{}", ev.seq)).await;
+    assert!(done.details.get("path").is_none() && done.details.get("host").is_none(), "{}", done.details);
     assert_eq!(done.details["status"], 200);
     assert!(done.details["bytes_down"].as_u64().unwrap() > 0);
     assert_eq!(done.details["decision_seq"], ev.seq);
@@ -397,5 +399,53 @@ async fn holds_take_their_ids_from_the_sink_and_a_failing_sink_refuses() {
     );
     let ev = find_event(&env, "http", "could not be queued").unwrap();
     assert_eq!(ev.decision.as_deref(), Some("deny"));
-    assert!(find_event(&env, "http.done", "/v1/charges/10").is_none());
+    assert!(find_event(&env, "http.done", &format!("\"decision_seq\":{}", ev.seq)).is_none());
+    assert!(find_event(&env, "http", "/v1/charges/10").is_some_and(|e| e.decision.as_deref() == Some("deny")));
+}
+
+/// Upstream connections are pooled: sequential requests ride one upstream connection,
+/// handed out again once its response is read; one still streaming a response is never
+/// handed to another request (which gets a connection of its own).
+#[tokio::test]
+async fn upstream_connections_are_reused_once_their_response_is_read() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let env = env(POLICY).await;
+    let counted = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = counted.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = counted.accept().await.unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_upstream(s));
+        }
+    });
+    let host = format!("{HOST}:{port}");
+    let url = |p: &str| format!("http://{host}{p}");
+    let mut a = proxy_conn(&env).await;
+    for _ in 0..10 {
+        assert_eq!(send(&mut a, "GET", &url("/v1/models"), &host, "").await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "ten sequential requests, one upstream connection");
+
+    // A streams its response (3 events, 100 ms apart) and reads none of it yet.
+    let req = http::Request::get(url("/sse"))
+        .header("host", &host)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let streaming = a.send_request(req).await.unwrap();
+    assert_eq!(streaming.status(), 200);
+    let mut b = proxy_conn(&env).await;
+    assert_eq!(send(&mut b, "GET", &url("/v1/models"), &host, "").await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the busy connection was not handed out");
+    use http_body_util::BodyExt;
+    let body = streaming.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("event 2"));
+    // Both are free again: no third connection.
+    for c in [&mut a, &mut b] {
+        assert_eq!(send(c, "GET", &url("/v1/models"), &host, "").await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

@@ -132,10 +132,26 @@ fn allow_deny_and_hold_through_gvmd_are_decided_and_audited() {
 
 #[test]
 fn sigkill_under_load_loses_no_answered_request() {
+    sigkill_under_load(None);
+}
+
+/// Both `[audit] sync` settings keep every answered request's event across a SIGKILL
+/// (WAL: a commit is in the kernel's hands before the answer goes out).
+#[test]
+fn sigkill_under_load_loses_no_answered_request_with_sync_full() {
+    sigkill_under_load(Some("full"));
+}
+
+fn sigkill_under_load(sync: Option<&str>) {
     let dirs = Dirs::new();
     let upstream = Upstream::start(None);
     let proxy = free_port();
     setup(&dirs, &upstream, proxy);
+    if let Some(sync) = sync {
+        let toml = dirs.config.join("gvmd.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(&toml, format!("[audit]\nsync = \"{sync}\"\n\n{text}")).unwrap();
+    }
     let gvmd = Gvmd::start(&dirs);
     let base = format!("http://api.test.example:{}", upstream.port());
 
@@ -184,6 +200,11 @@ fn sigkill_under_load_loses_no_answered_request() {
     );
     let out = gvmctl(&dirs, &["audit", "verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
-    eprintln!("{} answered requests before SIGKILL, all recorded; {}", answered.len(), stdout(&out).trim());
+    eprintln!(
+        "sync={}: {} answered requests before SIGKILL, all recorded; {}",
+        sync.unwrap_or("default"),
+        answered.len(),
+        stdout(&out).trim()
+    );
     drop(gvmd);
 }

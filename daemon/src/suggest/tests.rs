@@ -163,11 +163,9 @@ fn allowed_and_rule_decided_requests_are_skipped() {
 fn exfiltration_and_broad_hosts_are_flagged_never_allowed() {
     let mut big = http(3, "POST", "paste.example", 443, "/upload");
     big.details["scheme"] = json!("https");
-    let mut done = ev(4, "http.done", "watch", big.details.clone());
-    done.details["bytes_up"] = json!(LARGE_UPLOAD + 1);
-    done.details["decision_seq"] = json!(3);
-    let mut small_done = ev(6, "http.done", "watch", http(5, "POST", "once.example", 443, "/x").details);
-    small_done.details["bytes_up"] = json!(100);
+    // Completion records name their decision by seq only (the gateway's form).
+    let done = ev(4, "http.done", "watch", json!({"decision_seq": 3, "bytes_up": LARGE_UPLOAD + 1, "status": 200}));
+    let small_done = ev(6, "http.done", "watch", json!({"decision_seq": 5, "bytes_up": 100, "status": 200}));
     let evs = vec![
         http(1, "GET", "10.1.2.3", 8080, "/x"),
         http(2, "GET", "localhost", 8080, "/x"),

@@ -127,7 +127,7 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
     Ok(r)
 }
 
-async fn serve_upstream<S>(io: S)
+pub async fn serve_upstream<S>(io: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
