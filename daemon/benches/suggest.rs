@@ -6,7 +6,7 @@
 //! SQLite, folding each event into [`Observations`], deciding each distinct request
 //! against the compiled profile, generalising the paths, editing the TOML and diffing.
 //! The traffic: 20 hosts, each with id-bearing paths (`/v1/customers/cus_N`, numbers,
-//! UUID-like), a `/docs/<word>` tree with many siblings, an `http.done` per request and
+//! UUID-like), a `/docs/<word>` tree with many siblings, an `http_done` per request and
 //! a DNS query every 10 requests. Size: GVM_BENCH_SUGGEST_EVENTS; GVM_BENCH_SHOW=1 prints
 //! the diff.
 
@@ -50,7 +50,7 @@ fn events(n: u64) -> Vec<NewEvent> {
             details: d,
         };
         out.push(ev("http", details));
-        out.push(ev("http.done", done));
+        out.push(ev("http_done", done));
         if i % 10 == 0 {
             out.push(ev("dns", json!({"name": host, "qtype": 1, "rcode": "NOERROR"})));
         }

@@ -15,7 +15,7 @@
 //!   `/prefix/**`;
 //! * never a rule for a raw IP address, a single-label host (a top-level domain, or
 //!   `localhost`), or a host seen exactly once with an upload of [`LARGE_UPLOAD`] or
-//!   more (bytes sent, from its `http.done`/`connect.done` event): those look like
+//!   more (bytes sent, from its `http_done`/`connect_done` event): those look like
 //!   exfiltration and are flagged for a human as comments. Hosts seen only in DNS
 //!   queries are listed as comments too;
 //! * every rule is checked against the rebuilt profile: each request it claims to
@@ -75,7 +75,7 @@ pub struct Observations {
     pub decisions: u64,
     /// New files of the agent (workspace-relative), for `[files]` suggestions.
     files: Vec<String>,
-    /// Host of each forwarding decision, by seq: a completion record (`http.done`)
+    /// Host of each forwarding decision, by seq: a completion record (`http_done`)
     /// names its decision by `decision_seq`, not by host.
     host_of_seq: HashMap<u64, String>,
     /// Bytes sent by completion records read before their decision, by decision seq.

@@ -22,7 +22,7 @@
 //! **Audit records.** One *decision* event per request (kind `http`, `connect` or
 //! `dns`), appended and awaited before anything is forwarded or answered: the decision
 //! is never lost. For forwarded requests and tunnels a *completion* event
-//! (`http.done` / `connect.done`, `details.decision_seq` pointing at the decision)
+//! (`http_done` / `connect_done`, `details.decision_seq` pointing at the decision)
 //! follows when the exchange ends, with status, bytes up/down and duration. It is
 //! queued with `Audit::append_nowait`, not awaited (it would add a disk flush to every
 //! response): it is committed together with the next decision, or at most 50 ms later,

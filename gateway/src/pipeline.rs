@@ -342,7 +342,7 @@ impl Inner {
         let upgrade = head::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let leak_details = state.scan.is_some().then_some(details);
-        let done = Arc::new(self.completion("http", &profile, &ruling, seq, start));
+        let done = Arc::new(self.completion(gvm_api::EventKind::HttpDone, &profile, &ruling, seq, start));
 
         let (mut parts, body) = req.into_parts();
         head::strip_hop(&mut parts.headers, upgrade);
@@ -615,7 +615,7 @@ impl Inner {
     /// the decision event that `decision_seq` names, not copied here.
     pub(crate) fn completion(
         &self,
-        kind: &str,
+        kind: gvm_api::EventKind,
         profile: &str,
         ruling: &Ruling,
         seq: u64,
@@ -624,7 +624,7 @@ impl Inner {
         let audit = self.audit.clone();
         let ev = gvm_audit::NewEvent {
             profile: Some(profile.to_string()),
-            kind: format!("{kind}.done"),
+            kind: kind.as_str().to_string(),
             decision: Some(ruling.audit_decision().to_string()),
             rule: ruling.rule.as_deref().map(str::to_owned),
             details: Value::Null,

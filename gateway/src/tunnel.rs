@@ -118,7 +118,7 @@ impl Inner {
                     .record("connect", profile, ruling.audit_decision(), ruling.rule.as_deref(), &details)
                     .await
                     .map_err(Refusal::Unrecorded)?;
-                let done = self.completion("connect", profile, &ruling, seq, Instant::now());
+                let done = self.completion(gvm_api::EventKind::ConnectDone, profile, &ruling, seq, Instant::now());
                 Ok(TunnelPlan::Splice { addr, done: Arc::new(done) })
             }
         }

@@ -301,12 +301,12 @@ per = "day"
     let r = send(&mut c, "POST", &url("/llm/json"), &host, "{}").await;
     assert_eq!(r.status, 429, "the money budget is spent: {}", r.body);
     // The completion records say what each response cost.
-    let done = wait_event(&env, "http.done", "\"input_tokens\":1000").await;
+    let done = wait_event(&env, "http_done", "\"input_tokens\":1000").await;
     assert_eq!(
         done.details["usage"],
         serde_json::json!({ "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 200, "cost": 0.0045 })
     );
-    let unread = wait_event(&env, "http.done", "\"unread\"").await;
+    let unread = wait_event(&env, "http_done", "\"unread\"").await;
     assert_eq!(unread.details["usage"]["cost"], 1.0);
 }
 

@@ -68,7 +68,7 @@ async fn plain_http_allow_and_deny_with_audit() {
     assert!(ev.rule.as_deref().unwrap().starts_with("network.rule[0]"));
     // The completion record follows with status and bytes, naming its decision (and
     // not repeating it).
-    let done = wait_event(&env, "http.done", &format!("\"decision_seq\":{}", ev.seq)).await;
+    let done = wait_event(&env, "http_done", &format!("\"decision_seq\":{}", ev.seq)).await;
     assert!(done.details.get("path").is_none() && done.details.get("host").is_none(), "{}", done.details);
     assert_eq!(done.details["status"], 200);
     assert!(done.details["bytes_down"].as_u64().unwrap() > 0);
@@ -399,7 +399,7 @@ async fn holds_take_their_ids_from_the_sink_and_a_failing_sink_refuses() {
     );
     let ev = find_event(&env, "http", "could not be queued").unwrap();
     assert_eq!(ev.decision.as_deref(), Some("deny"));
-    assert!(find_event(&env, "http.done", &format!("\"decision_seq\":{}", ev.seq)).is_none());
+    assert!(find_event(&env, "http_done", &format!("\"decision_seq\":{}", ev.seq)).is_none());
     assert!(find_event(&env, "http", "/v1/charges/10").is_some_and(|e| e.decision.as_deref() == Some("deny")));
 }
 
