@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fake_llm;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
