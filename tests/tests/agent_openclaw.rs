@@ -1,0 +1,290 @@
+//! OpenClaw for real under gvm: the npm package `openclaw` on Node 24 (the npm package
+//! `node@24`), installed from the registry into a cache shared by runs on this machine,
+//! configured with the shipped `policies/openclaw.toml`, driven by the fake
+//! OpenAI-compatible model server over HTTPS (gvm intercepts it: Node trusts gvm's CA
+//! through NODE_EXTRA_CA_CERTS, and swaps the key placeholder for the key). The model asks
+//! OpenClaw's own tools to read a file, read `.env`, call an allowed API through the proxy,
+//! call a denied one past the proxy, fetch from Node with the proxy variables ignored, and
+//! write a report. Asserted as a user sees it: the task finished, the report waits in
+//! `gvmctl changes`, the denial is in the audit log with its rule, `.env` and the key never
+//! reached the model, and nothing else left the sandbox. Once under `gvmctl run`, once as
+//! `gvm-agent@P` in a throwaway systemd. Privileged (root), and needs the npm registry
+//! the first time (the install is cached in /var/cache/gvm-test-agents).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::agent::*;
+use common::fake_llm::*;
+use common::*;
+use serde_json::{json, Value};
+
+const OPENCLAW_VERSION: &str = "2026.9.6";
+/// OpenClaw needs Node >=24.16 <25.
+const NODE_VERSION: &str = "24.21.0";
+/// Where the install is cached between runs (readable by every agent user).
+const CACHE: &str = "/var/cache/gvm-test-agents";
+/// How long a fresh install may take before the test fails.
+const INSTALL_LIMIT: Duration = Duration::from_secs(900);
+
+/// The key gvm injects; the agent only ever holds its placeholder.
+const KEY: &str = "sk-test-openclaw-real-key-7f3a9c";
+/// A value in the workspace's `.env`, which the profile masks.
+const DOTENV_VALUE: &str = "sk-dotenv-must-not-leave-51c2e8";
+
+/// OpenClaw and its Node, installed once per version under [`CACHE`]: npm installs into a
+/// temporary directory that is renamed into place when complete, under `flock` (parallel
+/// tests wait for one install instead of racing), bounded by `timeout`.
+fn openclaw_install() -> PathBuf {
+    let dir = Path::new(CACHE).join(format!("openclaw-{OPENCLAW_VERSION}-node-{NODE_VERSION}"));
+    if dir.join("node_modules/.bin/openclaw").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(CACHE).unwrap();
+    let d = dir.display();
+    // Node first: OpenClaw's own install scripts refuse an older node on PATH.
+    let script = format!(
+        "set -eu\n\
+         [ -e '{d}/node_modules/.bin/openclaw' ] && exit 0\n\
+         rm -rf '{d}.partial'\n\
+         mkdir -p '{d}.partial'\n\
+         npm install --no-audit --no-fund --loglevel=error --prefix '{d}.partial' node@{NODE_VERSION}\n\
+         PATH='{d}.partial/node_modules/.bin':\"$PATH\" npm install --no-audit --no-fund --loglevel=error \
+             --prefix '{d}.partial' openclaw@{OPENCLAW_VERSION}\n\
+         chmod -R a+rX '{d}.partial'\n\
+         mv '{d}.partial' '{d}'\n"
+    );
+    let mut cmd = Command::new("flock");
+    cmd.arg(format!("{d}.lock")).args(["timeout", &INSTALL_LIMIT.as_secs().to_string(), "sh", "-c", &script]);
+    let ran = output_within(cmd, INSTALL_LIMIT + Duration::from_secs(60));
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "installing openclaw@{OPENCLAW_VERSION} with node@{NODE_VERSION} from npm failed: {ran:#?}"
+    );
+    let version = Command::new(dir.join("node_modules/.bin/node")).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("v{NODE_VERSION}"));
+    dir
+}
+
+/// What the test's model asks of OpenClaw (its tools are `read`, `write` and `exec`),
+/// one tool call per turn, then the final answer.
+fn script(api_port: u16, node: &Path) -> Vec<Turn> {
+    let exec = |what: &str, command: String| {
+        Turn::Tools(vec![Call::new(what, named(&["exec"]), move |t| json!({ t.param(&["command"]): command.clone() }))])
+    };
+    let read = |what: &str, path: &'static str| {
+        Turn::Tools(vec![Call::new(what, named(&["read"]), move |t| json!({ t.param(&["path"]): path }))])
+    };
+    let node = node.display().to_string();
+    vec![
+        read("read the input", "input.txt"),
+        read("read .env", ".env"),
+        exec(
+            "the key variable OpenClaw holds, and the allowed API through the proxy",
+            format!(
+                "v=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep '^OPENAI_API_KEY=' | sort -u); \
+                 case \"$v\" in OPENAI_API_KEY=gvm-secret-openai-*) [ \"$(echo \"$v\" | wc -l)\" = 1 ] && echo key-is-a-placeholder;; \
+                 *) echo key-is-not-a-placeholder;; esac; \
+                 curl -s http://api.test.example:{api_port}/ok.txt"
+            ),
+        ),
+        exec(
+            "a denied API past the proxy",
+            format!("curl -s --noproxy '*' -w ' status=%{{http_code}}' http://api.test.example:{api_port}/admin/users"),
+        ),
+        exec(
+            "Node's fetch with the proxy variables ignored",
+            format!(
+                "env -u NODE_USE_ENV_PROXY -u HTTP_PROXY -u http_proxy {node} -e \
+                 'fetch(\"http://api.test.example:{api_port}/ok.txt\").then(r => r.text()).then(t => console.log(\"node-fetch:\", t))'"
+            ),
+        ),
+        exec("a child process tree: git", "cd /tmp && git init -q g && cd g && git status --short && echo git-ok".into()),
+        Turn::Tools(vec![Call::new("write the report", named(&["write"]), |t| {
+            json!({ t.param(&["path"]): "report.md", t.param(&["content"]): "# Widgets\n42 widgets counted.\n" })
+        })]),
+        Turn::Text("Report written to report.md.".into()),
+    ]
+}
+
+/// The shipped profile, made to run here: the cached install instead of /opt/openclaw,
+/// the test's workspace, secret file and command, the fake model's host bound to the
+/// key, and rules for the fake model and the test API.
+fn profile(install: &Path, ws: &Path, secrets: &Path, command: &[String], llm_port: u16, api_port: u16) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let shipped = std::fs::read_to_string(repo.join("policies/openclaw.toml")).unwrap();
+    let mut out = String::new();
+    for line in shipped.lines() {
+        let line = if line.starts_with("command = ") {
+            format!("command = {}", json!(command))
+        } else if line.starts_with("workspaces = ") {
+            format!("workspaces = [{{ path = \"{}\", mode = \"overlay\" }}]", ws.display())
+        } else if line.starts_with("openai = ") {
+            line.replace("/etc/gvm/secrets/", &format!("{}/", secrets.display()))
+                .replace("hosts = [\"api.openai.com\"]", "hosts = [\"api.openai.com\", \"llm.test.example\"]")
+        } else {
+            line.replace("/opt/openclaw", &install.display().to_string())
+        };
+        out.push_str(&line);
+        out.push('\n');
+        if line == "# --- Model providers: keep the one you use, delete the others. ---------------------" {
+            out.push_str(&format!(
+                "\n[[network.rule]]\ncomment = \"the test's model\"\nhost = \"llm.test.example\"\nport = {llm_port}\n\
+                 methods = [\"POST\"]\npath = \"/v1/chat/completions\"\naction = \"allow\"\n\n\
+                 [[network.rule]]\ncomment = \"the test's allowed API\"\nhost = \"api.test.example\"\nport = {api_port}\n\
+                 methods = [\"GET\"]\npath = \"/ok.txt\"\naction = \"allow\"\n\n\
+                 [[network.rule]]\ncomment = \"the test's forbidden API\"\nhost = \"api.test.example\"\n\
+                 path = \"/admin/**\"\naction = \"deny\"\n"
+            ));
+        }
+    }
+    assert!(out.contains("llm.test.example\"]"), "the shipped profile's openai secret line changed:\n{out}");
+    out
+}
+
+/// OpenClaw's config (in a file the agent reads): the fake model as an OpenAI-compatible
+/// provider over HTTPS, its key from the placeholder variable gvm sets.
+fn openclaw_config(llm_port: u16) -> String {
+    json!({
+        "agents": {"defaults": {"model": {"primary": format!("gvmtest/{MODEL}")}}},
+        "models": {"mode": "merge", "providers": {"gvmtest": {
+            "baseUrl": format!("https://llm.test.example:{llm_port}/v1"),
+            "apiKey": "${OPENAI_API_KEY}",
+            "api": "openai-completions",
+            "models": [{"id": MODEL, "name": "gvm test model", "reasoning": false, "input": ["text"],
+                        "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
+                        "contextWindow": 128000, "maxTokens": 4096}],
+        }}},
+    })
+    .to_string()
+}
+
+/// The workspace as the user left it: an input, and a `.env` the agent must not read.
+fn fill_workspace(ws: &Path) {
+    std::fs::write(ws.join("input.txt"), "42 widgets in the inventory\n").unwrap();
+    std::fs::write(ws.join(".env"), format!("OPENAI_API_KEY={DOTENV_VALUE}\n")).unwrap();
+}
+
+/// The command of one headless OpenClaw task.
+fn openclaw_task(install: &Path, config: &Path, ws: &Path) -> Vec<String> {
+    let bin = install.join("node_modules/.bin");
+    [
+        bin.join("node").display().to_string(),
+        bin.join("openclaw").display().to_string(),
+        "agent".into(),
+        "exec".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--cwd".into(),
+        ws.display().to_string(),
+        "--json".into(),
+        "Count the widgets in input.txt and write report.md.".into(),
+    ]
+    .to_vec()
+}
+
+/// What the model saw and what gvm recorded, asserted the same way for both supervisors.
+/// `events`: the profile's audit events.
+fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Upstream) {
+    assert!(llm.errors().is_empty(), "{:?}", llm.errors());
+    let results = llm.tool_results();
+    let text: Vec<&str> = results.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(results.len(), 7, "every tool call came back: {results:#?}");
+    assert!(text[0].contains("42 widgets in the inventory"), "read input.txt: {}", text[0]);
+    assert!(!text[1].contains(DOTENV_VALUE), ".env was readable: {}", text[1]);
+    // (Printing the placeholder itself would put it in the next model request's body,
+    // which gvm refuses as a placeholder smuggled out: class 9.)
+    assert!(text[2].contains("key-is-a-placeholder") && text[2].contains("ok /ok.txt"), "{}", text[2]);
+    assert!(text[3].contains("gvm denied this request") && text[3].contains("status=403"), "{}", text[3]);
+    assert!(text[4].contains("node-fetch: ok /ok.txt"), "Node's fetch without the proxy: {}", text[4]);
+    assert!(text[5].contains("git-ok"), "git in the exec tool: {}", text[5]);
+    assert!(text[6].to_lowercase().contains("wrote"), "the write tool: {}", text[6]);
+
+    // The model got the key from gvm on every request, never `.env`'s value.
+    let chats = llm.chats();
+    assert_eq!(chats.len(), 8, "one chat request per turn");
+    for c in &chats {
+        assert_eq!(c.header("authorization"), Some(format!("Bearer {KEY}").as_str()), "gvm swapped the placeholder");
+        assert!(c.json["stream"] == true, "OpenClaw streams: {}", c.json);
+    }
+    assert!(!llm.received(DOTENV_VALUE), ".env's value reached the model");
+
+    // The API saw the two allowed requests and never the denied one.
+    let seen = api.seen();
+    assert_eq!(seen.iter().filter(|l| l.starts_with("GET /ok.txt ")).count(), 2, "{seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("/admin")), "{seen:?}");
+
+    // The audit log: the denial with its rule, the ways each request came.
+    let http: Vec<&Value> = events.iter().filter(|e| e["kind"] == "http").collect();
+    let denied: Vec<&&Value> = http.iter().filter(|e| e["decision"] == "deny").collect();
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    let d = denied[0];
+    assert_eq!(d["details"]["path"], "/admin/users", "{d:#}");
+    assert_eq!(d["details"]["via"], "transparent", "curl --noproxy is caught by the transparent listener: {d:#}");
+    assert!(d["rule"].as_str().is_some_and(|r| r.starts_with("network.rule[") && r.contains(".toml:")), "{d:#}");
+    let vias: Vec<(&str, &str)> = http
+        .iter()
+        .filter(|e| e["details"]["path"] == "/ok.txt")
+        .map(|e| (e["decision"].as_str().unwrap_or(""), e["details"]["via"].as_str().unwrap_or("")))
+        .collect();
+    assert!(vias.contains(&("allow", "proxy")) && vias.contains(&("allow", "transparent")), "{vias:?}");
+    // Nothing else left the sandbox: every decided request went to the model or the API.
+    for e in events.iter().filter(|e| ["http", "connect"].contains(&e["kind"].as_str().unwrap_or(""))) {
+        let host = e["details"]["host"].as_str().unwrap_or("");
+        assert!(host == "llm.test.example" || host == "api.test.example", "unexpected egress: {e:#}");
+    }
+    let chats_audited = http.iter().filter(|e| e["details"]["path"] == "/v1/chat/completions").count();
+    assert_eq!(chats_audited, chats.len(), "every model request is audited");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn openclaw_runs_its_task_under_gvmctl_run() {
+    assert_root();
+    let install = openclaw_install();
+    let api = Upstream::start(None);
+    let ca = TestCa::new(&["llm.test.example"]);
+    let node = install.join("node_modules/.bin/node");
+    let llm = FakeLlm::start(script(api.port(), &node), Some(ca.server.clone()));
+    // Outside /tmp: the agent gets a private /tmp, and reads its config from here.
+    let mut sb = Sandboxed::outside_tmp("oc");
+    let root = sb.dirs.root.path().to_path_buf();
+    fill_workspace(&sb.ws);
+    let secrets = root.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("openai"), KEY).unwrap();
+    std::fs::write(root.join("llm-ca.pem"), &ca.ca_pem).unwrap();
+    let config = root.join("openclaw.json");
+    std::fs::write(&config, openclaw_config(llm.port())).unwrap();
+    let task = openclaw_task(&install, &config, &sb.ws);
+    let gvmd_toml = format!(
+        "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
+        root.join("llm-ca.pem").display()
+    );
+    let text = profile(&install, &sb.ws, &secrets, &task, llm.port(), api.port());
+    sb.start(&gvmd_toml, &text, &[]);
+
+    let argv: Vec<&str> = task.iter().map(String::as_str).collect();
+    let ran = sb.run(&argv);
+    assert_eq!(ran.code, Some(0), "{ran:#?}\n{}", sb.gvmd().log_text());
+    let out: Value = serde_json::from_str(ran.out.trim()).unwrap_or_else(|e| panic!("{e}: {ran:#?}"));
+    assert_eq!(out["status"], "ok", "{out:#}");
+    assert_eq!(out["final"], "Report written to report.md.", "{out:#}");
+    assert_task_seen_as_a_user_sees_it(&llm, &sb.events(""), &api);
+
+    // The report waits for review; the real workspace is untouched.
+    assert!(!sb.ws.join("report.md").exists());
+    let changes = gvmctl(&sb.dirs, &["changes", &sb.profile, "--json"]);
+    let changes: Vec<Value> = serde_json::from_slice(&changes.stdout).unwrap();
+    let report: Vec<&Value> =
+        changes.iter().filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with("report.md"))).collect();
+    assert_eq!(report.len(), 1, "{changes:#?}");
+    assert_eq!(report[0]["class"], "review", "{changes:#?}");
+    assert_eq!(std::fs::read_to_string(sb.upper().join("report.md")).unwrap(), "# Widgets\n42 widgets counted.\n");
+    let summary = ran.summary().to_string();
+    assert!(summary.contains("1 denied") && summary.contains("gvmctl changes"), "{summary}");
+}
