@@ -288,3 +288,104 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     let summary = ran.summary().to_string();
     assert!(summary.contains("1 denied") && summary.contains("gvmctl changes"), "{summary}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
+    assert_root();
+    let install = openclaw_install();
+    let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    // gvmd's state (the overlay upper dirs cannot live on the instance's overlay root) and
+    // the workspace are host directories bound in.
+    let state = tempfile::Builder::new().prefix("gvm-sd-state-").tempdir().unwrap();
+    let workspace = tempfile::Builder::new().prefix("gvm-sd-ws-").tempdir().unwrap();
+    std::fs::set_permissions(workspace.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    fill_workspace(workspace.path());
+    let sd = common::systemd::Systemd::boot(&[&bin_dir, state.path(), workspace.path()]);
+    let root = sd.root();
+    let (gvmd, gvmctl) = (bin("gvmd").display().to_string(), bin("gvmctl").display().to_string());
+
+    // The fake model and the API listen on the instance's loopback (its own netns), where
+    // its gvmd's gateway reaches 127.0.0.1.
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", sd.pid())).unwrap();
+    let ca = TestCa::new(&["llm.test.example"]);
+    let node = install.join("node_modules/.bin/node");
+    let server = ca.server.clone();
+    let (llm, api) = std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let api = Upstream::start(None);
+        (FakeLlm::start(script(api.port(), &node), Some(server)), api)
+    })
+    .join()
+    .unwrap();
+
+    for unit in ["gvmd.service", "gvm-agent@.service"] {
+        let text =
+            std::fs::read_to_string(repo.join("units").join(unit)).unwrap().replace("/usr/local/bin/gvmd", &gvmd);
+        std::fs::write(root.join("etc/systemd/system").join(unit), text).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc/systemd/system/gvmd.service.d")).unwrap();
+    std::fs::write(
+        root.join("etc/systemd/system/gvmd.service.d/test.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart={gvmd} --foreground --config-dir /etc/gvm --state-dir {} --runtime-dir /run/gvm\n",
+            state.path().display()
+        ),
+    )
+    .unwrap();
+    let etc = root.join("etc/gvm");
+    std::fs::create_dir_all(etc.join("profiles")).unwrap();
+    std::fs::create_dir_all(etc.join("secrets")).unwrap();
+    std::fs::write(etc.join("secrets/openai"), KEY).unwrap();
+    std::fs::set_permissions(etc.join("secrets/openai"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(etc.join("llm-ca.pem"), &ca.ca_pem).unwrap();
+    std::fs::write(
+        etc.join("gvmd.toml"),
+        "[gateway]\nextra_roots = [\"/etc/gvm/llm-ca.pem\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
+    // OpenClaw's config where the agent can read it (not under /etc/gvm, which is hidden).
+    std::fs::create_dir_all(root.join("srv/openclaw")).unwrap();
+    std::fs::write(root.join("srv/openclaw/openclaw.json"), openclaw_config(llm.port())).unwrap();
+    let task = openclaw_task(&install, Path::new("/srv/openclaw/openclaw.json"), workspace.path());
+    let text = profile(&install, workspace.path(), Path::new("/etc/gvm/secrets"), &task, llm.port(), api.port());
+    std::fs::write(etc.join("profiles/openclaw.toml"), text).unwrap();
+    sd.sh("systemctl daemon-reload && systemctl start gvmd.service");
+
+    // The way a user starts it; the unit ends when OpenClaw's task does.
+    let started = std::time::Instant::now();
+    sd.sh("systemctl start gvm-agent@openclaw.service");
+    let settle = Duration::from_secs(180);
+    sd.wait_for(
+        "systemctl show -p ActiveState,SubState --value gvm-agent@openclaw.service",
+        "the task to end",
+        settle,
+        |t| t.lines().next() == Some("inactive") || t.lines().next() == Some("failed"),
+    );
+    let took = started.elapsed();
+    let journal = sd.sh("journalctl -u gvm-agent@openclaw.service -o cat --no-pager");
+    let status = sd.sh("systemctl show -p ExecMainStatus --value gvm-agent@openclaw.service");
+    let gvmd_log = sd.sh("journalctl -u gvmd.service -o cat --no-pager | tail -30");
+    assert_eq!(status.trim(), "0", "OpenClaw's exit status\n{journal}\n{gvmd_log}");
+    assert!(journal.contains("\"final\": \"Report written to report.md.\""), "{journal}");
+    eprintln!("openclaw task as gvm-agent@openclaw: {took:?} from systemctl start to the unit's end");
+
+    let out = sd.sh(&format!("{gvmctl} audit log --profile openclaw --json --limit 100000"));
+    let events: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_task_seen_as_a_user_sees_it(&llm, &events, &api);
+
+    // The report waits for review; the real workspace is untouched.
+    assert!(!workspace.path().join("report.md").exists());
+    let out = sd.sh(&format!("{gvmctl} changes openclaw --json"));
+    let changes: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        changes.iter().any(|c| c["path"].as_str().is_some_and(|p| p.ends_with("report.md")) && c["class"] == "review"),
+        "{out}"
+    );
+    // The unit's stop left no namespace behind.
+    let netns = sd.sh("ls /run/gvm/netns/ 2>/dev/null || true");
+    assert!(netns.trim().is_empty(), "netns left: {netns}");
+    let out = sd.sh(&format!("{gvmctl} audit verify"));
+    assert!(out.starts_with("ok: "), "{out}");
+}
