@@ -72,7 +72,7 @@ fn openclaw_install() -> PathBuf {
 
 /// What the test's model asks of OpenClaw (its tools are `read`, `write` and `exec`),
 /// one tool call per turn, then the final answer.
-fn script(api_port: u16, node: &Path) -> Vec<Turn> {
+fn script(api_port: u16, tls_api_port: u16, node: &Path) -> Vec<Turn> {
     let exec = |what: &str, command: String| {
         Turn::Tools(vec![Call::new(what, named(&["exec"]), move |t| json!({ t.param(&["command"]): command.clone() }))])
     };
@@ -103,6 +103,13 @@ fn script(api_port: u16, node: &Path) -> Vec<Turn> {
                  'fetch(\"http://api.test.example:{api_port}/ok.txt\").then(r => r.text()).then(t => console.log(\"node-fetch:\", t))'"
             ),
         ),
+        exec(
+            "Node trusting gvm's CA through OpenSSL's store instead of NODE_EXTRA_CA_CERTS",
+            format!(
+                "{node} --use-openssl-ca -e 'fetch(\"https://api.test.example:{tls_api_port}/ok.txt\").then(r => r.text()).then(t => console.log(\"openssl-ca:\", t))'; \
+                 env -u NODE_EXTRA_CA_CERTS {node} --use-system-ca -e 'fetch(\"https://api.test.example:{tls_api_port}/ok.txt\").then(r => r.text()).then(t => console.log(\"system-ca:\", t))'"
+            ),
+        ),
         exec("a child process tree: git", "cd /tmp && git init -q g && cd g && git status --short && echo git-ok".into()),
         Turn::Tools(vec![Call::new("write the report", named(&["write"]), |t| {
             json!({ t.param(&["path"]): "report.md", t.param(&["content"]): "# Widgets\n42 widgets counted.\n" })
@@ -114,7 +121,7 @@ fn script(api_port: u16, node: &Path) -> Vec<Turn> {
 /// The shipped profile, made to run here: the cached install instead of /opt/openclaw,
 /// the test's workspace, secret file and command, the fake model's host bound to the
 /// key, and rules for the fake model and the test API.
-fn profile(install: &Path, ws: &Path, secrets: &Path, command: &[String], llm_port: u16, api_port: u16) -> String {
+fn profile(install: &Path, ws: &Path, secrets: &Path, command: &[String], llm_port: u16) -> String {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let shipped = std::fs::read_to_string(repo.join("policies/openclaw.toml")).unwrap();
     let mut out = String::new();
@@ -135,7 +142,7 @@ fn profile(install: &Path, ws: &Path, secrets: &Path, command: &[String], llm_po
             out.push_str(&format!(
                 "\n[[network.rule]]\ncomment = \"the test's model\"\nhost = \"llm.test.example\"\nport = {llm_port}\n\
                  methods = [\"POST\"]\npath = \"/v1/chat/completions\"\naction = \"allow\"\n\n\
-                 [[network.rule]]\ncomment = \"the test's allowed API\"\nhost = \"api.test.example\"\nport = {api_port}\n\
+                 [[network.rule]]\ncomment = \"the test's allowed API (plain and TLS)\"\nhost = \"api.test.example\"\n\
                  methods = [\"GET\"]\npath = \"/ok.txt\"\naction = \"allow\"\n\n\
                  [[network.rule]]\ncomment = \"the test's forbidden API\"\nhost = \"api.test.example\"\n\
                  path = \"/admin/**\"\naction = \"deny\"\n"
@@ -189,11 +196,11 @@ fn openclaw_task(install: &Path, config: &Path, ws: &Path) -> Vec<String> {
 
 /// What the model saw and what gvm recorded, asserted the same way for both supervisors.
 /// `events`: the profile's audit events.
-fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Upstream) {
+fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Upstream, tls_api: &Upstream) {
     assert!(llm.errors().is_empty(), "{:?}", llm.errors());
     let results = llm.tool_results();
     let text: Vec<&str> = results.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(results.len(), 7, "every tool call came back: {results:#?}");
+    assert_eq!(results.len(), 8, "every tool call came back: {results:#?}");
     assert!(text[0].contains("42 widgets in the inventory"), "read input.txt: {}", text[0]);
     assert!(!text[1].contains(DOTENV_VALUE), ".env was readable: {}", text[1]);
     // (Printing the placeholder itself would put it in the next model request's body,
@@ -201,12 +208,17 @@ fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Ups
     assert!(text[2].contains("key-is-a-placeholder") && text[2].contains("ok /ok.txt"), "{}", text[2]);
     assert!(text[3].contains("gvm denied this request") && text[3].contains("status=403"), "{}", text[3]);
     assert!(text[4].contains("node-fetch: ok /ok.txt"), "Node's fetch without the proxy: {}", text[4]);
-    assert!(text[5].contains("git-ok"), "git in the exec tool: {}", text[5]);
-    assert!(text[6].to_lowercase().contains("wrote"), "the write tool: {}", text[6]);
+    assert!(
+        text[5].contains("openssl-ca: ok /ok.txt") && text[5].contains("system-ca: ok /ok.txt"),
+        "Node's other CA stores: {}",
+        text[5]
+    );
+    assert!(text[6].contains("git-ok"), "git in the exec tool: {}", text[6]);
+    assert!(text[7].to_lowercase().contains("wrote"), "the write tool: {}", text[7]);
 
     // The model got the key from gvm on every request, never `.env`'s value.
     let chats = llm.chats();
-    assert_eq!(chats.len(), 8, "one chat request per turn");
+    assert_eq!(chats.len(), 9, "one chat request per turn");
     for c in &chats {
         assert_eq!(c.header("authorization"), Some(format!("Bearer {KEY}").as_str()), "gvm swapped the placeholder");
         assert!(c.json["stream"] == true, "OpenClaw streams: {}", c.json);
@@ -217,6 +229,8 @@ fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Ups
     let seen = api.seen();
     assert_eq!(seen.iter().filter(|l| l.starts_with("GET /ok.txt ")).count(), 2, "{seen:?}");
     assert!(!seen.iter().any(|l| l.contains("/admin")), "{seen:?}");
+    let seen = tls_api.seen();
+    assert_eq!(seen.iter().filter(|l| l.starts_with("GET /ok.txt ")).count(), 2, "{seen:?}");
 
     // The audit log: the denial with its rule, the ways each request came.
     let http: Vec<&Value> = events.iter().filter(|e| e["kind"] == "http").collect();
@@ -232,6 +246,8 @@ fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Ups
         .map(|e| (e["decision"].as_str().unwrap_or(""), e["details"]["via"].as_str().unwrap_or("")))
         .collect();
     assert!(vias.contains(&("allow", "proxy")) && vias.contains(&("allow", "transparent")), "{vias:?}");
+    let intercepted = vias.iter().filter(|v| **v == ("allow", "intercept")).count();
+    assert_eq!(intercepted, 2, "HTTPS through the proxy, intercepted and decided per request: {vias:?}");
     // Nothing else left the sandbox: every decided request went to the model or the API.
     for e in events.iter().filter(|e| ["http", "connect"].contains(&e["kind"].as_str().unwrap_or(""))) {
         let host = e["details"]["host"].as_str().unwrap_or("");
@@ -247,9 +263,10 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     assert_root();
     let install = openclaw_install();
     let api = Upstream::start(None);
-    let ca = TestCa::new(&["llm.test.example"]);
+    let ca = TestCa::new(&["llm.test.example", "api.test.example"]);
+    let tls_api = Upstream::start(Some(ca.server.clone()));
     let node = install.join("node_modules/.bin/node");
-    let llm = FakeLlm::start(script(api.port(), &node), Some(ca.server.clone()));
+    let llm = FakeLlm::start(script(api.port(), tls_api.port(), &node), Some(ca.server.clone()));
     // Outside /tmp: the agent gets a private /tmp, and reads its config from here.
     let mut sb = Sandboxed::outside_tmp("oc");
     let root = sb.dirs.root.path().to_path_buf();
@@ -265,7 +282,7 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
         "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
         root.join("llm-ca.pem").display()
     );
-    let text = profile(&install, &sb.ws, &secrets, &task, llm.port(), api.port());
+    let text = profile(&install, &sb.ws, &secrets, &task, llm.port());
     sb.start(&gvmd_toml, &text, &[]);
 
     let argv: Vec<&str> = task.iter().map(String::as_str).collect();
@@ -274,7 +291,7 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     let out: Value = serde_json::from_str(ran.out.trim()).unwrap_or_else(|e| panic!("{e}: {ran:#?}"));
     assert_eq!(out["status"], "ok", "{out:#}");
     assert_eq!(out["final"], "Report written to report.md.", "{out:#}");
-    assert_task_seen_as_a_user_sees_it(&llm, &sb.events(""), &api);
+    assert_task_seen_as_a_user_sees_it(&llm, &sb.events(""), &api, &tls_api);
 
     // The report waits for review; the real workspace is untouched.
     assert!(!sb.ws.join("report.md").exists());
@@ -309,13 +326,13 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     // The fake model and the API listen on the instance's loopback (its own netns), where
     // its gvmd's gateway reaches 127.0.0.1.
     let netns = std::fs::File::open(format!("/proc/{}/ns/net", sd.pid())).unwrap();
-    let ca = TestCa::new(&["llm.test.example"]);
+    let ca = TestCa::new(&["llm.test.example", "api.test.example"]);
     let node = install.join("node_modules/.bin/node");
     let server = ca.server.clone();
-    let (llm, api) = std::thread::spawn(move || {
+    let (llm, api, tls_api) = std::thread::spawn(move || {
         nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let api = Upstream::start(None);
-        (FakeLlm::start(script(api.port(), &node), Some(server)), api)
+        let (api, tls_api) = (Upstream::start(None), Upstream::start(Some(server.clone())));
+        (FakeLlm::start(script(api.port(), tls_api.port(), &node), Some(server)), api, tls_api)
     })
     .join()
     .unwrap();
@@ -349,7 +366,7 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     std::fs::create_dir_all(root.join("srv/openclaw")).unwrap();
     std::fs::write(root.join("srv/openclaw/openclaw.json"), openclaw_config(llm.port())).unwrap();
     let task = openclaw_task(&install, Path::new("/srv/openclaw/openclaw.json"), workspace.path());
-    let text = profile(&install, workspace.path(), Path::new("/etc/gvm/secrets"), &task, llm.port(), api.port());
+    let text = profile(&install, workspace.path(), Path::new("/etc/gvm/secrets"), &task, llm.port());
     std::fs::write(etc.join("profiles/openclaw.toml"), text).unwrap();
     sd.sh("systemctl daemon-reload && systemctl start gvmd.service");
 
@@ -373,7 +390,7 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
 
     let out = sd.sh(&format!("{gvmctl} audit log --profile openclaw --json --limit 100000"));
     let events: Vec<Value> = serde_json::from_str(&out).unwrap();
-    assert_task_seen_as_a_user_sees_it(&llm, &events, &api);
+    assert_task_seen_as_a_user_sees_it(&llm, &events, &api, &tls_api);
 
     // The report waits for review; the real workspace is untouched.
     assert!(!workspace.path().join("report.md").exists());
