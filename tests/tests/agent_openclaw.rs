@@ -306,22 +306,63 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     assert!(summary.contains("1 denied") && summary.contains("gvmctl changes"), "{summary}");
 }
 
+/// A throwaway systemd with the built binaries, gvmd's state and a workspace bound in:
+/// host directories, as the overlay upper dirs cannot live on the instance's overlay root.
+/// Bind the three in this order (`let (state, workspace, sd)`): the instance, declared
+/// last, is dropped first, before the directories it has mounted.
+fn boot_instance() -> (tempfile::TempDir, tempfile::TempDir, common::systemd::Systemd) {
+    let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();
+    let state = tempfile::Builder::new().prefix("gvm-sd-state-").tempdir().unwrap();
+    let workspace = tempfile::Builder::new().prefix("gvm-sd-ws-").tempdir().unwrap();
+    std::fs::set_permissions(workspace.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let sd = common::systemd::Systemd::boot(&[&bin_dir, state.path(), workspace.path()]);
+    (state, workspace, sd)
+}
+
+/// gvmd and the agent units installed in the instance `sd` as a user would, gvmd's state
+/// in `state` (a host directory bound in), the key's secret file, the test CA trusted
+/// upstream and the test hosts named. Returns the instance's /etc/gvm.
+fn install_gvm(sd: &common::systemd::Systemd, state: &Path, ca_pem: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let gvmd = bin("gvmd").display().to_string();
+    let root = sd.root();
+    for unit in ["gvmd.service", "gvm-agent@.service"] {
+        let text =
+            std::fs::read_to_string(repo.join("units").join(unit)).unwrap().replace("/usr/local/bin/gvmd", &gvmd);
+        std::fs::write(root.join("etc/systemd/system").join(unit), text).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc/systemd/system/gvmd.service.d")).unwrap();
+    std::fs::write(
+        root.join("etc/systemd/system/gvmd.service.d/test.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart={gvmd} --foreground --config-dir /etc/gvm --state-dir {} --runtime-dir /run/gvm\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let etc = root.join("etc/gvm");
+    std::fs::create_dir_all(etc.join("profiles")).unwrap();
+    std::fs::create_dir_all(etc.join("secrets")).unwrap();
+    std::fs::write(etc.join("secrets/openai"), KEY).unwrap();
+    std::fs::set_permissions(etc.join("secrets/openai"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(etc.join("llm-ca.pem"), ca_pem).unwrap();
+    std::fs::write(
+        etc.join("gvmd.toml"),
+        "[gateway]\nextra_roots = [\"/etc/gvm/llm-ca.pem\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
+    etc
+}
+
 #[test]
 #[ignore = "needs root"]
 fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     assert_root();
     let install = openclaw_install();
-    let bin_dir = bin("gvmd").parent().unwrap().to_path_buf();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    // gvmd's state (the overlay upper dirs cannot live on the instance's overlay root) and
-    // the workspace are host directories bound in.
-    let state = tempfile::Builder::new().prefix("gvm-sd-state-").tempdir().unwrap();
-    let workspace = tempfile::Builder::new().prefix("gvm-sd-ws-").tempdir().unwrap();
-    std::fs::set_permissions(workspace.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (state, workspace, sd) = boot_instance();
     fill_workspace(workspace.path());
-    let sd = common::systemd::Systemd::boot(&[&bin_dir, state.path(), workspace.path()]);
     let root = sd.root();
-    let (gvmd, gvmctl) = (bin("gvmd").display().to_string(), bin("gvmctl").display().to_string());
+    let gvmctl = bin("gvmctl").display().to_string();
 
     // The fake model and the API listen on the instance's loopback (its own netns), where
     // its gvmd's gateway reaches 127.0.0.1.
@@ -337,31 +378,7 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     .join()
     .unwrap();
 
-    for unit in ["gvmd.service", "gvm-agent@.service"] {
-        let text =
-            std::fs::read_to_string(repo.join("units").join(unit)).unwrap().replace("/usr/local/bin/gvmd", &gvmd);
-        std::fs::write(root.join("etc/systemd/system").join(unit), text).unwrap();
-    }
-    std::fs::create_dir_all(root.join("etc/systemd/system/gvmd.service.d")).unwrap();
-    std::fs::write(
-        root.join("etc/systemd/system/gvmd.service.d/test.conf"),
-        format!(
-            "[Service]\nExecStart=\nExecStart={gvmd} --foreground --config-dir /etc/gvm --state-dir {} --runtime-dir /run/gvm\n",
-            state.path().display()
-        ),
-    )
-    .unwrap();
-    let etc = root.join("etc/gvm");
-    std::fs::create_dir_all(etc.join("profiles")).unwrap();
-    std::fs::create_dir_all(etc.join("secrets")).unwrap();
-    std::fs::write(etc.join("secrets/openai"), KEY).unwrap();
-    std::fs::set_permissions(etc.join("secrets/openai"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    std::fs::write(etc.join("llm-ca.pem"), &ca.ca_pem).unwrap();
-    std::fs::write(
-        etc.join("gvmd.toml"),
-        "[gateway]\nextra_roots = [\"/etc/gvm/llm-ca.pem\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
-    )
-    .unwrap();
+    let etc = install_gvm(&sd, state.path(), &ca.ca_pem);
     // OpenClaw's config where the agent can read it (not under /etc/gvm, which is hidden).
     std::fs::create_dir_all(root.join("srv/openclaw")).unwrap();
     std::fs::write(root.join("srv/openclaw/openclaw.json"), openclaw_config(llm.port())).unwrap();
@@ -405,4 +422,44 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     assert!(netns.trim().is_empty(), "netns left: {netns}");
     let out = sd.sh(&format!("{gvmctl} audit verify"));
     assert!(out.starts_with("ok: "), "{out}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn openclaw_crashing_at_start_shows_why_in_its_journal_and_gvmctl_status() {
+    assert_root();
+    let install = openclaw_install();
+    let (state, workspace, sd) = boot_instance();
+    let gvmctl = bin("gvmctl").display().to_string();
+    let ca = TestCa::new(&["llm.test.example"]);
+    let etc = install_gvm(&sd, state.path(), &ca.ca_pem);
+    // A config file cut short: OpenClaw stops at once, saying where.
+    std::fs::create_dir_all(sd.root().join("srv/openclaw")).unwrap();
+    std::fs::write(sd.root().join("srv/openclaw/openclaw.json"), "{ \"models\": { \"providers\": \n").unwrap();
+    let task = openclaw_task(&install, Path::new("/srv/openclaw/openclaw.json"), workspace.path());
+    std::fs::write(
+        etc.join("profiles/openclaw.toml"),
+        profile(&install, workspace.path(), Path::new("/etc/gvm/secrets"), &task, 443),
+    )
+    .unwrap();
+    sd.sh("systemctl daemon-reload && systemctl start gvmd.service");
+    sd.sh("systemctl start gvm-agent@openclaw.service");
+
+    // systemd restarts it (Restart=on-failure); the journal says why it ended.
+    let settle = Duration::from_secs(120);
+    sd.wait_for("systemctl show -p NRestarts --value gvm-agent@openclaw.service", "a restart", settle, |t| {
+        t.trim().parse::<u32>().unwrap_or(0) >= 1
+    });
+    let journal = sd.sh("journalctl -u gvm-agent@openclaw.service -o cat --no-pager");
+    assert!(journal.contains("JSON5: invalid end of input"), "{journal}");
+
+    // gvmctl status: the restart count and how the agent last ended.
+    let out = sd.sh(&format!("{gvmctl} status --json"));
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let agent = status["agents"].as_array().unwrap().iter().find(|a| a["profile"] == "openclaw").unwrap().clone();
+    assert!(agent["restarts"].as_u64().unwrap() >= 1, "{agent:#}");
+    assert_eq!(agent["last_exit"], "exit 1", "{agent:#}");
+    let table = sd.sh(&format!("{gvmctl} status"));
+    assert!(table.contains("LAST EXIT") && table.contains("exit 1"), "{table}");
+    sd.sh(&format!("{gvmctl} stop openclaw"));
 }
