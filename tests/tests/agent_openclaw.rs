@@ -14,7 +14,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::agent::*;
@@ -22,53 +21,10 @@ use common::fake_llm::*;
 use common::*;
 use serde_json::{json, Value};
 
-const OPENCLAW_VERSION: &str = "2026.9.6";
-/// OpenClaw needs Node >=24.16 <25.
-const NODE_VERSION: &str = "24.21.0";
-/// Where the install is cached between runs (readable by every agent user).
-const CACHE: &str = "/var/cache/gvm-test-agents";
-/// How long a fresh install may take before the test fails.
-const INSTALL_LIMIT: Duration = Duration::from_secs(900);
-
 /// The key gvm injects; the agent only ever holds its placeholder.
 const KEY: &str = "sk-test-openclaw-real-key-7f3a9c";
 /// A value in the workspace's `.env`, which the profile masks.
 const DOTENV_VALUE: &str = "sk-dotenv-must-not-leave-51c2e8";
-
-/// OpenClaw and its Node, installed once per version under [`CACHE`]: npm installs into a
-/// temporary directory that is renamed into place when complete, under `flock` (parallel
-/// tests wait for one install instead of racing), bounded by `timeout`.
-fn openclaw_install() -> PathBuf {
-    let dir = Path::new(CACHE).join(format!("openclaw-{OPENCLAW_VERSION}-node-{NODE_VERSION}"));
-    if dir.join("node_modules/.bin/openclaw").exists() {
-        return dir;
-    }
-    std::fs::create_dir_all(CACHE).unwrap();
-    let d = dir.display();
-    // Node first: OpenClaw's own install scripts refuse an older node on PATH.
-    let script = format!(
-        "set -eu\n\
-         [ -e '{d}/node_modules/.bin/openclaw' ] && exit 0\n\
-         rm -rf '{d}.partial'\n\
-         mkdir -p '{d}.partial'\n\
-         npm install --no-audit --no-fund --loglevel=error --prefix '{d}.partial' node@{NODE_VERSION}\n\
-         PATH='{d}.partial/node_modules/.bin':\"$PATH\" npm install --no-audit --no-fund --loglevel=error \
-             --prefix '{d}.partial' openclaw@{OPENCLAW_VERSION}\n\
-         chmod -R a+rX '{d}.partial'\n\
-         mv '{d}.partial' '{d}'\n"
-    );
-    let mut cmd = Command::new("flock");
-    cmd.arg(format!("{d}.lock")).args(["timeout", &INSTALL_LIMIT.as_secs().to_string(), "sh", "-c", &script]);
-    let ran = output_within(cmd, INSTALL_LIMIT + Duration::from_secs(60));
-    assert_eq!(
-        ran.code,
-        Some(0),
-        "installing openclaw@{OPENCLAW_VERSION} with node@{NODE_VERSION} from npm failed: {ran:#?}"
-    );
-    let version = Command::new(dir.join("node_modules/.bin/node")).arg("--version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("v{NODE_VERSION}"));
-    dir
-}
 
 /// What the test's model asks of OpenClaw (its tools are `read`, `write` and `exec`),
 /// one tool call per turn, then the final answer.
@@ -261,7 +217,7 @@ fn assert_task_seen_as_a_user_sees_it(llm: &FakeLlm, events: &[Value], api: &Ups
 #[ignore = "needs root"]
 fn openclaw_runs_its_task_under_gvmctl_run() {
     assert_root();
-    let install = openclaw_install();
+    let install = common::openclaw::install();
     let api = Upstream::start(None);
     let ca = TestCa::new(&["llm.test.example", "api.test.example"]);
     let tls_api = Upstream::start(Some(ca.server.clone()));
@@ -358,7 +314,7 @@ fn install_gvm(sd: &common::systemd::Systemd, state: &Path, ca_pem: &str) -> Pat
 #[ignore = "needs root"]
 fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     assert_root();
-    let install = openclaw_install();
+    let install = common::openclaw::install();
     let (state, workspace, sd) = boot_instance();
     fill_workspace(workspace.path());
     let root = sd.root();
@@ -428,7 +384,7 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
 #[ignore = "needs root"]
 fn openclaw_crashing_at_start_shows_why_in_its_journal_and_gvmctl_status() {
     assert_root();
-    let install = openclaw_install();
+    let install = common::openclaw::install();
     let (state, workspace, sd) = boot_instance();
     let gvmctl = bin("gvmctl").display().to_string();
     let ca = TestCa::new(&["llm.test.example"]);

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod fake_llm;
+pub mod openclaw;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
