@@ -30,9 +30,9 @@ const [url, n] = [process.argv[2], +process.argv[3]];
 const body = JSON.stringify({model: "gvm-fake-model", stream: true, messages: [{role: "user", content: "hi"}]});
 for (let i = 0; i < n; i++) {
   const t = performance.now();
-  const r = await fetch(url, {method: "POST", body, headers: {"content-type": "application/json", authorization: "Bearer sk-bench"}});
+  const r = await fetch(url, {method: "POST", body, headers: {"content-type": "application/json", authorization: "Bearer not-the-key"}});
   const text = await r.text();
-  if (!text.includes("All done")) throw new Error("no answer: " + text.slice(0, 300));
+  if (!text.includes("data: [DONE]")) throw new Error("no answer: " + text.slice(0, 300));
   console.log(((performance.now() - t) / 1000).toFixed(6));
 }
 "#;
@@ -53,7 +53,7 @@ fn config(base: &str) -> String {
     serde_json::json!({
         "agents": {"defaults": {"model": {"primary": format!("bench/{MODEL}")}}},
         "models": {"mode": "merge", "providers": {"bench": {
-            "baseUrl": base, "apiKey": "sk-bench", "api": "openai-completions",
+            "baseUrl": base, "apiKey": "not-the-key", "api": "openai-completions",
             "models": [{"id": MODEL, "name": "bench", "reasoning": false, "input": ["text"],
                         "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
                         "contextWindow": 128000, "maxTokens": 4096}],
@@ -75,7 +75,7 @@ fn main() {
     let ca_file = root.join("llm-ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
     let key = root.join("llm.key");
-    std::fs::write(&key, "sk-bench").unwrap();
+    std::fs::write(&key, "sk-bench-injected-by-gvm").unwrap();
     let client = root.join("client.mjs");
     std::fs::write(&client, CLIENT).unwrap();
     let port = llm.port();
@@ -168,9 +168,10 @@ fn main() {
     let lat = |out: &str| -> Vec<f64> { out.lines().filter_map(|l| l.trim().parse().ok()).collect() };
     let n = REQUESTS.to_string();
     let c = client.to_str().unwrap();
-    let host_lat = lat(&output_within(host_cmd(&[&node, c, &format!("{direct}/chat/completions"), &n]), limit).out);
-    let gvm_lat = lat(&sb.run(&[&node, c, &format!("{gated}/chat/completions"), &n]).out);
-    assert_eq!((host_lat.len(), gvm_lat.len()), (REQUESTS, REQUESTS));
+    let host_ran = output_within(host_cmd(&[&node, c, &format!("{direct}/chat/completions"), &n]), limit);
+    let gvm_ran = sb.run(&[&node, c, &format!("{gated}/chat/completions"), &n]);
+    let (host_lat, gvm_lat) = (lat(&host_ran.out), lat(&gvm_ran.out));
+    assert_eq!((host_lat.len(), gvm_lat.len()), (REQUESTS, REQUESTS), "{host_ran:#?}\n{gvm_ran:#?}");
     let (hf, gf) = (host_lat[0], gvm_lat[0]);
     let (hm, gm) = (median(host_lat[1..].to_vec()), median(gvm_lat[1..].to_vec()));
 
