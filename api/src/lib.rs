@@ -94,6 +94,10 @@ pub struct AgentStatus {
     pub main_pid: Option<u32>,
     pub memory_bytes: Option<u64>,
     pub restarts: u32,
+    /// How the agent's process last ended (`exit 1`, `signal SIGKILL`); None while it
+    /// never ended. With `restarts`, what a user needs to see an agent crash at start.
+    #[serde(default)]
+    pub last_exit: Option<String>,
     pub uptime_secs: Option<u64>,
     /// Requests since the agent started.
     pub allowed: u64,

@@ -157,6 +157,7 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
                     a.main_pid.map(|p| p.to_string()).unwrap_or_else(dash),
                     a.memory_bytes.map(|m| format!("{:.1}M", m as f64 / 1048576.0)).unwrap_or_else(dash),
                     a.restarts.to_string(),
+                    a.last_exit.clone().unwrap_or_else(dash),
                     a.uptime_secs.map(output::duration).unwrap_or_else(dash),
                     format!("{}/{}/{}", a.allowed, a.denied, a.held),
                     a.last_decision.clone().unwrap_or_else(dash),
@@ -165,7 +166,7 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
             .collect();
         println!("Agents (supervised by {}):", s.supervisor);
         output::table(
-            &["AGENT", "STATE", "PID", "MEMORY", "RESTARTS", "UP", "ALLOW/DENY/HOLD", "LAST DECISION"],
+            &["AGENT", "STATE", "PID", "MEMORY", "RESTARTS", "LAST EXIT", "UP", "ALLOW/DENY/HOLD", "LAST DECISION"],
             &rows,
         );
     }

@@ -49,8 +49,14 @@ pub fn launch(args: LaunchArgs) -> Result<i32, LaunchError> {
     }
     let client = gvm_api::client::Client::new(args.socket);
     if args.teardown {
+        // In ExecStopPost= systemd says how the main process ended (`exited` 1, `killed`
+        // KILL): gvmd keeps it for `gvmctl status`.
+        let ended = serde_json::json!({
+            "exit_code": std::env::var("EXIT_CODE").ok(),
+            "exit_status": std::env::var("EXIT_STATUS").ok(),
+        });
         let _: serde_json::Value = client
-            .post(&gvm_api::paths::teardown(&args.profile), None)
+            .post(&gvm_api::paths::teardown(&args.profile), Some(&ended))
             .map_err(|source| LaunchError::Prepare { profile: args.profile.clone(), source })?;
         return Ok(0);
     }

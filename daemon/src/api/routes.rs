@@ -278,9 +278,15 @@ async fn teardown(
     State(d): State<Arc<Daemon>>,
     axum::Extension(peer): axum::Extension<Peer>,
     Path(profile): Path<String>,
+    ended: Option<Json<serde_json::Value>>,
 ) -> Result<Json<serde_json::Value>, ApiFailure> {
     if peer.uid != 0 {
         return Err(ApiFailure::new(StatusCode::FORBIDDEN, "only root may tear a sandbox down", None));
+    }
+    if let Some(how) = ended.and_then(|Json(e)| {
+        crate::supervisor::children::describe_systemd_exit(e["exit_code"].as_str()?, e["exit_status"].as_str()?)
+    }) {
+        d.agents.set_last_exit(&profile, how);
     }
     if d.agents.is_active(&profile) {
         return Err(ApiFailure::new(

@@ -25,7 +25,33 @@ pub struct ChildStatus {
     pub state: gvm_api::AgentState,
     pub pid: Option<u32>,
     pub restarts: u32,
+    /// How the launcher (and so the agent) last ended, as [`describe_exit`] writes it.
+    pub last_exit: Option<String>,
     pub since: Option<SystemTime>,
+}
+
+/// The same from systemd's `$EXIT_CODE` and `$EXIT_STATUS` (`exited` `1`, `killed`
+/// `KILL`, `dumped` `SEGV`).
+pub fn describe_systemd_exit(code: &str, status: &str) -> Option<String> {
+    match code {
+        "exited" => Some(format!("exit {}", status.parse::<i32>().ok()?)),
+        "killed" | "dumped" if !status.is_empty() && status.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            Some(format!("signal SIG{status}"))
+        }
+        _ => None,
+    }
+}
+
+/// `exit N` or `signal SIGNAME`, for `gvmctl status`.
+pub fn describe_exit(code: Option<i32>, signal: Option<i32>) -> Option<String> {
+    match (code, signal) {
+        (Some(c), _) => Some(format!("exit {c}")),
+        (None, Some(s)) => Some(match nix::sys::signal::Signal::try_from(s) {
+            Ok(sig) => format!("signal {}", sig.as_str()),
+            Err(_) => format!("signal {s}"),
+        }),
+        (None, None) => None,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -144,7 +170,14 @@ async fn supervise<F>(
         };
         let stopping = *stopped.borrow();
         let success = exit.as_ref().map(|e| e.success() || e.code() == Some(143)).unwrap_or(false);
-        set(&|s| s.pid = None);
+        let ended = exit.as_ref().ok().and_then(|e| {
+            use std::os::unix::process::ExitStatusExt;
+            describe_exit(e.code(), e.signal())
+        });
+        set(&|s| {
+            s.pid = None;
+            s.last_exit = ended.clone();
+        });
         if stopping || success {
             tracing::info!(gvm_profile = %profile, "agent {profile} stopped ({exit:?})");
             set(&|s| s.state = gvm_api::AgentState::Stopped);
@@ -163,4 +196,19 @@ async fn supervise<F>(
     }
     drop(instance);
     done.await;
+}
+
+#[cfg(test)]
+mod exit_tests {
+    #[test]
+    fn describes_exits_and_signals_by_name() {
+        assert_eq!(super::describe_exit(Some(1), None).as_deref(), Some("exit 1"));
+        assert_eq!(super::describe_exit(None, Some(9)).as_deref(), Some("signal SIGKILL"));
+        assert_eq!(super::describe_exit(None, Some(200)).as_deref(), Some("signal 200"));
+        assert_eq!(super::describe_exit(None, None), None);
+        assert_eq!(super::describe_systemd_exit("exited", "1").as_deref(), Some("exit 1"));
+        assert_eq!(super::describe_systemd_exit("killed", "KILL").as_deref(), Some("signal SIGKILL"));
+        assert_eq!(super::describe_systemd_exit("killed", "K\nILL"), None);
+        assert_eq!(super::describe_systemd_exit("", ""), None);
+    }
 }

@@ -146,6 +146,14 @@ pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
                 s.main_pid = (u.main_pid != 0).then_some(u.main_pid);
                 s.memory_bytes = u.memory;
                 s.restarts = u.restarts;
+                // CLD_EXITED = 1, CLD_KILLED = 2, CLD_DUMPED = 3; systemd resets it when
+                // the next start begins, then what the unit's ExecStopPost told us holds.
+                s.last_exit = match u.exec_main_code {
+                    1 => super::children::describe_exit(Some(u.exec_main_status), None),
+                    2 | 3 => super::children::describe_exit(None, Some(u.exec_main_status)),
+                    _ => None,
+                }
+                .or_else(|| daemon.agents.last_exit(profile));
                 if u.active_enter_usec > 0 && s.state == AgentState::Running {
                     since = Some(SystemTime::UNIX_EPOCH + Duration::from_micros(u.active_enter_usec));
                 }
@@ -156,6 +164,7 @@ pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
                 s.state = c.state;
                 s.main_pid = c.pid;
                 s.restarts = c.restarts;
+                s.last_exit = c.last_exit;
                 since = c.since.filter(|_| s.state == AgentState::Running);
                 s.memory_bytes = c.pid.and_then(tree_rss);
             }

@@ -48,6 +48,9 @@ impl Drop for Prepared {
 pub struct Agents {
     pub prepared: tokio::sync::Mutex<HashMap<String, Prepared>>,
     active: Arc<Mutex<HashSet<String>>>,
+    /// How each unit's agent last ended, as its ExecStopPost told us (systemd forgets it
+    /// as soon as the next start begins, so a restart loop would never show it).
+    last_exits: Mutex<HashMap<String, String>>,
 }
 
 /// Held while an instance of a profile runs; frees the profile when dropped.
@@ -68,6 +71,14 @@ impl Agents {
 
     pub fn is_active(&self, profile: &str) -> bool {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).contains(profile)
+    }
+
+    pub fn set_last_exit(&self, profile: &str, how: String) {
+        self.last_exits.lock().unwrap_or_else(|e| e.into_inner()).insert(profile.to_string(), how);
+    }
+
+    pub fn last_exit(&self, profile: &str) -> Option<String> {
+        self.last_exits.lock().unwrap_or_else(|e| e.into_inner()).get(profile).cloned()
     }
 }
 

@@ -32,6 +32,10 @@ pub struct UnitState {
     pub main_pid: u32,
     pub memory: Option<u64>,
     pub restarts: u32,
+    /// How the main process last ended: systemd's ExecMainCode (a `CLD_*` code, 0 while
+    /// it never ended) and ExecMainStatus (the exit status or the signal number).
+    pub exec_main_code: i32,
+    pub exec_main_status: i32,
     /// CLOCK_REALTIME µs when the unit last became active (0: never).
     pub active_enter_usec: u64,
 }
@@ -116,6 +120,8 @@ impl Systemd {
             main_pid: service.get_property("MainPID").await.unwrap_or(0),
             memory: (memory != u64::MAX).then_some(memory),
             restarts: service.get_property("NRestarts").await.unwrap_or(0),
+            exec_main_code: service.get_property("ExecMainCode").await.unwrap_or(0),
+            exec_main_status: service.get_property("ExecMainStatus").await.unwrap_or(0),
             active_enter_usec: unit.get_property("ActiveEnterTimestamp").await.unwrap_or(0),
         })
     }

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod fake_llm;
 pub mod hermes;
+pub mod openclaw;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
