@@ -15,6 +15,7 @@ use crate::output;
 pub const TEMPLATES: &[(&str, &str, &str)] = &[
     ("hermes", "hermes.toml", include_str!("../../policies/hermes.toml")),
     ("generic", "openai-compatible-agent.toml", include_str!("../../policies/openai-compatible-agent.toml")),
+    ("openclaw", "openclaw.toml", include_str!("../../policies/openclaw.toml")),
 ];
 
 pub struct Args {
@@ -142,7 +143,9 @@ fn render(template: &str, a: &Args, file_name: &str, workspace: Option<&Path>) -
     let body = template
         .replace(&format!("--profile {stem} "), &format!("--profile {} ", a.profile))
         .replace(&format!("gvm-agent@{stem}"), &format!("gvm-agent@{}", a.profile))
-        .replace(&format!("agents/{stem}/"), &format!("agents/{}/", a.profile));
+        .replace(&format!("agents/{stem}/"), &format!("agents/{}/", a.profile))
+        .replace(&format!("profiles/{stem}.toml"), &format!("profiles/{}.toml", a.profile))
+        .replace(&format!("user gvm-{stem}"), &format!("user gvm-{}", a.profile));
     let mut replaced = workspace.is_none();
     for line in body.lines() {
         match (workspace, line.trim_start().starts_with("workspaces = ")) {
@@ -215,6 +218,12 @@ mod tests {
         let out = render(text, &args(None), file, None).unwrap();
         assert!(out.contains("gvm-agent@mybot") && !out.contains("gvm-agent@hermes"), "{out}");
         assert_eq!(template_workspace(text).as_deref(), Some("/srv/hermes"));
+        let (_, file, text) = TEMPLATES.iter().find(|t| t.0 == "openclaw").unwrap();
+        let mut a = args(None);
+        a.from = "openclaw".into();
+        let out = render(text, &a, file, None).unwrap();
+        assert!(out.contains("Linux user gvm-mybot") && out.contains("profiles/mybot.toml"), "{out}");
+        assert!(!out.contains("gvm-openclaw") && !out.contains("profiles/openclaw.toml"), "{out}");
     }
 
     #[test]
