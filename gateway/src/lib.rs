@@ -490,6 +490,7 @@ impl Gateway {
             rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
             rule_costs: profile.network.rules.iter().map(|r| r.cost).collect(),
             rule_tunnel: profile.network.rules.iter().map(|r| !r.intercept).collect(),
+            rule_keys: spend::rule_keys(&profile.network.rules),
             rule_names: profile
                 .network
                 .rules

@@ -20,6 +20,18 @@
 //! ([`crate::Gateway::flush`]). **Crash window**: a crash (not a clean stop) loses up
 //! to the last second of charges, so after it an agent may spend up to one second's
 //! worth of requests again. A clean stop loses nothing.
+//!
+//! **Identity.** A rule's budget is counted under the rule's match ([`rule_keys`]:
+//! host, ports, methods, path), not its position: reordering rules, or adding rules
+//! before it, leaves its spend where it was; changing what it matches makes it another
+//! budget. The profile's `[budget]` is counted under `profile`.
+//!
+//! **Reload.** A reload never gives spend back. A changed limit is compared with the
+//! spend so far (lowering it below the spend exhausts the budget at once). A changed
+//! `per` carries the spend of the period in force when the reload happened into the
+//! new period that contains now: `per = "month"` → `"day"` makes today start with the
+//! month's spend so far; `"day"` → `"month"` makes the month start with today's. The
+//! counter then resets at the end of the new period.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,10 +39,45 @@ use std::sync::Mutex;
 use gvm_policy::{Budget, BudgetPer, Money};
 use time::{Duration, OffsetDateTime};
 
+/// The counter key of each rule's budget, by rule index: `match <host> ports=… methods=…
+/// path=…` (ports and methods sorted, absent parts left out). A second rule with the same
+/// match (which never decides anything) gets ` #2`, and so on.
+pub(crate) fn rule_keys(rules: &[gvm_policy::Rule]) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    rules
+        .iter()
+        .map(|r| {
+            let mut k = format!("match {}", r.host);
+            if !r.ports.is_empty() {
+                let mut ports = r.ports.clone();
+                ports.sort_unstable();
+                ports.dedup();
+                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                k.push_str(&format!(" ports={}", ports.join(",")));
+            }
+            if !r.methods.is_empty() {
+                let mut methods = r.methods.clone();
+                methods.sort();
+                methods.dedup();
+                k.push_str(&format!(" methods={}", methods.join(",")));
+            }
+            if let Some(p) = &r.path {
+                k.push_str(&format!(" path={p}"));
+            }
+            let n = seen.entry(k.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                k.push_str(&format!(" #{n}"));
+            }
+            k
+        })
+        .collect()
+}
+
 /// One budget that applies to a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Applies {
-    /// The counter's key: `profile` or `network.rule[i]`.
+    /// The counter's key: `profile` or the rule's [`rule_keys`] entry.
     pub key: String,
     /// What the agent and the audit log are told: `profile` or
     /// `network.rule[i] (file:line)`.
@@ -118,6 +165,8 @@ impl Exhausted {
 struct Counter {
     /// Start of the period counted (Unix seconds).
     period: i64,
+    /// Its end (Unix seconds); 0 when unknown (a row written before gvm kept it).
+    end: i64,
     spent: Spent,
     /// Charged since the last write to the store.
     dirty: bool,
@@ -160,10 +209,19 @@ pub(crate) fn period(per: BudgetPer, now: OffsetDateTime) -> (OffsetDateTime, Of
     }
 }
 
+impl Counter {
+    /// Does this counter's spend count in the period starting at `start`, at `now`? Yes
+    /// for that very period, and for any period still running at `now` (its `per` was
+    /// changed by a reload: the spend carries over, never given back).
+    fn counts(&self, start: i64, now: i64) -> bool {
+        self.period == start || (self.period <= now && now < self.end)
+    }
+}
+
 impl Spend {
-    fn spent(map: &HashMap<Key, Counter>, profile: &str, a: &Applies, start: OffsetDateTime) -> Spent {
+    fn spent(map: &HashMap<Key, Counter>, profile: &str, a: &Applies, start: OffsetDateTime, now: OffsetDateTime) -> Spent {
         map.get(&(profile.to_string(), a.key.clone()))
-            .filter(|c| c.period == start.unix_timestamp())
+            .filter(|c| c.counts(start.unix_timestamp(), now.unix_timestamp()))
             .map_or_else(Spent::default, |c| c.spent)
     }
 
@@ -176,7 +234,7 @@ impl Spend {
     ) -> Option<Exhausted> {
         budgets.iter().find_map(|a| {
             let (start, end) = period(a.budget.per, now);
-            let spent = Spend::spent(map, profile, a, start);
+            let spent = Spend::spent(map, profile, a, start, now);
             spent.exhausts(&a.budget, cost).then(|| Exhausted {
                 name: a.name.clone(),
                 budget: a.budget,
@@ -249,16 +307,17 @@ impl Spend {
         let mut crossed = Vec::new();
         for a in budgets {
             let (start, end) = period(a.budget.per, now);
-            let start = start.unix_timestamp();
+            let (s, e) = (start.unix_timestamp(), end.unix_timestamp());
             let c = map.entry((profile.to_string(), a.key.clone())).or_insert(Counter {
-                period: start,
+                period: s,
+                end: e,
                 spent: Spent::default(),
                 dirty: false,
             });
-            if c.period != start {
-                c.period = start;
+            if !c.counts(s, now.unix_timestamp()) {
                 c.spent = Spent::default();
             }
+            (c.period, c.end) = (s, e);
             let before = c.spent;
             c.spent.requests += requests;
             c.spent.money = Money(c.spent.money.0.saturating_add(cost.0));
@@ -294,7 +353,7 @@ impl Spend {
             .iter()
             .map(|a| {
                 let (start, end) = period(a.budget.per, now);
-                (Spend::spent(&map, profile, a, start), end)
+                (Spend::spent(&map, profile, a, start, now), end)
             })
             .collect()
     }
@@ -306,7 +365,7 @@ impl Spend {
             .filter(|(_, c)| c.dirty)
             .map(|((p, k), c)| {
                 c.dirty = false;
-                Row { profile: p.clone(), key: k.clone(), period: c.period, spent: c.spent }
+                Row { profile: p.clone(), key: k.clone(), period: c.period, end: c.end, spent: c.spent }
             })
             .collect()
     }
@@ -323,19 +382,12 @@ impl Spend {
         }
     }
 
-    /// Puts loaded rows in place (at start, before any request).
+    /// Puts loaded rows in place (at start, before any request), oldest written first:
+    /// the last row of a counter is its state.
     fn load(&self, rows: Vec<Row>) {
         let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         for r in rows {
-            let c = map.entry((r.profile, r.key)).or_insert(Counter {
-                period: r.period,
-                spent: Spent::default(),
-                dirty: false,
-            });
-            if r.period >= c.period {
-                c.period = r.period;
-                c.spent = r.spent;
-            }
+            map.insert((r.profile, r.key), Counter { period: r.period, end: r.end, spent: r.spent, dirty: false });
         }
     }
 
@@ -358,6 +410,7 @@ struct Row {
     profile: String,
     key: String,
     period: i64,
+    end: i64,
     spent: Spent,
 }
 
@@ -408,6 +461,20 @@ impl SpendStore {
             );",
         )
         .map_err(sql)?;
+        // Columns added later: the period's end (a reload may change `per`) and the
+        // order rows were written in (the last written is the counter's state).
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('spend')")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(sql)?;
+        for (col, ddl) in [
+            ("ends", "ALTER TABLE spend ADD COLUMN ends INTEGER NOT NULL DEFAULT 0"),
+            ("written", "ALTER TABLE spend ADD COLUMN written INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            if !cols.iter().any(|c| c == col) {
+                conn.execute_batch(ddl).map_err(sql)?;
+            }
+        }
         // Periods that ended long ago are history nobody reads: the longest period is a
         // month, so 40 days back is always past.
         let past = OffsetDateTime::now_utc().unix_timestamp() - PRUNE_AFTER_SECS;
@@ -415,21 +482,20 @@ impl SpendStore {
         Ok(SpendStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
 
-    /// The latest period of every (profile, budget).
+    /// Every row, in the order they were last written.
     fn latest(&self) -> Result<Vec<Row>, rusqlite::Error> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn.prepare(
-            "SELECT profile, budget, period, requests, micros FROM spend s
-             WHERE period = (SELECT MAX(period) FROM spend t WHERE t.profile = s.profile AND t.budget = s.budget)",
-        )?;
+        let mut st =
+            conn.prepare("SELECT profile, budget, period, ends, requests, micros FROM spend ORDER BY written, period")?;
         let rows = st.query_map([], |r| {
             Ok(Row {
                 profile: r.get(0)?,
                 key: r.get(1)?,
                 period: r.get(2)?,
+                end: r.get(3)?,
                 spent: Spent {
-                    requests: r.get::<_, i64>(3)?.max(0) as u64,
-                    money: Money(r.get::<_, i64>(4)?.max(0) as u64),
+                    requests: r.get::<_, i64>(4)?.max(0) as u64,
+                    money: Money(r.get::<_, i64>(5)?.max(0) as u64),
                 },
             })
         })?;
@@ -440,14 +506,16 @@ impl SpendStore {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
         {
+            let written: i64 = tx.query_row("SELECT COALESCE(MAX(written), 0) + 1 FROM spend", [], |r| r.get(0))?;
             let mut st = tx.prepare_cached(
-                "INSERT INTO spend (profile, budget, period, requests, micros) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (profile, budget, period) DO UPDATE SET requests = ?4, micros = ?5",
+                "INSERT INTO spend (profile, budget, period, ends, requests, micros, written)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (profile, budget, period) DO UPDATE SET ends = ?4, requests = ?5, micros = ?6, written = ?7",
             )?;
             for r in rows {
                 let n = i64::try_from(r.spent.requests).unwrap_or(i64::MAX);
                 let m = i64::try_from(r.spent.money.0).unwrap_or(i64::MAX);
-                st.execute(rusqlite::params![r.profile, r.key, r.period, n, m])?;
+                st.execute(rusqlite::params![r.profile, r.key, r.period, r.end, n, m, written])?;
             }
         }
         tx.commit()
@@ -567,6 +635,53 @@ mod tests {
         assert_eq!(e.spent, Spent { requests: 5, money: Money(100_000) });
         // At the limit even a free request is refused.
         assert!(s.exhausted("p", &b, Money(0), t).is_some());
+    }
+
+    #[test]
+    fn a_changed_per_carries_the_spend_into_the_period_that_contains_now() {
+        let s = Spend::default();
+        let b = |per| {
+            [Applies {
+                key: "profile".into(),
+                name: "profile".into(),
+                budget: Budget { requests: Some(10), money: None, per, on_exhausted: OnExhausted::Deny },
+            }]
+        };
+        let t = datetime!(2026-05-05 10:15 UTC);
+        for _ in 0..4 {
+            s.charge("p", &b(BudgetPer::Month), Money(0), t, false).unwrap();
+        }
+        // month → day: today starts with the month's 4, and resets tomorrow.
+        assert_eq!(s.report("p", &b(BudgetPer::Day), t)[0].0.requests, 4);
+        s.charge("p", &b(BudgetPer::Day), Money(0), t, false).unwrap();
+        assert_eq!(s.report("p", &b(BudgetPer::Day), t)[0].0.requests, 5);
+        assert_eq!(s.report("p", &b(BudgetPer::Day), datetime!(2026-05-06 0:00 UTC))[0].0.requests, 0);
+        // day → month: the month starts with today's 5, kept to the month's end.
+        s.charge("p", &b(BudgetPer::Month), Money(0), t, false).unwrap();
+        assert_eq!(s.report("p", &b(BudgetPer::Month), datetime!(2026-05-31 23:00 UTC))[0].0.requests, 6);
+        assert_eq!(s.report("p", &b(BudgetPer::Month), datetime!(2026-06-01 0:00 UTC))[0].0.requests, 0);
+        // A lower limit is compared with the spend so far: exhausted at once.
+        let mut low = b(BudgetPer::Month);
+        low[0].budget.requests = Some(6);
+        assert_eq!(s.exhausted("p", &low, Money(0), t).unwrap().spent.requests, 6);
+    }
+
+    #[test]
+    fn a_rule_budget_is_keyed_by_its_match_not_its_position() {
+        let text = |rules: &str| format!("[network]\ndefault = \"deny\"\n{rules}");
+        let a = "[[network.rule]]\nhost = \"a.example\"\nports = [443, 80]\nmethods = [\"POST\", \"GET\"]\npath = \"/v1/*\"\naction = \"allow\"\n";
+        let a2 = "[[network.rule]]\nhost = \"a.example\"\nports = [80, 443]\nmethods = [\"GET\", \"POST\"]\npath = \"/v1/*\"\naction = \"hold\"\n";
+        let b = "[[network.rule]]\nhost = \"b.example\"\naction = \"allow\"\n";
+        let keys = |t: String| {
+            let p = gvm_policy::parse_profile(std::path::Path::new("/x/p.toml"), &t).unwrap();
+            rule_keys(&p.network.rules)
+        };
+        let one = keys(text(&format!("{a}{b}")));
+        let two = keys(text(&format!("{b}{a2}")));
+        assert_eq!(one[0], "match a.example ports=80,443 methods=GET,POST path=/v1/*");
+        assert_eq!((one[0].as_str(), one[1].as_str()), (two[1].as_str(), two[0].as_str()), "same match, same key");
+        let dup = keys(text(&format!("{b}{b}")));
+        assert_ne!(dup[0], dup[1]);
     }
 
     #[test]
