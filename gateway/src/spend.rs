@@ -219,7 +219,13 @@ impl Counter {
 }
 
 impl Spend {
-    fn spent(map: &HashMap<Key, Counter>, profile: &str, a: &Applies, start: OffsetDateTime, now: OffsetDateTime) -> Spent {
+    fn spent(
+        map: &HashMap<Key, Counter>,
+        profile: &str,
+        a: &Applies,
+        start: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Spent {
         map.get(&(profile.to_string(), a.key.clone()))
             .filter(|c| c.counts(start.unix_timestamp(), now.unix_timestamp()))
             .map_or_else(Spent::default, |c| c.spent)
