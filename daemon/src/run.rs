@@ -116,6 +116,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     )?;
     // Budget spend of the current periods survives a restart (written behind every second).
     gateway.open_spend(&paths.state_dir.join("spend.db"))?;
+    // Secret placeholders too: an agent that outlives the restart keeps a working one.
+    gateway.open_placeholders(&paths.state_dir.join("placeholders.json"));
     let store = crate::approvals::Store::open(&paths.state_dir.join("approvals.db"))?;
     let tls = gvm_gateway::Gateway::client_tls(&config.gateway.extra_roots)?;
     let notices = crate::approvals::notify::Notices::start(&config.notify, tls).map_err(StartError::Notify)?;

@@ -52,6 +52,7 @@ mod dnswire;
 mod exfil;
 mod holds;
 mod limit;
+mod placeholder;
 mod proxy;
 mod rate;
 mod resolve;
@@ -202,8 +203,9 @@ pub(crate) struct Inner {
     prices: RwLock<Arc<usage::Prices>>,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
-    /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
-    placeholders: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Profile → secret → placeholder (`placeholder.rs`; kept across restarts with
+    /// [`Gateway::open_placeholders`]).
+    placeholders: placeholder::Placeholders,
     /// Profile → values of its `deny_read` files ([`Gateway::set_file_values`]).
     file_values: Mutex<HashMap<String, Arc<Vec<FileValue>>>>,
     /// The task writing folded counts, started with the first listener.
@@ -461,7 +463,7 @@ impl Gateway {
                 prices: RwLock::default(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
-                placeholders: Mutex::default(),
+                placeholders: placeholder::Placeholders::default(),
                 file_values: Mutex::default(),
                 folder: std::sync::OnceLock::new(),
             }),
@@ -478,7 +480,7 @@ impl Gateway {
             profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
         self.inner.budgets.set_limits(&name, profile.limits);
         let body = self.inner.budgets.body(&name);
-        let placeholders = self.placeholders(profile);
+        let placeholders = self.inner.placeholders.of(&name, profile.secrets.keys().cloned(), Some(&secrets));
         let bound = profile.secret_use.iter().map(|(k, u)| (k.clone(), u.hosts.clone())).collect();
         let mut state = ProfileState {
             name: name.clone(),
@@ -510,30 +512,16 @@ impl Gateway {
         self.inner.share_descriptors();
     }
 
-    /// The placeholders of `profile`'s secrets (secret → placeholder), made on first
-    /// use: `gvm-secret-<name>-<24 URL-safe characters from getrandom>`. They stay the
-    /// same for the life of gvmd (reloads keep them) and change when gvmd restarts.
-    fn placeholders(&self, profile: &gvm_policy::Profile) -> HashMap<String, String> {
-        let mut all = self.inner.placeholders.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = all.entry(profile.name.as_str().to_string()).or_default();
-        for name in profile.secrets.keys() {
-            mine.entry(name.clone()).or_insert_with(|| {
-                let mut raw = [0u8; 18];
-                // Fail closed: without randomness the placeholder would be guessable,
-                // and guessing it is harmless only because it is bound; still, refuse.
-                getrandom::getrandom(&mut raw).expect("the kernel's random source failed");
-                let tail = exfil::base64(&raw, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
-                format!("gvm-secret-{name}-{}", String::from_utf8_lossy(&tail))
-            });
-        }
-        mine.retain(|k, _| profile.secrets.contains_key(k));
-        mine.clone()
+    /// Keeps secret placeholders in `path` (gvmd: `<state>/placeholders.json`, 0600)
+    /// so that they survive a gvmd restart; call before the first profile is set.
+    pub fn open_placeholders(&self, path: &std::path::Path) {
+        self.inner.placeholders.open(path);
     }
 
     /// What the agent's environment gets for `profile`'s secrets: `[secrets.NAME] env`
     /// set to the secret's placeholder, never its value.
     pub fn agent_env(&self, profile: &gvm_policy::Profile) -> Vec<(String, String)> {
-        let placeholders = self.placeholders(profile);
+        let placeholders = self.inner.placeholders.of(profile.name.as_str(), profile.secrets.keys().cloned(), None);
         profile.secret_use.iter().filter_map(|(k, u)| Some((u.env.clone()?, placeholders.get(k)?.clone()))).collect()
     }
 
@@ -553,6 +541,7 @@ impl Gateway {
     /// Takes a profile out: its listeners refuse everything from now on.
     pub fn remove_profile(&self, name: &str) {
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.inner.placeholders.remove(name);
         self.inner.rate.forget(name);
         self.inner.upstreams.forget(name);
         self.inner.share_descriptors();
