@@ -347,8 +347,9 @@ impl std::fmt::Debug for FileValue {
 /// The values of a masked file's text: each `KEY=VALUE` line's value (an `export `
 /// prefix and one pair of matching quotes removed), and each whole non-empty line.
 /// Values shorter than [`scan::MIN_VALUE_LEN`] are counted in the second result, not
-/// returned. `path` names the file in labels.
-pub fn file_values(path: &std::path::Path, text: &[u8]) -> (Vec<FileValue>, usize) {
+/// returned. `path` names the file in labels. The values of keys in `ignore`
+/// (`[files] scan_ignore`) are left out; their whole lines are not.
+pub fn file_values(path: &std::path::Path, text: &[u8], ignore: &[String]) -> (Vec<FileValue>, usize) {
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut out: Vec<FileValue> = Vec::new();
     let mut short = 0;
@@ -378,7 +379,9 @@ pub fn file_values(path: &std::path::Path, text: &[u8]) -> (Vec<FileValue>, usiz
                     v = &v[1..v.len() - 1];
                 }
                 let key = String::from_utf8_lossy(key);
-                push(format!("{file} value {key} from {}", path.display()), v);
+                if !ignore.iter().any(|k| *k == key) {
+                    push(format!("{file} value {key} from {}", path.display()), v);
+                }
             }
         }
         push(format!("line {} of {}", i + 1, path.display()), line);
@@ -715,7 +718,7 @@ mod tests {
     #[test]
     fn dotenv_values_and_whole_lines_are_taken_short_ones_counted() {
         let text = b"# comment\nexport API_KEY=\"quoted-value-1\"\nDB_PASSWORD='single-quoted'\nPLAIN=plainvalue99\nTINY=abc\n\n-----BEGIN KEY-----\n";
-        let (v, short) = file_values(std::path::Path::new("/ws/.env"), text);
+        let (v, short) = file_values(std::path::Path::new("/ws/.env"), text, &[]);
         let got: Vec<(&str, &[u8])> = v.iter().map(|f| (f.label.as_str(), f.value.as_slice())).collect();
         assert!(got.contains(&(".env value API_KEY from /ws/.env", b"quoted-value-1".as_slice())), "{got:?}");
         assert!(got.contains(&(".env value DB_PASSWORD from /ws/.env", b"single-quoted".as_slice())), "{got:?}");

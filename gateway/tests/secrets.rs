@@ -59,6 +59,7 @@ openai = {{ file = "{}", env = "OPENAI_API_KEY", hosts = ["api.test.example"] }}
     let (values, short) = gvm_gateway::file_values(
         std::path::Path::new("/ws/.env"),
         format!("# db\nDB_PASSWORD=\"{DB_PASSWORD}\"\nexport SHORT=abc\n").as_bytes(),
+        &[],
     );
     assert_eq!(short, 1, "SHORT=abc is too short to scan for");
     env.gw.set_file_values("agent", values);
@@ -266,4 +267,37 @@ async fn every_way_in_is_scanned() {
     let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(j["headers"]["x-api-key"], REAL, "{j}");
+}
+
+/// `.env` values that are not secrets (`NODE_ENV=production`) would make the scan refuse
+/// an ordinary word; `[files] scan_ignore` names their keys, and only those are let go.
+#[tokio::test]
+async fn scan_ignore_lets_ordinary_words_through_and_still_stops_the_secrets() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let host = format!("{HOST}:{}", env.up_http);
+    let dotenv = format!("NODE_ENV=production\nDB_PASSWORD=\"{DB_PASSWORD}\"\n");
+    let body = "{\"mode\": \"production\"}";
+    let post = |body: &'static str| {
+        let host = host.clone();
+        async move {
+            let mut c = proxy_conn(env).await;
+            send(&mut c, "POST", &format!("http://{host}/up"), &host, body).await
+        }
+    };
+    let (values, _) = gvm_gateway::file_values(std::path::Path::new("/ws/.env"), dotenv.as_bytes(), &[]);
+    env.gw.set_file_values("agent", values);
+    let r = post(body).await;
+    assert_eq!(r.status, 403, "without scan_ignore the word is refused: {}", r.body);
+    assert!(r.json()["exfiltration"].as_str().unwrap().starts_with(".env value NODE_ENV"), "{}", r.body);
+
+    let ignore = ["NODE_ENV".to_string()];
+    let (values, _) = gvm_gateway::file_values(std::path::Path::new("/ws/.env"), dotenv.as_bytes(), &ignore);
+    env.gw.set_file_values("agent", values);
+    assert_eq!(post(body).await.status, 200);
+    let r = post("{\"password\": \"correct-horse-battery\"}").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["exfiltration"].as_str().unwrap().starts_with(".env value DB_PASSWORD"), "{}", r.body);
+    let r = post("NODE_ENV=production").await;
+    assert_eq!(r.status, 403, "the whole line is still scanned for: {}", r.body);
 }

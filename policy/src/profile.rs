@@ -136,6 +136,10 @@ pub struct Files {
     pub review: Vec<String>,
     pub discard: Vec<String>,
     pub deny_read: Vec<String>,
+    /// `scan_ignore = ["NODE_ENV"]`: keys of `KEY=VALUE` lines in the `deny_read` files
+    /// whose values are not secrets (`NODE_ENV=production`), so the exfiltration scan
+    /// does not look for them (the whole line still is).
+    pub scan_ignore: Vec<String>,
 }
 
 /// `[limits]`: what one agent may take of gvmd's shared resources, so that it cannot
@@ -299,6 +303,7 @@ struct RawFiles {
     review: Option<Vec<Spanned<String>>>,
     discard: Option<Vec<Spanned<String>>>,
     deny_read: Option<Vec<Spanned<String>>>,
+    scan_ignore: Option<Vec<Spanned<String>>>,
 }
 
 /// A TOML value that may be a string or an integer (`memory_max = "2G"` or bytes).
@@ -1097,6 +1102,19 @@ impl Validator<'_> {
                 dest.push(g.into_inner());
             }
         }
+        for (i, k) in raw.scan_ignore.unwrap_or_default().into_iter().enumerate() {
+            let key = k.get_ref();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+                return Err(self
+                    .err(
+                        k.span(),
+                        format!("files.scan_ignore[{i}]"),
+                        format!("`{key}` is not a KEY of a KEY=VALUE line"),
+                    )
+                    .fix("write the key as in the .env file, e.g. scan_ignore = [\"NODE_ENV\", \"LOG_LEVEL\"]"));
+            }
+            out.scan_ignore.push(k.into_inner());
+        }
         Ok(out)
     }
 }
@@ -1257,6 +1275,17 @@ mod tests {
             split_serde_message("missing field `action`\n"),
             ("missing field `action`".into(), Some("add `action = ...` to this table".into()))
         );
+    }
+
+    #[test]
+    fn scan_ignore_takes_dotenv_keys_and_refuses_anything_else_with_line_and_fix() {
+        let file = Path::new("/etc/gvm/profiles/p.toml");
+        let ok =
+            parse_profile(file, "[files]\ndeny_read = [\"**/.env\"]\nscan_ignore = [\"NODE_ENV\", \"LOG_LEVEL\"]\n");
+        assert_eq!(ok.unwrap().files.scan_ignore, ["NODE_ENV", "LOG_LEVEL"]);
+        let bad = parse_profile(file, "[files]\nscan_ignore = [\"NODE_ENV\", \"A B\"]\n").unwrap_err();
+        assert_eq!((bad.line, bad.field.as_deref()), (Some(2), Some("files.scan_ignore[1]")), "{bad}");
+        assert!(bad.fix.unwrap().contains("scan_ignore = [\"NODE_ENV\""));
     }
 
     #[test]
