@@ -93,6 +93,8 @@ pub(crate) struct ProfileState {
     pub bound: HashMap<String, Vec<HostPattern>>,
     /// Secret name → placeholder.
     pub placeholders: HashMap<String, String>,
+    /// Secrets whose placeholder is swapped in request bodies too (`body = true`).
+    pub body_secrets: Vec<String>,
 }
 
 /// Why a request was refused for what it carries.

@@ -44,6 +44,7 @@
 mod answer;
 mod audit_glue;
 mod body;
+mod body_swap;
 mod budget;
 mod ca;
 mod decide;
@@ -506,6 +507,7 @@ impl Gateway {
             scan: None,
             bound,
             placeholders,
+            body_secrets: profile.secret_use.iter().filter(|(_, u)| u.body).map(|(k, _)| k.clone()).collect(),
         };
         let files = self.inner.file_values.lock().unwrap_or_else(|e| e.into_inner()).get(&*name).cloned();
         state.scan = compile_scan(&state, files.as_deref().map_or(&[][..], Vec::as_slice));

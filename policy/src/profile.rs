@@ -125,6 +125,9 @@ pub enum SecretSource {
 pub struct SecretUse {
     pub env: Option<String>,
     pub hosts: Vec<HostPattern>,
+    /// `body = true`: the placeholder is also swapped for the value in request bodies
+    /// to `hosts`, over intercepted TLS.
+    pub body: bool,
     /// `file:line:col` of the secret's source, for load-time refusals by gvmd.
     pub at: Diagnostic,
 }
@@ -294,6 +297,7 @@ struct RawSecret {
     credential: Option<Spanned<String>>,
     env: Option<Spanned<String>>,
     hosts: Option<Vec<Spanned<String>>>,
+    body: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -733,7 +737,8 @@ impl Validator<'_> {
             }
             let span = v.span();
             let v = v.into_inner();
-            let mut using = SecretUse { env: None, hosts: Vec::new(), at: self.err(span.clone(), field.clone(), "") };
+            let mut using =
+                SecretUse { env: None, hosts: Vec::new(), body: false, at: self.err(span.clone(), field.clone(), "") };
             if let Some(e) = &v.env {
                 let key = e.get_ref();
                 let upper = key.to_ascii_uppercase();
@@ -776,6 +781,18 @@ impl Validator<'_> {
                         .fix("name the hosts that need it, e.g. hosts = [\"api.openai.com\"]"));
                 }
                 using.hosts.push(pat);
+            }
+            if let Some(b) = &v.body {
+                if *b.get_ref() && (using.env.is_none() || using.hosts.is_empty()) {
+                    return Err(self
+                        .err(
+                            b.span(),
+                            format!("{field}.body"),
+                            "`body = true` swaps the agent's placeholder in request bodies to the secret's hosts: it needs `env` and `hosts`",
+                        )
+                        .fix("e.g. openai = { file = \"...\", env = \"OPENAI_API_KEY\", hosts = [\"api.openai.com\"], body = true }"));
+                }
+                using.body = *b.get_ref();
             }
             let src = match (v.file, v.credential) {
                 (Some(f), None) => {
@@ -1286,6 +1303,20 @@ mod tests {
         let bad = parse_profile(file, "[files]\nscan_ignore = [\"NODE_ENV\", \"A B\"]\n").unwrap_err();
         assert_eq!((bad.line, bad.field.as_deref()), (Some(2), Some("files.scan_ignore[1]")), "{bad}");
         assert!(bad.fix.unwrap().contains("scan_ignore = [\"NODE_ENV\""));
+    }
+
+    #[test]
+    fn a_secret_swapped_in_bodies_needs_env_and_hosts() {
+        let file = Path::new("/etc/gvm/profiles/p.toml");
+        let with = |t: &str| parse_profile(file, &format!("[secrets]\nk = {{ file = \"/etc/gvm/k\"{t} }}\n"));
+        let ok = with(", env = \"K\", hosts = [\"api.example.com\"], body = true").unwrap();
+        assert!(ok.secret_use["k"].body);
+        assert!(!with(", env = \"K\", hosts = [\"api.example.com\"]").unwrap().secret_use["k"].body);
+        for bad in [", hosts = [\"api.example.com\"], body = true", ", env = \"K\", body = true"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("secrets.k.body")), "{e}");
+            assert!(e.fix.unwrap().contains("body = true"));
+        }
     }
 
     #[test]
