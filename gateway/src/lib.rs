@@ -509,6 +509,11 @@ impl Gateway {
             placeholders,
             body_secrets: profile.secret_use.iter().filter(|(_, u)| u.body).map(|(k, _)| k.clone()).collect(),
         };
+        let moves: Vec<(String, String)> = (state.rule_budgets.iter().enumerate())
+            .filter(|(_, b)| b.is_some())
+            .map(|(i, _)| (format!("network.rule[{i}]"), state.rule_keys[i].clone()))
+            .collect();
+        self.inner.spend.adopt_positions(&name, &moves);
         let files = self.inner.file_values.lock().unwrap_or_else(|e| e.into_inner()).get(&*name).cloned();
         state.scan = compile_scan(&state, files.as_deref().map_or(&[][..], Vec::as_slice));
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(state));

@@ -178,6 +178,8 @@ type Key = (String, String);
 #[derive(Default)]
 pub(crate) struct Spend {
     counters: Mutex<HashMap<Key, Counter>>,
+    /// Counters moved to another key, to delete from the store at the next flush.
+    gone: Mutex<Vec<Key>>,
 }
 
 /// The period of `per` that contains `now`: `[start, end)`, in UTC.
@@ -364,6 +366,27 @@ impl Spend {
             .collect()
     }
 
+    /// Moves the counters gvm kept by rule position before rule budgets were keyed by
+    /// their match (`network.rule[i]` → [`rule_keys`]`[i]`, as `moves` says), once, so an
+    /// upgrade gives no spend back. A counter already under the new key wins.
+    pub(crate) fn adopt_positions(&self, profile: &str, moves: &[(String, String)]) {
+        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = Vec::new();
+        for (old, new) in moves {
+            let Some(mut c) = map.remove(&(profile.to_string(), old.clone())) else { continue };
+            let new = (profile.to_string(), new.clone());
+            if !map.contains_key(&new) {
+                c.dirty = true;
+                map.insert(new, c);
+            }
+            gone.push((profile.to_string(), old.clone()));
+        }
+        drop(map);
+        if !gone.is_empty() {
+            self.gone.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
+        }
+    }
+
     /// Takes the counters charged since the last call (to write them to the store).
     fn take_dirty(&self) -> Vec<Row> {
         let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -400,12 +423,15 @@ impl Spend {
     /// Writes what was charged since the last flush to `store`.
     pub(crate) fn flush(&self, store: &SpendStore) {
         let rows = self.take_dirty();
-        if rows.is_empty() {
+        let gone = std::mem::take(&mut *self.gone.lock().unwrap_or_else(|e| e.into_inner()));
+        if rows.is_empty() && gone.is_empty() {
             return;
         }
-        if let Err(e) = store.write(&rows) {
+        // The moved counters' new rows first, then the old ones go, in one transaction.
+        if let Err(e) = store.write(&rows, &gone) {
             tracing::error!("cannot write budget spend to {}: {e}", store.path.display());
             self.redirty(&rows);
+            self.gone.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
         }
     }
 }
@@ -508,7 +534,7 @@ impl SpendStore {
         rows.collect()
     }
 
-    fn write(&self, rows: &[Row]) -> Result<(), rusqlite::Error> {
+    fn write(&self, rows: &[Row], gone: &[Key]) -> Result<(), rusqlite::Error> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
         {
@@ -522,6 +548,10 @@ impl SpendStore {
                 let n = i64::try_from(r.spent.requests).unwrap_or(i64::MAX);
                 let m = i64::try_from(r.spent.money.0).unwrap_or(i64::MAX);
                 st.execute(rusqlite::params![r.profile, r.key, r.period, r.end, n, m, written])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM spend WHERE profile = ?1 AND budget = ?2")?;
+            for (profile, key) in gone {
+                del.execute(rusqlite::params![profile, key])?;
             }
         }
         tx.commit()
@@ -688,6 +718,69 @@ mod tests {
         assert_eq!((one[0].as_str(), one[1].as_str()), (two[1].as_str(), two[0].as_str()), "same match, same key");
         let dup = keys(text(&format!("{b}{b}")));
         assert_ne!(dup[0], dup[1]);
+    }
+
+    #[test]
+    fn spend_kept_by_rule_position_moves_to_the_rules_match_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spend.db");
+        let budget = Budget { requests: Some(3), money: None, per: BudgetPer::Month, on_exhausted: OnExhausted::Deny };
+        let at = |key: &str| [Applies { key: key.into(), name: "r".into(), budget }];
+        let now = OffsetDateTime::now_utc();
+        {
+            // What an older gvm wrote: the counter under the rule's position.
+            let store = SpendStore::open(&path).unwrap();
+            let s = Spend::default();
+            s.charge("p", &at("network.rule[0]"), Money(0), now, false).unwrap();
+            s.charge("p", &at("network.rule[0]"), Money(0), now, false).unwrap();
+            s.flush(&store);
+        }
+        let moves = [("network.rule[0]".to_string(), "match a.example".to_string())];
+        {
+            let store = SpendStore::open(&path).unwrap();
+            let s = Spend::default();
+            s.load_from(&store).unwrap();
+            s.adopt_positions("p", &moves);
+            assert_eq!(s.report("p", &at("match a.example"), now)[0].0.requests, 2);
+            assert_eq!(s.report("p", &at("network.rule[0]"), now)[0].0.requests, 0);
+            s.flush(&store);
+        }
+        let store = SpendStore::open(&path).unwrap();
+        let s = Spend::default();
+        s.load_from(&store).unwrap();
+        assert_eq!(s.report("p", &at("network.rule[0]"), now)[0].0.requests, 0, "the old row is gone");
+        s.adopt_positions("p", &[("network.rule[0]".to_string(), "match b.example".to_string())]);
+        assert_eq!(s.report("p", &at("match b.example"), now)[0].0.requests, 0, "moved once, not again");
+        assert_eq!(s.report("p", &at("match a.example"), now)[0].0.requests, 2);
+    }
+
+    #[test]
+    fn a_store_of_an_older_gvm_gets_its_new_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spend.db");
+        let now = OffsetDateTime::now_utc();
+        let start = period(BudgetPer::Day, now).0.unix_timestamp();
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE spend (profile TEXT NOT NULL, budget TEXT NOT NULL, period INTEGER NOT NULL,
+                 requests INTEGER NOT NULL, micros INTEGER NOT NULL, PRIMARY KEY (profile, budget, period));",
+            )
+            .unwrap();
+            c.execute("INSERT INTO spend VALUES ('p', 'profile', ?1, 4, 0)", [start]).unwrap();
+        }
+        let store = SpendStore::open(&path).unwrap();
+        let s = Spend::default();
+        s.load_from(&store).unwrap();
+        let b = [Applies {
+            key: "profile".into(),
+            name: "profile".into(),
+            budget: Budget { requests: Some(5), money: None, per: BudgetPer::Day, on_exhausted: OnExhausted::Deny },
+        }];
+        assert_eq!(s.report("p", &b, now)[0].0.requests, 4);
+        s.charge("p", &b, Money(0), now, false).unwrap();
+        s.flush(&store);
+        assert!(s.charge("p", &b, Money(0), now, false).is_err());
     }
 
     #[test]
