@@ -374,11 +374,8 @@ impl Spend {
         let mut gone = Vec::new();
         for (old, new) in moves {
             let Some(mut c) = map.remove(&(profile.to_string(), old.clone())) else { continue };
-            let new = (profile.to_string(), new.clone());
-            if !map.contains_key(&new) {
-                c.dirty = true;
-                map.insert(new, c);
-            }
+            c.dirty = true;
+            map.entry((profile.to_string(), new.clone())).or_insert(c);
             gone.push((profile.to_string(), old.clone()));
         }
         drop(map);
