@@ -23,6 +23,11 @@ struct Rig {
 }
 
 fn rig(tag: &str) -> Rig {
+    rig_with(tag, "")
+}
+
+/// [`rig`], with `more` added to the secret's table (e.g. `, body = true`).
+fn rig_with(tag: &str, more: &str) -> Rig {
     let mut sb = Sandboxed::new(tag);
     let up = Upstream::start(None);
     let ca = TestCa::new(&["tls.test.example", "other.test.example"]);
@@ -65,7 +70,7 @@ path = "/**"
 action = "allow"
 
 [secrets]
-openai = {{ file = "{key}", env = "OPENAI_API_KEY", hosts = ["tls.test.example"] }}
+openai = {{ file = "{key}", env = "OPENAI_API_KEY", hosts = ["tls.test.example"]{more} }}
 
 [files]
 deny_read = ["**/.env"]
@@ -297,4 +302,31 @@ fn a_placeholder_outlives_a_gvmd_restart_and_a_rotated_secret_gets_a_new_one() {
     assert!(bound.contains("status=200"), "{bound}");
     assert!(rig.tls.received(&format!("Bearer {rotated}")));
     assert!(!std::fs::read_to_string(&kept).unwrap().contains(&before));
+}
+
+/// `body = true`: an SDK that sends its key in the JSON body works against the bound
+/// host (the upstream gets the real value, never the placeholder); the same body to
+/// another host is refused.
+#[test]
+#[ignore = "needs root"]
+fn with_body_true_the_placeholder_in_a_json_body_is_swapped_for_the_bound_host() {
+    assert_root();
+    let rig = rig_with("phb", ", body = true");
+    let t = rig.tls.port();
+    let post = |name: &str, host: &str| {
+        format!(
+            "echo @@{name}; curl -sS -H 'Content-Type: application/json' -d \"{{\\\"api_key\\\": \\\"$OPENAI_API_KEY\\\"}}\" \
+             -w '\\nstatus=%{{http_code}}\\n' 'https://{host}:{t}/v1/files' 2>&1; "
+        )
+    };
+    let ran = rig.sb.sh(&[post("bound", "tls.test.example"), post("other", "other.test.example")].concat());
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let s = sections(&ran.out);
+    let bound = section(&s, "bound", &ran);
+    assert!(bound.contains("ok /v1/files") && bound.contains("status=200"), "{bound}");
+    assert!(rig.tls.received(&format!("{{\"api_key\": \"{REAL}\"}}")), "the bound host gets the value in the body");
+    assert!(!rig.tls.received("gvm-secret-openai-"), "a placeholder reached an upstream");
+    let other = section(&s, "other", &ran);
+    assert!(other.contains("status=403") && other.contains("\"secret_egress\""), "{other}");
+    assert!(!ran.out.contains(REAL), "the agent saw the real value: {ran:#?}");
 }
