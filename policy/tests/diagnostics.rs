@@ -37,7 +37,7 @@ fn unknown_field_lists_the_accepted_fields() {
     );
     assert_eq!(
         says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),
-        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential, env, hosts"
+        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential, env, hosts, body"
     );
 }
 
