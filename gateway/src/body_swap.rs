@@ -94,8 +94,12 @@ impl BodySwap {
         Bytes::from(std::mem::take(&mut self.pending))
     }
 
-    /// A request whose body is swapped loses its Content-Length (sent chunked).
-    pub(crate) fn prepare(swap: Option<&BodySwap>, headers: &mut http::HeaderMap) {
+    /// A request with a body to swap loses its Content-Length (it is sent chunked); a
+    /// request without a body (`empty`) has nothing to swap and goes as it came.
+    pub(crate) fn prepare(swap: &mut Option<BodySwap>, empty: bool, headers: &mut http::HeaderMap) {
+        if empty {
+            *swap = None;
+        }
         if swap.is_some() {
             headers.remove(http::header::CONTENT_LENGTH);
         }

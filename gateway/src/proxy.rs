@@ -636,8 +636,8 @@ impl Inner {
         };
         parts.version = http::Version::HTTP_11;
         let body = Counting::new(body, Some(done.clone()), true).throttled(state.body.clone());
-        let swap = crate::body_swap::for_request(&state, target.tls, &target.host);
-        crate::body_swap::BodySwap::prepare(swap.as_ref(), &mut parts.headers);
+        let mut swap = crate::body_swap::for_request(&state, target.tls, &target.host);
+        crate::body_swap::BodySwap::prepare(&mut swap, http_body::Body::is_end_stream(&body), &mut parts.headers);
         let watch = match (&state.scan, &leak_details) {
             (Some(scan), Some(d)) => {
                 let late =

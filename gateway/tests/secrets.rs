@@ -337,6 +337,27 @@ async fn with_body_true_a_placeholder_in_a_body_is_swapped_for_its_bound_host_on
     assert!(upstream_saw(format!("swap-{}:{REAL}\n", std::process::id()).as_bytes()));
     assert!(!upstream_saw(ph.as_bytes()), "a placeholder reached the upstream");
 
+    // A chunked upload is swapped too; a request without a body goes as it came.
+    let s = env.up_https;
+    let mut c = connect_tls(env, &format!("{HOST}:{s}"), HOST).await.unwrap();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/v1/chunked")
+        .header("host", format!("{HOST}:{s}"))
+        .header("transfer-encoding", "chunked")
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!("chunked={ph}"))))
+        .unwrap();
+    c.ready().await.unwrap();
+    let r = c.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let j: serde_json::Value =
+        serde_json::from_slice(&http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes()).unwrap();
+    assert_eq!(j["body_len"].as_u64(), Some(("chunked=".len() + REAL.len()) as u64), "{j}");
+    assert!(upstream_saw(format!("chunked={REAL}").as_bytes()));
+    let (status, j) = tls_get(env, HOST, "/v1/models", "none").await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["headers"].get("transfer-encoding"), None, "a GET stays without a body: {j}");
+
     // Anywhere else: refused as ever.
     let (status, j) = tls_post(env, OTHER, &format!("key={ph}")).await;
     assert_eq!((status, j["secret_egress"].as_str()), (403, Some("placeholder of secret openai")), "{j}");
