@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::decide::ProfileState;
 
 /// The placeholders to swap in one request body.
-pub(crate) struct BodySwap {
+pub struct BodySwap {
     ac: AhoCorasick,
     values: Vec<Bytes>,
     placeholders: Vec<Vec<u8>>,
@@ -57,14 +57,25 @@ pub(crate) fn for_request(state: &ProfileState, tls: bool, host: &gvm_policy::Ho
     if placeholders.is_empty() {
         return None;
     }
-    let ac = AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostFirst).build(&placeholders).ok()?;
-    Some(BodySwap { ac, values, placeholders, needles, pending: Vec::new() })
+    let mut swap = BodySwap::new(placeholders.into_iter().zip(values).collect())?;
+    swap.needles = needles;
+    Some(swap)
 }
 
 impl BodySwap {
+    /// Swaps each `(placeholder, value)`; `None` without any.
+    pub fn new(pairs: Vec<(Vec<u8>, Bytes)>) -> Option<BodySwap> {
+        let (placeholders, values): (Vec<Vec<u8>>, Vec<Bytes>) = pairs.into_iter().unzip();
+        if placeholders.is_empty() {
+            return None;
+        }
+        let ac = AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostFirst).build(&placeholders).ok()?;
+        Some(BodySwap { ac, values, placeholders, needles: Vec::new(), pending: Vec::new() })
+    }
+
     /// The next chunk with the placeholders swapped; what may begin a placeholder is
     /// kept for the next call.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Bytes {
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
         self.pending.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(self.pending.len());
         let mut last = 0;
@@ -90,7 +101,7 @@ impl BodySwap {
     }
 
     /// What is still held at the end of the body.
-    pub(crate) fn finish(&mut self) -> Bytes {
+    pub fn finish(&mut self) -> Bytes {
         Bytes::from(std::mem::take(&mut self.pending))
     }
 
@@ -111,16 +122,11 @@ mod tests {
     use super::*;
 
     fn swap() -> BodySwap {
-        let placeholders = vec![b"gvm-secret-a-XXXXXXXXXXXXXXXXXXXXXXXX".to_vec(), b"gvm-secret-b-YYYY".to_vec()];
-        let ac =
-            AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostFirst).build(&placeholders).unwrap();
-        BodySwap {
-            ac,
-            values: vec![Bytes::from_static(b"VALUE-A"), Bytes::from_static(b"VALUE-B")],
-            placeholders,
-            needles: Vec::new(),
-            pending: Vec::new(),
-        }
+        BodySwap::new(vec![
+            (b"gvm-secret-a-XXXXXXXXXXXXXXXXXXXXXXXX".to_vec(), Bytes::from_static(b"VALUE-A")),
+            (b"gvm-secret-b-YYYY".to_vec(), Bytes::from_static(b"VALUE-B")),
+        ])
+        .unwrap()
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl Stream {
 
     /// Lets the literal form of these needles through (they are swapped, see
     /// `body::Swap`); every other form of them, and every other needle, is still a hit.
-    pub(crate) fn allowing(mut self, needles: Vec<usize>) -> Stream {
+    pub fn allowing(mut self, needles: Vec<usize>) -> Stream {
         self.allowed = needles;
         self
     }

@@ -119,6 +119,7 @@ pub use usage::{Price, Prices, MAX_TAP, UNREAD_TOKENS};
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
 pub mod scan {
+    pub use crate::body_swap::BodySwap;
     pub use crate::exfil::{forms, Encoding, Hit, Needle, NeedleKind, Scanner, Stream, MIN_VALUE_LEN};
 }
 
