@@ -197,6 +197,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             .await;
     }
     daemon.reload_as(gvm_api::versions::Origin::Start, None).await;
+    crate::supervisor::control::reconcile_leftovers(&daemon).await;
 
     let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));
     for (profile, listener) in host_listeners {
@@ -204,8 +205,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         tracing::warn!(gvm_profile = %profile, "host listener {addr} speaks as profile {profile}: any local process that reaches it does");
         daemon.gateway.serve_proxy(listener, profile.as_str().into());
     }
-    // Agents with `autostart = true` start now; under systemd, running units are found
-    // as they are (they outlive gvmd restarts).
+    // Agents with `autostart = true` start now (running units under systemd were found
+    // by `reconcile_leftovers`: they outlive gvmd restarts).
     tokio::spawn({
         let d = daemon.clone();
         async move { crate::supervisor::control::reconcile(&d).await }

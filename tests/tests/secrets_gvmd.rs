@@ -263,7 +263,7 @@ fn placeholder_and_bound(rig: &Rig, sent: &str) -> (String, String) {
          'https://tls.test.example:{t}/v1/chat' 2>&1"
     );
     let ran = rig.sb.sh(&script);
-    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    assert_eq!(ran.code, Some(0), "sent {sent:?}: {ran:#?}");
     let s = sections(&ran.out);
     let ph = section(&s, "environ", &ran).trim().trim_start_matches("OPENAI_API_KEY=").to_string();
     assert!(ph.starts_with("gvm-secret-openai-"), "{ran:#?}");
