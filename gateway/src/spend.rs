@@ -47,6 +47,9 @@ pub(crate) fn rule_keys(rules: &[gvm_policy::Rule]) -> Vec<String> {
     rules
         .iter()
         .map(|r| {
+            if let Some(name) = &r.name {
+                return format!("name {name}"); // unique in the profile
+            }
             let mut k = format!("match {}", r.host);
             if !r.ports.is_empty() {
                 let mut ports = r.ports.clone();
@@ -715,6 +718,12 @@ mod tests {
         assert_eq!((one[0].as_str(), one[1].as_str()), (two[1].as_str(), two[0].as_str()), "same match, same key");
         let dup = keys(text(&format!("{b}{b}")));
         assert_ne!(dup[0], dup[1]);
+        // A named rule keeps its key when its match changes.
+        let named = |host: &str| {
+            keys(text(&format!("[[network.rule]]\nhost = \"{host}\"\nname = \"llm\"\naction = \"allow\"\n")))
+        };
+        assert_eq!(named("a.example"), ["name llm"]);
+        assert_eq!(named("a.example"), named("b.example"));
     }
 
     #[test]

@@ -281,6 +281,7 @@ struct RawRule {
     inject: Option<Spanned<RawInject>>,
     intercept: Option<Spanned<bool>>,
     comment: Option<String>,
+    name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -846,7 +847,23 @@ impl Validator<'_> {
                 parse_duration(t.get_ref()).map_err(|e| self.err(t.span(), "network.hold_timeout", e.0))?;
             net.hold_timeout_set = true;
         }
+        let mut names = BTreeSet::new();
         for (i, r) in raw.rule.unwrap_or_default().into_iter().enumerate() {
+            if let Some(n) = &r.name {
+                let field = format!("network.rule[{i}].name");
+                let ok = (1..=64).contains(&n.get_ref().len())
+                    && n.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                if !ok {
+                    return Err(self
+                        .err(n.span(), field, "a rule name is 1 to 64 letters, digits, `_`, `.` or `-`")
+                        .fix("e.g. name = \"openai-chat\""));
+                }
+                if !names.insert(n.get_ref().clone()) {
+                    return Err(self
+                        .err(n.span(), field, format!("another rule is already named `{}`", n.get_ref()))
+                        .fix("give each rule its own name (a rule's budget is counted under it)"));
+                }
+            }
             net.rules.push(self.rule(i, r, secrets)?);
         }
         Ok(net)
@@ -1014,6 +1031,7 @@ impl Validator<'_> {
             inject,
             intercept,
             comment: r.comment,
+            name: r.name.map(Spanned::into_inner),
         })
     }
 
@@ -1317,6 +1335,19 @@ mod tests {
             assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("secrets.k.body")), "{e}");
             assert!(e.fix.unwrap().contains("body = true"));
         }
+    }
+
+    #[test]
+    fn rule_names_are_checked_and_unique() {
+        let file = Path::new("/etc/gvm/profiles/p.toml");
+        let rule =
+            |name: &str| format!("[[network.rule]]\nhost = \"a.example\"\naction = \"allow\"\nname = \"{name}\"\n");
+        let ok = parse_profile(file, &format!("{}{}", rule("llm"), rule("files"))).unwrap();
+        assert_eq!(ok.network.rules[0].name.as_deref(), Some("llm"));
+        let dup = parse_profile(file, &format!("{}{}", rule("llm"), rule("llm"))).unwrap_err();
+        assert_eq!((dup.line, dup.field.as_deref()), (Some(8), Some("network.rule[1].name")), "{dup}");
+        let bad = parse_profile(file, &rule("has space")).unwrap_err();
+        assert_eq!(bad.field.as_deref(), Some("network.rule[0].name"), "{bad}");
     }
 
     #[test]

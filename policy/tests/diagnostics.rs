@@ -29,7 +29,7 @@ fn toml_syntax_error_has_position() {
 fn unknown_field_lists_the_accepted_fields() {
     assert_eq!(
         says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\n[[network.rule]]\nhost = \"b.com\"\nacton = \"allow\"\n"),
-        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment"
+        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment, name"
     );
     assert_eq!(
         says("bogus = 1\n"),
