@@ -310,6 +310,8 @@ words! {
         ProfileLoaded = "profile_loaded",
         ProfileRefused = "profile_refused",
         ProfileRemoved = "profile_removed",
+        /// `gvmd.toml` refused on reload (the settings in force stay).
+        ConfigRefused = "config_refused",
         PolicyRollback = "policy_rollback",
         /// A rule written to a profile file (`--always`, `suggest --apply`).
         RuleAdded = "rule_added",

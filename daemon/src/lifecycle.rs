@@ -116,6 +116,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     )?;
     // Budget spend of the current periods survives a restart (written behind every second).
     gateway.open_spend(&paths.state_dir.join("spend.db"))?;
+    // Secret placeholders too: an agent that outlives the restart keeps a working one.
+    gateway.open_placeholders(&paths.state_dir.join("placeholders.json"));
     let store = crate::approvals::Store::open(&paths.state_dir.join("approvals.db"))?;
     let tls = gvm_gateway::Gateway::client_tls(&config.gateway.extra_roots)?;
     let notices = crate::approvals::notify::Notices::start(&config.notify, tls).map_err(StartError::Notify)?;
@@ -195,6 +197,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
             .await;
     }
     daemon.reload_as(gvm_api::versions::Origin::Start, None).await;
+    crate::supervisor::control::reconcile_leftovers(&daemon).await;
 
     let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));
     for (profile, listener) in host_listeners {
@@ -202,8 +205,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
         tracing::warn!(gvm_profile = %profile, "host listener {addr} speaks as profile {profile}: any local process that reaches it does");
         daemon.gateway.serve_proxy(listener, profile.as_str().into());
     }
-    // Agents with `autostart = true` start now; under systemd, running units are found
-    // as they are (they outlive gvmd restarts).
+    // Agents with `autostart = true` start now (running units under systemd were found
+    // by `reconcile_leftovers`: they outlive gvmd restarts).
     tokio::spawn({
         let d = daemon.clone();
         async move { crate::supervisor::control::reconcile(&d).await }

@@ -53,7 +53,7 @@ pub fn file_values(profile: &Profile) -> Vec<FileValue> {
     let mut out: Vec<FileValue> = Vec::new();
     for p in paths.iter().filter(|p| roots.iter().any(|r| p.starts_with(r))).take(MAX_FILES) {
         let Some(bytes) = read_file(p) else { continue };
-        let (values, short) = gvm_gateway::file_values(p, &bytes);
+        let (values, short) = gvm_gateway::file_values(p, &bytes, &profile.files.scan_ignore);
         if short > 0 {
             tracing::info!(
                 gvm_profile = %profile.name,
@@ -77,4 +77,24 @@ fn read_file(p: &Path) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     f.take(MAX_FILE).read_to_end(&mut bytes).ok()?;
     Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scan_ignore_keys_are_not_scanned_for_and_the_others_are() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::write(ws.path().join(".env"), "NODE_ENV=production\nDB_PASSWORD=correct-horse-battery\n").unwrap();
+        let text = format!(
+            "[agent]\nworkspaces = [{{ path = \"{}\", mode = \"overlay\" }}]\n\n[files]\ndeny_read = [\"**/.env\"]\n\
+             scan_ignore = [\"NODE_ENV\"]\n",
+            ws.path().display()
+        );
+        let profile = gvm_policy::parse_profile(std::path::Path::new("/etc/gvm/profiles/p.toml"), &text).unwrap();
+        let values = super::file_values(&profile);
+        let got: Vec<&[u8]> = values.iter().map(|v| v.value.as_slice()).collect();
+        assert!(got.contains(&b"correct-horse-battery".as_slice()), "{values:?}");
+        assert!(!got.contains(&b"production".as_slice()), "{values:?}");
+        assert!(got.contains(&b"NODE_ENV=production".as_slice()), "the whole line stays: {values:?}");
+    }
 }

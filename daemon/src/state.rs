@@ -128,6 +128,7 @@ impl Daemon {
 
     /// The reload itself; the caller holds the reload lock.
     pub async fn reload_locked(&self, how: Origin, by: Option<String>) -> ReloadResponse {
+        let prices_refused = self.reload_prices().await;
         let current = self.profiles();
         let dir = self.paths.profiles_dir();
         let (next, changes) = tokio::task::spawn_blocking(move || current.reload(&dir))
@@ -231,8 +232,49 @@ impl Daemon {
 
         ReloadResponse {
             loaded: next.profiles.keys().cloned().collect(),
-            refused: next.refused.iter().map(Into::into).collect(),
+            refused: prices_refused.into_iter().chain(next.refused.iter().map(Into::into)).collect(),
         }
+    }
+
+    /// Puts `[prices]` of gvmd.toml in force again (the other sections of gvmd.toml take
+    /// a restart). A gvmd.toml that does not load is refused like a profile: the prices
+    /// in force stay, the refusal names file:line and the fix, and is audited
+    /// (`config_refused`).
+    async fn reload_prices(&self) -> Option<gvm_api::ProfileRefusal> {
+        let file = self.paths.config_file();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::DaemonConfig::load(&file))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let mut refusal = match loaded {
+            Ok(config) => {
+                self.gateway.set_prices(config.gateway_prices());
+                return None;
+            }
+            Err(crate::config::ConfigError::Invalid(d)) => gvm_api::ProfileRefusal::from(&d),
+            Err(e) => gvm_api::ProfileRefusal {
+                file: self.paths.config_file().display().to_string(),
+                line: None,
+                column: None,
+                field: None,
+                message: e.to_string(),
+                fix: None,
+            },
+        };
+        refusal.message.push_str(" (the [prices] in force stay until gvmd.toml loads)");
+        tracing::error!("gvmd.toml refused at reload: {refusal}");
+        let details = serde_json::json!({
+            "file": refusal.file, "line": refusal.line, "column": refusal.column, "field": refusal.field,
+            "message": refusal.message, "fix": refusal.fix, "kept_previous": true,
+        });
+        let event = NewEvent {
+            profile: None,
+            kind: gvm_api::EventKind::ConfigRefused.into(),
+            decision: None,
+            rule: None,
+            details,
+        };
+        self.record(event).await;
+        Some(refusal)
     }
 
     pub async fn status(&self) -> Result<StatusResponse, gvm_audit::AuditError> {

@@ -177,11 +177,26 @@ impl std::error::Error for Leaked {}
 pub(crate) struct Scanned<B> {
     inner: B,
     scan: Option<(crate::exfil::Stream, Arc<LeakWatch>)>,
+    /// Placeholders swapped after the scan (`body_swap.rs`).
+    swap: Option<crate::body_swap::BodySwap>,
+    /// A frame that waits for the swap's last held bytes to go first.
+    next: Option<Frame<Bytes>>,
+    ended: bool,
 }
 
 impl<B> Scanned<B> {
     pub(crate) fn new(inner: B, scan: Option<(crate::exfil::Stream, Arc<LeakWatch>)>) -> Self {
-        Scanned { inner, scan }
+        Scanned { inner, scan, swap: None, next: None, ended: false }
+    }
+
+    /// Swaps placeholders in what passed the scan.
+    pub(crate) fn swapping(mut self, swap: Option<crate::body_swap::BodySwap>) -> Self {
+        self.swap = swap;
+        self
+    }
+
+    fn held(&self) -> bool {
+        self.swap.as_ref().is_some_and(crate::body_swap::BodySwap::holds) || self.next.is_some()
     }
 }
 
@@ -194,6 +209,12 @@ where
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(f) = self.next.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let r = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match r {
             Some(Ok(f)) => {
@@ -203,18 +224,35 @@ where
                         return Poll::Ready(Some(Err(Box::new(Leaked))));
                     }
                 }
-                Poll::Ready(Some(Ok(f)))
+                let Some(swap) = self.swap.as_mut() else { return Poll::Ready(Some(Ok(f))) };
+                match f.into_data() {
+                    Ok(d) => Poll::Ready(Some(Ok(Frame::data(swap.push(&d))))),
+                    Err(trailers) => {
+                        let held = swap.finish();
+                        self.next = Some(trailers);
+                        Poll::Ready(Some(Ok(Frame::data(held))))
+                    }
+                }
             }
             Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
+            None => {
+                self.ended = true;
+                match self.swap.as_mut().map(crate::body_swap::BodySwap::finish) {
+                    Some(held) if !held.is_empty() => Poll::Ready(Some(Ok(Frame::data(held)))),
+                    _ => Poll::Ready(None),
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        (self.ended || self.inner.is_end_stream()) && !self.held()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.swap.is_some() {
+            return SizeHint::default(); // swapped: another length, sent chunked
+        }
         self.inner.size_hint()
     }
 }

@@ -79,6 +79,9 @@ pub(crate) struct ProfileState {
     pub rule_budgets: Vec<Option<gvm_policy::Budget>>,
     /// Each rule's name as decisions give it: `network.rule[i] (file:line)`.
     pub rule_names: Vec<Arc<str>>,
+    /// Each rule's budget counter key ([`crate::spend::rule_key`]): its match, not its
+    /// position, so reordering rules leaves spend where it was.
+    pub rule_keys: Vec<String>,
     /// Each rule's `intercept = false`, by rule index.
     pub rule_tunnel: Vec<bool>,
     /// Each rule's `cost`, by rule index.
@@ -91,6 +94,8 @@ pub(crate) struct ProfileState {
     pub bound: HashMap<String, Vec<HostPattern>>,
     /// Secret name → placeholder.
     pub placeholders: HashMap<String, String>,
+    /// Secrets whose placeholder is swapped in request bodies too (`body = true`).
+    pub body_secrets: Vec<String>,
 }
 
 /// Why a request was refused for what it carries.
@@ -248,7 +253,7 @@ impl ProfileState {
         let mut out = Vec::new();
         if let Some((i, Some(b))) = ruling.rule_index.map(|i| (i, self.rule_budgets.get(i).copied().flatten())) {
             out.push(crate::spend::Applies {
-                key: format!("network.rule[{i}]"),
+                key: self.rule_key(i),
                 name: ruling.rule.as_deref().map_or_else(|| format!("network.rule[{i}]"), str::to_owned),
                 budget: b,
             });
@@ -268,13 +273,17 @@ impl ProfileState {
         for (i, b) in self.rule_budgets.iter().enumerate() {
             if let Some(b) = b {
                 out.push(crate::spend::Applies {
-                    key: format!("network.rule[{i}]"),
+                    key: self.rule_key(i),
                     name: self.rule_names.get(i).map_or_else(|| format!("network.rule[{i}]"), |n| n.to_string()),
                     budget: *b,
                 });
             }
         }
         out
+    }
+
+    fn rule_key(&self, i: usize) -> String {
+        self.rule_keys.get(i).cloned().unwrap_or_else(|| format!("network.rule[{i}]"))
     }
 
     /// What a request decided by `ruling` costs (its rule's `cost`, else nothing).

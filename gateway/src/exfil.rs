@@ -244,7 +244,7 @@ impl Scanner {
 
     /// A streaming scan over one body.
     pub fn stream(self: &Arc<Self>) -> Stream {
-        Stream { scanner: self.clone(), tail: Vec::new(), buf: Vec::new(), fed: 0, hit: None }
+        Stream { scanner: self.clone(), tail: Vec::new(), buf: Vec::new(), fed: 0, hit: None, allowed: Vec::new() }
     }
 }
 
@@ -258,6 +258,9 @@ pub struct Stream {
     /// Bytes fed so far.
     fed: u64,
     hit: Option<Hit>,
+    /// Needles whose literal form is not a hit in this body (placeholders swapped in
+    /// the body, `[secrets.NAME] body = true`).
+    allowed: Vec<usize>,
 }
 
 impl Stream {
@@ -271,7 +274,16 @@ impl Stream {
         self.buf.extend_from_slice(&self.tail);
         self.buf.extend_from_slice(chunk);
         self.fed += chunk.len() as u64;
-        if let Some(m) = self.scanner.ac.find(&self.buf[..]) {
+        let m = if self.allowed.is_empty() {
+            self.scanner.ac.find(&self.buf[..])
+        } else {
+            let allowed = |m: &aho_corasick::Match| {
+                let (needle, enc) = self.scanner.pats[m.pattern().as_usize()];
+                enc == Encoding::Literal && self.allowed.contains(&needle)
+            };
+            self.scanner.ac.find_overlapping_iter(&self.buf[..]).find(|m| !allowed(m))
+        };
+        if let Some(m) = m {
             self.hit = Some(self.scanner.hit(m, base));
             return self.hit;
         }
@@ -283,6 +295,13 @@ impl Stream {
 
     pub fn scanner(&self) -> &Arc<Scanner> {
         &self.scanner
+    }
+
+    /// Lets the literal form of these needles through (they are swapped, see
+    /// `body::Swap`); every other form of them, and every other needle, is still a hit.
+    pub fn allowing(mut self, needles: Vec<usize>) -> Stream {
+        self.allowed = needles;
+        self
     }
 }
 

@@ -45,6 +45,7 @@ mod accept;
 mod answer;
 mod audit_glue;
 mod body;
+mod body_swap;
 mod budget;
 mod ca;
 mod decide;
@@ -55,6 +56,7 @@ mod head;
 mod holds;
 mod limit;
 mod pipeline;
+mod placeholder;
 mod rate;
 mod resolve;
 mod spend;
@@ -120,6 +122,7 @@ pub use usage::{Price, Prices, MAX_TAP, UNREAD_TOKENS};
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
 pub mod scan {
+    pub use crate::body_swap::BodySwap;
     pub use crate::exfil::{forms, Encoding, Hit, Needle, NeedleKind, Scanner, Stream, MIN_VALUE_LEN};
 }
 
@@ -204,8 +207,9 @@ pub(crate) struct Inner {
     prices: RwLock<Arc<usage::Prices>>,
     conns: limit::ConnLimits,
     budgets: Arc<budget::Budgets>,
-    /// Profile → secret → placeholder, made once per gvmd process (stable across reloads).
-    placeholders: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Profile → secret → placeholder (`placeholder.rs`; kept across restarts with
+    /// [`Gateway::open_placeholders`]).
+    placeholders: placeholder::Placeholders,
     /// Profile → values of its `deny_read` files ([`Gateway::set_file_values`]).
     file_values: Mutex<HashMap<String, Arc<Vec<FileValue>>>>,
     /// The task writing folded counts, started with the first listener.
@@ -347,8 +351,9 @@ impl std::fmt::Debug for FileValue {
 /// The values of a masked file's text: each `KEY=VALUE` line's value (an `export `
 /// prefix and one pair of matching quotes removed), and each whole non-empty line.
 /// Values shorter than [`scan::MIN_VALUE_LEN`] are counted in the second result, not
-/// returned. `path` names the file in labels.
-pub fn file_values(path: &std::path::Path, text: &[u8]) -> (Vec<FileValue>, usize) {
+/// returned. `path` names the file in labels. The values of keys in `ignore`
+/// (`[files] scan_ignore`) are left out; their whole lines are not.
+pub fn file_values(path: &std::path::Path, text: &[u8], ignore: &[String]) -> (Vec<FileValue>, usize) {
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut out: Vec<FileValue> = Vec::new();
     let mut short = 0;
@@ -378,7 +383,9 @@ pub fn file_values(path: &std::path::Path, text: &[u8]) -> (Vec<FileValue>, usiz
                     v = &v[1..v.len() - 1];
                 }
                 let key = String::from_utf8_lossy(key);
-                push(format!("{file} value {key} from {}", path.display()), v);
+                if !ignore.iter().any(|k| *k == key) {
+                    push(format!("{file} value {key} from {}", path.display()), v);
+                }
             }
         }
         push(format!("line {} of {}", i + 1, path.display()), line);
@@ -463,7 +470,7 @@ impl Gateway {
                 prices: RwLock::default(),
                 conns: limit::ConnLimits::new(cfg.fd_limit.unwrap_or_else(nofile_soft_limit)),
                 budgets: Arc::default(),
-                placeholders: Mutex::default(),
+                placeholders: placeholder::Placeholders::default(),
                 file_values: Mutex::default(),
                 folder: std::sync::OnceLock::new(),
             }),
@@ -480,7 +487,7 @@ impl Gateway {
             profile.secrets.iter().map(|(k, src)| (k.clone(), load_secret(src))).collect();
         self.inner.budgets.set_limits(&name, profile.limits);
         let body = self.inner.budgets.body(&name);
-        let placeholders = self.placeholders(profile);
+        let placeholders = self.inner.placeholders.of(&name, profile.secrets.keys().cloned(), Some(&secrets));
         let bound = profile.secret_use.iter().map(|(k, u)| (k.clone(), u.hosts.clone())).collect();
         let mut state = ProfileState {
             name: name.clone(),
@@ -492,6 +499,7 @@ impl Gateway {
             rule_budgets: profile.network.rules.iter().map(|r| r.budget).collect(),
             rule_costs: profile.network.rules.iter().map(|r| r.cost).collect(),
             rule_tunnel: profile.network.rules.iter().map(|r| !r.intercept).collect(),
+            rule_keys: spend::rule_keys(&profile.network.rules),
             rule_names: profile
                 .network
                 .rules
@@ -502,7 +510,13 @@ impl Gateway {
             scan: None,
             bound,
             placeholders,
+            body_secrets: profile.secret_use.iter().filter(|(_, u)| u.body).map(|(k, _)| k.clone()).collect(),
         };
+        let moves: Vec<(String, String)> = (state.rule_budgets.iter().enumerate())
+            .filter(|(_, b)| b.is_some())
+            .map(|(i, _)| (format!("network.rule[{i}]"), state.rule_keys[i].clone()))
+            .collect();
+        self.inner.spend.adopt_positions(&name, &moves);
         let files = self.inner.file_values.lock().unwrap_or_else(|e| e.into_inner()).get(&*name).cloned();
         state.scan = compile_scan(&state, files.as_deref().map_or(&[][..], Vec::as_slice));
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(state));
@@ -511,30 +525,16 @@ impl Gateway {
         self.inner.share_descriptors();
     }
 
-    /// The placeholders of `profile`'s secrets (secret → placeholder), made on first
-    /// use: `gvm-secret-<name>-<24 URL-safe characters from getrandom>`. They stay the
-    /// same for the life of gvmd (reloads keep them) and change when gvmd restarts.
-    fn placeholders(&self, profile: &gvm_policy::Profile) -> HashMap<String, String> {
-        let mut all = self.inner.placeholders.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = all.entry(profile.name.as_str().to_string()).or_default();
-        for name in profile.secrets.keys() {
-            mine.entry(name.clone()).or_insert_with(|| {
-                let mut raw = [0u8; 18];
-                // Fail closed: without randomness the placeholder would be guessable,
-                // and guessing it is harmless only because it is bound; still, refuse.
-                getrandom::getrandom(&mut raw).expect("the kernel's random source failed");
-                let tail = exfil::base64(&raw, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
-                format!("gvm-secret-{name}-{}", String::from_utf8_lossy(&tail))
-            });
-        }
-        mine.retain(|k, _| profile.secrets.contains_key(k));
-        mine.clone()
+    /// Keeps secret placeholders in `path` (gvmd: `<state>/placeholders.json`, 0600)
+    /// so that they survive a gvmd restart; call before the first profile is set.
+    pub fn open_placeholders(&self, path: &std::path::Path) {
+        self.inner.placeholders.open(path);
     }
 
     /// What the agent's environment gets for `profile`'s secrets: `[secrets.NAME] env`
     /// set to the secret's placeholder, never its value.
     pub fn agent_env(&self, profile: &gvm_policy::Profile) -> Vec<(String, String)> {
-        let placeholders = self.placeholders(profile);
+        let placeholders = self.inner.placeholders.of(profile.name.as_str(), profile.secrets.keys().cloned(), None);
         profile.secret_use.iter().filter_map(|(k, u)| Some((u.env.clone()?, placeholders.get(k)?.clone()))).collect()
     }
 
@@ -554,6 +554,7 @@ impl Gateway {
     /// Takes a profile out: its listeners refuse everything from now on.
     pub fn remove_profile(&self, name: &str) {
         self.inner.profiles.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.inner.placeholders.remove(name);
         self.inner.rate.forget(name);
         self.inner.upstreams.forget(name);
         self.inner.share_descriptors();
@@ -716,7 +717,7 @@ mod tests {
     #[test]
     fn dotenv_values_and_whole_lines_are_taken_short_ones_counted() {
         let text = b"# comment\nexport API_KEY=\"quoted-value-1\"\nDB_PASSWORD='single-quoted'\nPLAIN=plainvalue99\nTINY=abc\n\n-----BEGIN KEY-----\n";
-        let (v, short) = file_values(std::path::Path::new("/ws/.env"), text);
+        let (v, short) = file_values(std::path::Path::new("/ws/.env"), text, &[]);
         let got: Vec<(&str, &[u8])> = v.iter().map(|f| (f.label.as_str(), f.value.as_slice())).collect();
         assert!(got.contains(&(".env value API_KEY from /ws/.env", b"quoted-value-1".as_slice())), "{got:?}");
         assert!(got.contains(&(".env value DB_PASSWORD from /ws/.env", b"single-quoted".as_slice())), "{got:?}");

@@ -369,15 +369,18 @@ impl Inner {
         };
         parts.version = http::Version::HTTP_11;
         let body = Counting::new(body, Some(done.clone()), true).throttled(state.body.clone());
+        let mut swap = crate::body_swap::for_request(&state, target.tls, &target.host);
+        crate::body_swap::BodySwap::prepare(&mut swap, http_body::Body::is_end_stream(&body), &mut parts.headers);
         let watch = match (&state.scan, &leak_details) {
             (Some(scan), Some(d)) => {
                 let late = self.clone().late_leak(state.clone(), ruling.clone(), target.clone(), what(), d.clone());
-                Some((scan.stream(), Arc::new(LeakWatch::new(late))))
+                let allowed = swap.as_ref().map(|s| s.needles.clone()).unwrap_or_default();
+                Some((scan.stream().allowing(allowed), Arc::new(LeakWatch::new(late))))
             }
             _ => None,
         };
         let watching = watch.as_ref().map(|(_, w)| w.clone());
-        let up_req = Request::from_parts(parts, Scanned::new(body, watch));
+        let up_req = Request::from_parts(parts, Scanned::new(body, watch).swapping(swap));
 
         let key = PoolKey {
             profile: profile.clone(),

@@ -20,6 +20,18 @@
 //! ([`crate::Gateway::flush`]). **Crash window**: a crash (not a clean stop) loses up
 //! to the last second of charges, so after it an agent may spend up to one second's
 //! worth of requests again. A clean stop loses nothing.
+//!
+//! **Identity.** A rule's budget is counted under the rule's match ([`rule_keys`]:
+//! host, ports, methods, path), not its position: reordering rules, or adding rules
+//! before it, leaves its spend where it was; changing what it matches makes it another
+//! budget. The profile's `[budget]` is counted under `profile`.
+//!
+//! **Reload.** A reload never gives spend back. A changed limit is compared with the
+//! spend so far (lowering it below the spend exhausts the budget at once). A changed
+//! `per` carries the spend of the period in force when the reload happened into the
+//! new period that contains now: `per = "month"` → `"day"` makes today start with the
+//! month's spend so far; `"day"` → `"month"` makes the month start with today's. The
+//! counter then resets at the end of the new period.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,10 +39,48 @@ use std::sync::Mutex;
 use gvm_policy::{Budget, BudgetPer, Money};
 use time::{Duration, OffsetDateTime};
 
+/// The counter key of each rule's budget, by rule index: `match <host> ports=… methods=…
+/// path=…` (ports and methods sorted, absent parts left out). A second rule with the same
+/// match (which never decides anything) gets ` #2`, and so on.
+pub(crate) fn rule_keys(rules: &[gvm_policy::Rule]) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    rules
+        .iter()
+        .map(|r| {
+            if let Some(name) = &r.name {
+                return format!("name {name}"); // unique in the profile
+            }
+            let mut k = format!("match {}", r.host);
+            if !r.ports.is_empty() {
+                let mut ports = r.ports.clone();
+                ports.sort_unstable();
+                ports.dedup();
+                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                k.push_str(&format!(" ports={}", ports.join(",")));
+            }
+            if !r.methods.is_empty() {
+                let mut methods = r.methods.clone();
+                methods.sort();
+                methods.dedup();
+                k.push_str(&format!(" methods={}", methods.join(",")));
+            }
+            if let Some(p) = &r.path {
+                k.push_str(&format!(" path={p}"));
+            }
+            let n = seen.entry(k.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                k.push_str(&format!(" #{n}"));
+            }
+            k
+        })
+        .collect()
+}
+
 /// One budget that applies to a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Applies {
-    /// The counter's key: `profile` or `network.rule[i]`.
+    /// The counter's key: `profile` or the rule's [`rule_keys`] entry.
     pub key: String,
     /// What the agent and the audit log are told: `profile` or
     /// `network.rule[i] (file:line)`.
@@ -118,6 +168,8 @@ impl Exhausted {
 struct Counter {
     /// Start of the period counted (Unix seconds).
     period: i64,
+    /// Its end (Unix seconds); 0 when unknown (a row written before gvm kept it).
+    end: i64,
     spent: Spent,
     /// Charged since the last write to the store.
     dirty: bool,
@@ -129,6 +181,8 @@ type Key = (String, String);
 #[derive(Default)]
 pub(crate) struct Spend {
     counters: Mutex<HashMap<Key, Counter>>,
+    /// Counters moved to another key, to delete from the store at the next flush.
+    gone: Mutex<Vec<Key>>,
 }
 
 /// The period of `per` that contains `now`: `[start, end)`, in UTC.
@@ -160,10 +214,25 @@ pub(crate) fn period(per: BudgetPer, now: OffsetDateTime) -> (OffsetDateTime, Of
     }
 }
 
+impl Counter {
+    /// Does this counter's spend count in the period starting at `start`, at `now`? Yes
+    /// for that very period, and for any period still running at `now` (its `per` was
+    /// changed by a reload: the spend carries over, never given back).
+    fn counts(&self, start: i64, now: i64) -> bool {
+        self.period == start || (self.period <= now && now < self.end)
+    }
+}
+
 impl Spend {
-    fn spent(map: &HashMap<Key, Counter>, profile: &str, a: &Applies, start: OffsetDateTime) -> Spent {
+    fn spent(
+        map: &HashMap<Key, Counter>,
+        profile: &str,
+        a: &Applies,
+        start: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Spent {
         map.get(&(profile.to_string(), a.key.clone()))
-            .filter(|c| c.period == start.unix_timestamp())
+            .filter(|c| c.counts(start.unix_timestamp(), now.unix_timestamp()))
             .map_or_else(Spent::default, |c| c.spent)
     }
 
@@ -176,7 +245,7 @@ impl Spend {
     ) -> Option<Exhausted> {
         budgets.iter().find_map(|a| {
             let (start, end) = period(a.budget.per, now);
-            let spent = Spend::spent(map, profile, a, start);
+            let spent = Spend::spent(map, profile, a, start, now);
             spent.exhausts(&a.budget, cost).then(|| Exhausted {
                 name: a.name.clone(),
                 budget: a.budget,
@@ -249,16 +318,17 @@ impl Spend {
         let mut crossed = Vec::new();
         for a in budgets {
             let (start, end) = period(a.budget.per, now);
-            let start = start.unix_timestamp();
+            let (s, e) = (start.unix_timestamp(), end.unix_timestamp());
             let c = map.entry((profile.to_string(), a.key.clone())).or_insert(Counter {
-                period: start,
+                period: s,
+                end: e,
                 spent: Spent::default(),
                 dirty: false,
             });
-            if c.period != start {
-                c.period = start;
+            if !c.counts(s, now.unix_timestamp()) {
                 c.spent = Spent::default();
             }
+            (c.period, c.end) = (s, e);
             let before = c.spent;
             c.spent.requests += requests;
             c.spent.money = Money(c.spent.money.0.saturating_add(cost.0));
@@ -294,9 +364,27 @@ impl Spend {
             .iter()
             .map(|a| {
                 let (start, end) = period(a.budget.per, now);
-                (Spend::spent(&map, profile, a, start), end)
+                (Spend::spent(&map, profile, a, start, now), end)
             })
             .collect()
+    }
+
+    /// Moves the counters gvm kept by rule position before rule budgets were keyed by
+    /// their match (`network.rule[i]` → [`rule_keys`]`[i]`, as `moves` says), once, so an
+    /// upgrade gives no spend back. A counter already under the new key wins.
+    pub(crate) fn adopt_positions(&self, profile: &str, moves: &[(String, String)]) {
+        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = Vec::new();
+        for (old, new) in moves {
+            let Some(mut c) = map.remove(&(profile.to_string(), old.clone())) else { continue };
+            c.dirty = true;
+            map.entry((profile.to_string(), new.clone())).or_insert(c);
+            gone.push((profile.to_string(), old.clone()));
+        }
+        drop(map);
+        if !gone.is_empty() {
+            self.gone.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
+        }
     }
 
     /// Takes the counters charged since the last call (to write them to the store).
@@ -306,7 +394,7 @@ impl Spend {
             .filter(|(_, c)| c.dirty)
             .map(|((p, k), c)| {
                 c.dirty = false;
-                Row { profile: p.clone(), key: k.clone(), period: c.period, spent: c.spent }
+                Row { profile: p.clone(), key: k.clone(), period: c.period, end: c.end, spent: c.spent }
             })
             .collect()
     }
@@ -323,31 +411,27 @@ impl Spend {
         }
     }
 
-    /// Puts loaded rows in place (at start, before any request).
+    /// Puts loaded rows in place (at start, before any request), oldest written first:
+    /// the last row of a counter is its state.
     fn load(&self, rows: Vec<Row>) {
         let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         for r in rows {
-            let c = map.entry((r.profile, r.key)).or_insert(Counter {
-                period: r.period,
-                spent: Spent::default(),
-                dirty: false,
-            });
-            if r.period >= c.period {
-                c.period = r.period;
-                c.spent = r.spent;
-            }
+            map.insert((r.profile, r.key), Counter { period: r.period, end: r.end, spent: r.spent, dirty: false });
         }
     }
 
     /// Writes what was charged since the last flush to `store`.
     pub(crate) fn flush(&self, store: &SpendStore) {
         let rows = self.take_dirty();
-        if rows.is_empty() {
+        let gone = std::mem::take(&mut *self.gone.lock().unwrap_or_else(|e| e.into_inner()));
+        if rows.is_empty() && gone.is_empty() {
             return;
         }
-        if let Err(e) = store.write(&rows) {
+        // The moved counters' new rows first, then the old ones go, in one transaction.
+        if let Err(e) = store.write(&rows, &gone) {
             tracing::error!("cannot write budget spend to {}: {e}", store.path.display());
             self.redirty(&rows);
+            self.gone.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
         }
     }
 }
@@ -358,6 +442,7 @@ struct Row {
     profile: String,
     key: String,
     period: i64,
+    end: i64,
     spent: Spent,
 }
 
@@ -408,6 +493,20 @@ impl SpendStore {
             );",
         )
         .map_err(sql)?;
+        // Columns added later: the period's end (a reload may change `per`) and the
+        // order rows were written in (the last written is the counter's state).
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('spend')")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(sql)?;
+        for (col, ddl) in [
+            ("ends", "ALTER TABLE spend ADD COLUMN ends INTEGER NOT NULL DEFAULT 0"),
+            ("written", "ALTER TABLE spend ADD COLUMN written INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            if !cols.iter().any(|c| c == col) {
+                conn.execute_batch(ddl).map_err(sql)?;
+            }
+        }
         // Periods that ended long ago are history nobody reads: the longest period is a
         // month, so 40 days back is always past.
         let past = OffsetDateTime::now_utc().unix_timestamp() - PRUNE_AFTER_SECS;
@@ -415,39 +514,44 @@ impl SpendStore {
         Ok(SpendStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
 
-    /// The latest period of every (profile, budget).
+    /// Every row, in the order they were last written.
     fn latest(&self) -> Result<Vec<Row>, rusqlite::Error> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn.prepare(
-            "SELECT profile, budget, period, requests, micros FROM spend s
-             WHERE period = (SELECT MAX(period) FROM spend t WHERE t.profile = s.profile AND t.budget = s.budget)",
-        )?;
+        let mut st =
+            conn.prepare("SELECT profile, budget, period, ends, requests, micros FROM spend ORDER BY written, period")?;
         let rows = st.query_map([], |r| {
             Ok(Row {
                 profile: r.get(0)?,
                 key: r.get(1)?,
                 period: r.get(2)?,
+                end: r.get(3)?,
                 spent: Spent {
-                    requests: r.get::<_, i64>(3)?.max(0) as u64,
-                    money: Money(r.get::<_, i64>(4)?.max(0) as u64),
+                    requests: r.get::<_, i64>(4)?.max(0) as u64,
+                    money: Money(r.get::<_, i64>(5)?.max(0) as u64),
                 },
             })
         })?;
         rows.collect()
     }
 
-    fn write(&self, rows: &[Row]) -> Result<(), rusqlite::Error> {
+    fn write(&self, rows: &[Row], gone: &[Key]) -> Result<(), rusqlite::Error> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
         {
+            let written: i64 = tx.query_row("SELECT COALESCE(MAX(written), 0) + 1 FROM spend", [], |r| r.get(0))?;
             let mut st = tx.prepare_cached(
-                "INSERT INTO spend (profile, budget, period, requests, micros) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (profile, budget, period) DO UPDATE SET requests = ?4, micros = ?5",
+                "INSERT INTO spend (profile, budget, period, ends, requests, micros, written)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (profile, budget, period) DO UPDATE SET ends = ?4, requests = ?5, micros = ?6, written = ?7",
             )?;
             for r in rows {
                 let n = i64::try_from(r.spent.requests).unwrap_or(i64::MAX);
                 let m = i64::try_from(r.spent.money.0).unwrap_or(i64::MAX);
-                st.execute(rusqlite::params![r.profile, r.key, r.period, n, m])?;
+                st.execute(rusqlite::params![r.profile, r.key, r.period, r.end, n, m, written])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM spend WHERE profile = ?1 AND budget = ?2")?;
+            for (profile, key) in gone {
+                del.execute(rusqlite::params![profile, key])?;
             }
         }
         tx.commit()
@@ -567,6 +671,122 @@ mod tests {
         assert_eq!(e.spent, Spent { requests: 5, money: Money(100_000) });
         // At the limit even a free request is refused.
         assert!(s.exhausted("p", &b, Money(0), t).is_some());
+    }
+
+    #[test]
+    fn a_changed_per_carries_the_spend_into_the_period_that_contains_now() {
+        let s = Spend::default();
+        let b = |per| {
+            [Applies {
+                key: "profile".into(),
+                name: "profile".into(),
+                budget: Budget { requests: Some(10), money: None, per, on_exhausted: OnExhausted::Deny },
+            }]
+        };
+        let t = datetime!(2026-05-05 10:15 UTC);
+        for _ in 0..4 {
+            s.charge("p", &b(BudgetPer::Month), Money(0), t, false).unwrap();
+        }
+        // month → day: today starts with the month's 4, and resets tomorrow.
+        assert_eq!(s.report("p", &b(BudgetPer::Day), t)[0].0.requests, 4);
+        s.charge("p", &b(BudgetPer::Day), Money(0), t, false).unwrap();
+        assert_eq!(s.report("p", &b(BudgetPer::Day), t)[0].0.requests, 5);
+        assert_eq!(s.report("p", &b(BudgetPer::Day), datetime!(2026-05-06 0:00 UTC))[0].0.requests, 0);
+        // day → month: the month starts with today's 5, kept to the month's end.
+        s.charge("p", &b(BudgetPer::Month), Money(0), t, false).unwrap();
+        assert_eq!(s.report("p", &b(BudgetPer::Month), datetime!(2026-05-31 23:00 UTC))[0].0.requests, 6);
+        assert_eq!(s.report("p", &b(BudgetPer::Month), datetime!(2026-06-01 0:00 UTC))[0].0.requests, 0);
+        // A lower limit is compared with the spend so far: exhausted at once.
+        let mut low = b(BudgetPer::Month);
+        low[0].budget.requests = Some(6);
+        assert_eq!(s.exhausted("p", &low, Money(0), t).unwrap().spent.requests, 6);
+    }
+
+    #[test]
+    fn a_rule_budget_is_keyed_by_its_match_not_its_position() {
+        let text = |rules: &str| format!("[network]\ndefault = \"deny\"\n{rules}");
+        let a = "[[network.rule]]\nhost = \"a.example\"\nports = [443, 80]\nmethods = [\"POST\", \"GET\"]\npath = \"/v1/*\"\naction = \"allow\"\n";
+        let a2 = "[[network.rule]]\nhost = \"a.example\"\nports = [80, 443]\nmethods = [\"GET\", \"POST\"]\npath = \"/v1/*\"\naction = \"hold\"\n";
+        let b = "[[network.rule]]\nhost = \"b.example\"\naction = \"allow\"\n";
+        let keys = |t: String| {
+            let p = gvm_policy::parse_profile(std::path::Path::new("/x/p.toml"), &t).unwrap();
+            rule_keys(&p.network.rules)
+        };
+        let one = keys(text(&format!("{a}{b}")));
+        let two = keys(text(&format!("{b}{a2}")));
+        assert_eq!(one[0], "match a.example ports=80,443 methods=GET,POST path=/v1/*");
+        assert_eq!((one[0].as_str(), one[1].as_str()), (two[1].as_str(), two[0].as_str()), "same match, same key");
+        let dup = keys(text(&format!("{b}{b}")));
+        assert_ne!(dup[0], dup[1]);
+        // A named rule keeps its key when its match changes.
+        let named = |host: &str| {
+            keys(text(&format!("[[network.rule]]\nhost = \"{host}\"\nname = \"llm\"\naction = \"allow\"\n")))
+        };
+        assert_eq!(named("a.example"), ["name llm"]);
+        assert_eq!(named("a.example"), named("b.example"));
+    }
+
+    #[test]
+    fn spend_kept_by_rule_position_moves_to_the_rules_match_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spend.db");
+        let budget = Budget { requests: Some(3), money: None, per: BudgetPer::Month, on_exhausted: OnExhausted::Deny };
+        let at = |key: &str| [Applies { key: key.into(), name: "r".into(), budget }];
+        let now = OffsetDateTime::now_utc();
+        {
+            // What an older gvm wrote: the counter under the rule's position.
+            let store = SpendStore::open(&path).unwrap();
+            let s = Spend::default();
+            s.charge("p", &at("network.rule[0]"), Money(0), now, false).unwrap();
+            s.charge("p", &at("network.rule[0]"), Money(0), now, false).unwrap();
+            s.flush(&store);
+        }
+        let moves = [("network.rule[0]".to_string(), "match a.example".to_string())];
+        {
+            let store = SpendStore::open(&path).unwrap();
+            let s = Spend::default();
+            s.load_from(&store).unwrap();
+            s.adopt_positions("p", &moves);
+            assert_eq!(s.report("p", &at("match a.example"), now)[0].0.requests, 2);
+            assert_eq!(s.report("p", &at("network.rule[0]"), now)[0].0.requests, 0);
+            s.flush(&store);
+        }
+        let store = SpendStore::open(&path).unwrap();
+        let s = Spend::default();
+        s.load_from(&store).unwrap();
+        assert_eq!(s.report("p", &at("network.rule[0]"), now)[0].0.requests, 0, "the old row is gone");
+        s.adopt_positions("p", &[("network.rule[0]".to_string(), "match b.example".to_string())]);
+        assert_eq!(s.report("p", &at("match b.example"), now)[0].0.requests, 0, "moved once, not again");
+        assert_eq!(s.report("p", &at("match a.example"), now)[0].0.requests, 2);
+    }
+
+    #[test]
+    fn a_store_of_an_older_gvm_gets_its_new_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spend.db");
+        let now = OffsetDateTime::now_utc();
+        let start = period(BudgetPer::Day, now).0.unix_timestamp();
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE spend (profile TEXT NOT NULL, budget TEXT NOT NULL, period INTEGER NOT NULL,
+                 requests INTEGER NOT NULL, micros INTEGER NOT NULL, PRIMARY KEY (profile, budget, period));",
+            )
+            .unwrap();
+            c.execute("INSERT INTO spend VALUES ('p', 'profile', ?1, 4, 0)", [start]).unwrap();
+        }
+        let store = SpendStore::open(&path).unwrap();
+        let s = Spend::default();
+        s.load_from(&store).unwrap();
+        let b = [Applies {
+            key: "profile".into(),
+            name: "profile".into(),
+            budget: Budget { requests: Some(5), money: None, per: BudgetPer::Day, on_exhausted: OnExhausted::Deny },
+        }];
+        assert_eq!(s.report("p", &b, now)[0].0.requests, 4);
+        s.charge("p", &b, Money(0), now, false).unwrap();
+        s.flush(&store);
+        assert!(s.charge("p", &b, Money(0), now, false).is_err());
     }
 
     #[test]

@@ -19,6 +19,11 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with("").await
+}
+
+/// [`rig`], with `more` added to the secret's table (e.g. `, body = true`).
+async fn rig_with(more: &str) -> Rig {
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), format!("{REAL}\n")).unwrap();
     let policy = format!(
@@ -43,7 +48,7 @@ action = "allow"
 inject = {{ header = "Authorization", value = "Bearer {{secret:openai}}" }}
 
 [secrets]
-openai = {{ file = "{}", env = "OPENAI_API_KEY", hosts = ["api.test.example"] }}
+openai = {{ file = "{}", env = "OPENAI_API_KEY", hosts = ["api.test.example"]{more} }}
 "#,
         secret.path().display()
     );
@@ -59,6 +64,7 @@ openai = {{ file = "{}", env = "OPENAI_API_KEY", hosts = ["api.test.example"] }}
     let (values, short) = gvm_gateway::file_values(
         std::path::Path::new("/ws/.env"),
         format!("# db\nDB_PASSWORD=\"{DB_PASSWORD}\"\nexport SHORT=abc\n").as_bytes(),
+        &[],
     );
     assert_eq!(short, 1, "SHORT=abc is too short to scan for");
     env.gw.set_file_values("agent", values);
@@ -266,4 +272,109 @@ async fn every_way_in_is_scanned() {
     let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(j["headers"]["x-api-key"], REAL, "{j}");
+}
+
+/// `.env` values that are not secrets (`NODE_ENV=production`) would make the scan refuse
+/// an ordinary word; `[files] scan_ignore` names their keys, and only those are let go.
+#[tokio::test]
+async fn scan_ignore_lets_ordinary_words_through_and_still_stops_the_secrets() {
+    let rig = rig().await;
+    let env = &rig.env;
+    let host = format!("{HOST}:{}", env.up_http);
+    let dotenv = format!("NODE_ENV=production\nDB_PASSWORD=\"{DB_PASSWORD}\"\n");
+    let body = "{\"mode\": \"production\"}";
+    let post = |body: &'static str| {
+        let host = host.clone();
+        async move {
+            let mut c = proxy_conn(env).await;
+            send(&mut c, "POST", &format!("http://{host}/up"), &host, body).await
+        }
+    };
+    let (values, _) = gvm_gateway::file_values(std::path::Path::new("/ws/.env"), dotenv.as_bytes(), &[]);
+    env.gw.set_file_values("agent", values);
+    let r = post(body).await;
+    assert_eq!(r.status, 403, "without scan_ignore the word is refused: {}", r.body);
+    assert!(r.json()["exfiltration"].as_str().unwrap().starts_with(".env value NODE_ENV"), "{}", r.body);
+
+    let ignore = ["NODE_ENV".to_string()];
+    let (values, _) = gvm_gateway::file_values(std::path::Path::new("/ws/.env"), dotenv.as_bytes(), &ignore);
+    env.gw.set_file_values("agent", values);
+    assert_eq!(post(body).await.status, 200);
+    let r = post("{\"password\": \"correct-horse-battery\"}").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["exfiltration"].as_str().unwrap().starts_with(".env value DB_PASSWORD"), "{}", r.body);
+    let r = post("NODE_ENV=production").await;
+    assert_eq!(r.status, 403, "the whole line is still scanned for: {}", r.body);
+}
+
+/// A POST of `body` over intercepted TLS to `host`: (status, answer as JSON).
+async fn tls_post(env: &Env, host: &str, body: &str) -> (u16, serde_json::Value) {
+    let s = env.up_https;
+    let mut c = connect_tls(env, &format!("{host}:{s}"), host).await.unwrap();
+    let r = send(&mut c, "POST", "/v1/files", &format!("{host}:{s}"), body).await;
+    (r.status, r.json())
+}
+
+/// `body = true`: the placeholder is swapped in request bodies to the bound host over
+/// intercepted TLS — across the body's frames, the length changed, sent chunked — and
+/// still refused anywhere else or in another form.
+#[tokio::test]
+async fn with_body_true_a_placeholder_in_a_body_is_swapped_for_its_bound_host_only() {
+    let swapping = rig_with(", body = true").await;
+    let env = &swapping.env;
+    let ph = &swapping.placeholder;
+    // ~200 KiB of placeholders 7 bytes apart: the TLS records and frames the gateway
+    // reads split some of them.
+    let unit = format!("swap-{}:{ph}\n", std::process::id());
+    let n = 200 * 1024 / unit.len();
+    let body = unit.repeat(n);
+    let (status, j) = tls_post(env, HOST, &body).await;
+    assert_eq!(status, 200, "{j}");
+    let want = body.len() - n * ph.len() + n * REAL.len();
+    assert_eq!(j["body_len"].as_u64(), Some(want as u64), "every placeholder swapped: {j}");
+    assert_eq!(j["headers"].get("content-length"), None, "{j}");
+    assert_eq!(j["headers"]["transfer-encoding"], "chunked", "{j}");
+    assert!(upstream_saw(format!("swap-{}:{REAL}\n", std::process::id()).as_bytes()));
+    assert!(!upstream_saw(ph.as_bytes()), "a placeholder reached the upstream");
+
+    // A chunked upload is swapped too; a request without a body goes as it came.
+    let s = env.up_https;
+    let mut c = connect_tls(env, &format!("{HOST}:{s}"), HOST).await.unwrap();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/v1/chunked")
+        .header("host", format!("{HOST}:{s}"))
+        .header("transfer-encoding", "chunked")
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!("chunked={ph}"))))
+        .unwrap();
+    c.ready().await.unwrap();
+    let r = c.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let j: serde_json::Value =
+        serde_json::from_slice(&http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes()).unwrap();
+    assert_eq!(j["body_len"].as_u64(), Some(("chunked=".len() + REAL.len()) as u64), "{j}");
+    assert!(upstream_saw(format!("chunked={REAL}").as_bytes()));
+    let (status, j) = tls_get(env, HOST, "/v1/models", "none").await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["headers"].get("transfer-encoding"), None, "a GET stays without a body: {j}");
+
+    // Anywhere else: refused as ever.
+    let (status, j) = tls_post(env, OTHER, &format!("key={ph}")).await;
+    assert_eq!((status, j["secret_egress"].as_str()), (403, Some("placeholder of secret openai")), "{j}");
+    let mut c = proxy_conn(env).await;
+    let p = env.up_http;
+    let r = send(&mut c, "POST", &format!("http://{HOST}:{p}/v1"), &format!("{HOST}:{p}"), &format!("key={ph}")).await;
+    assert_eq!(r.status, 403, "plain HTTP: {}", r.body);
+    // Encoded, even to the bound host: only the placeholder as it is is swapped.
+    let hex: String = ph.bytes().map(|b| format!("{b:02x}")).collect();
+    let (status, j) = tls_post(env, HOST, &format!("key={hex}")).await;
+    assert_eq!((status, j["secret_egress"].as_str()), (403, Some("placeholder of secret openai")), "{j}");
+    // The real value sent by the agent in a body: exfiltration, as ever.
+    let (status, j) = tls_post(env, HOST, &format!("key={REAL}")).await;
+    assert!(status == 403 && j["exfiltration"].as_str().unwrap().starts_with("secret openai"), "{j}");
+
+    // Without `body = true`, the same body to the bound host is refused.
+    let plain = rig().await;
+    let (status, j) = tls_post(&plain.env, HOST, &format!("key={}", plain.placeholder)).await;
+    assert_eq!((status, j["secret_egress"].as_str()), (403, Some("placeholder of secret openai")), "{j}");
 }

@@ -220,6 +220,9 @@ pub struct Rule {
     /// `false`: never intercept TLS for this host (pinned or mutual-TLS upstreams).
     pub intercept: bool,
     pub comment: Option<String>,
+    /// `name = "openai-chat"`: what the rule's budget is counted under, so that it
+    /// keeps its spend when the rule's match changes (unique in the profile).
+    pub name: Option<String>,
 }
 
 /// Sort key: greater = more specific. Field order is the precedence order.

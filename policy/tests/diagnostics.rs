@@ -29,7 +29,7 @@ fn toml_syntax_error_has_position() {
 fn unknown_field_lists_the_accepted_fields() {
     assert_eq!(
         says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\n[[network.rule]]\nhost = \"b.com\"\nacton = \"allow\"\n"),
-        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment"
+        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment, name"
     );
     assert_eq!(
         says("bogus = 1\n"),
@@ -37,7 +37,7 @@ fn unknown_field_lists_the_accepted_fields() {
     );
     assert_eq!(
         says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),
-        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential, env, hosts"
+        "profiles/inv.toml:2:20: `secrets.x.foo`: unknown field `foo` — accepted fields: file, credential, env, hosts, body"
     );
 }
 

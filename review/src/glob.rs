@@ -290,7 +290,7 @@ mod tests {
             auto_apply: vec!["out/**".into(), "tmp/**".into()],
             review: vec!["out/secret*".into()],
             discard: vec!["tmp/**".into()],
-            deny_read: vec![],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(rules.classify("out/a.csv", true).0, FileClass::AutoApply);

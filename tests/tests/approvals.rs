@@ -9,16 +9,11 @@
 
 mod common;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::agent::Upstream;
 use common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One request through the proxy, absolute-form, with a JSON body; (status, body).
 fn through_proxy(proxy: u16, method: &str, url: &str, body: &str) -> std::io::Result<(u16, String)> {
@@ -38,45 +33,6 @@ fn through_proxy(proxy: u16, method: &str, url: &str, body: &str) -> std::io::Re
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
     Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
-/// A webhook receiver: answers 200 and keeps each POSTed body.
-struct Hook {
-    port: u16,
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Hook {
-    fn start() -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let log = got.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                if r.read_exact(&mut body).is_ok() {
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        log.lock().unwrap().push(v);
-                    }
-                }
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            }
-        });
-        Hook { port, got }
-    }
 }
 
 const PROFILE: &str = r#"# invoices: the billing agent (this comment must survive --always)
@@ -128,7 +84,7 @@ fn hold(proxy: u16, url: String) -> std::thread::JoinHandle<std::io::Result<(u16
 fn held_requests_are_approved_denied_and_time_out_each_audited_with_its_id_and_notified() {
     let dirs = Dirs::new();
     let upstream = Upstream::start(None);
-    let hook = Hook::start();
+    let hook = Webhook::start();
     let proxy = free_port();
     setup(
         &dirs,

@@ -23,6 +23,11 @@ struct Rig {
 }
 
 fn rig(tag: &str) -> Rig {
+    rig_with(tag, "")
+}
+
+/// [`rig`], with `more` added to the secret's table (e.g. `, body = true`).
+fn rig_with(tag: &str, more: &str) -> Rig {
     let mut sb = Sandboxed::new(tag);
     let up = Upstream::start(None);
     let ca = TestCa::new(&["tls.test.example", "other.test.example"]);
@@ -65,7 +70,7 @@ path = "/**"
 action = "allow"
 
 [secrets]
-openai = {{ file = "{key}", env = "OPENAI_API_KEY", hosts = ["tls.test.example"] }}
+openai = {{ file = "{key}", env = "OPENAI_API_KEY", hosts = ["tls.test.example"]{more} }}
 
 [files]
 deny_read = ["**/.env"]
@@ -245,4 +250,83 @@ fn a_missing_secret_file_refuses_the_profile_with_its_line() {
     assert_eq!((r["line"].as_u64(), r["field"].as_str()), (Some(5), Some("secrets.k.file")), "{s:#}");
     assert!(r["message"].as_str().unwrap().contains("cannot read /nonexistent/gvm-test-key"), "{s:#}");
     assert!(r["fix"].as_str().unwrap().contains("gvmctl reload"), "{s:#}");
+}
+
+/// The agent's placeholder, as it reads it from its environment, and what `curl` to the
+/// bound host answers when it sends `sent` (its placeholder when empty).
+fn placeholder_and_bound(rig: &Rig, sent: &str) -> (String, String) {
+    let t = rig.tls.port();
+    let token = if sent.is_empty() { "$OPENAI_API_KEY".to_string() } else { sent.to_string() };
+    let script = format!(
+        "echo @@environ; /usr/bin/python3 -c \"print([x for x in open('/proc/self/environ').read().split(chr(0)) if x.startswith('OPENAI_API_KEY=')][0])\"; \
+         echo @@bound; curl -sS -H \"Authorization: Bearer {token}\" -w '\\nstatus=%{{http_code}}\\n' \
+         'https://tls.test.example:{t}/v1/chat' 2>&1"
+    );
+    let ran = rig.sb.sh(&script);
+    assert_eq!(ran.code, Some(0), "sent {sent:?}: {ran:#?}");
+    let s = sections(&ran.out);
+    let ph = section(&s, "environ", &ran).trim().trim_start_matches("OPENAI_API_KEY=").to_string();
+    assert!(ph.starts_with("gvm-secret-openai-"), "{ran:#?}");
+    (ph, section(&s, "bound", &ran).to_string())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_placeholder_outlives_a_gvmd_restart_and_a_rotated_secret_gets_a_new_one() {
+    assert_root();
+    let mut rig = rig("phk");
+    let (before, _) = placeholder_and_bound(&rig, "");
+
+    let status = rig.sb.gvmd.take().unwrap().stop();
+    assert!(status.success(), "{status}");
+    let kept = rig.sb.dirs.state.join("placeholders.json");
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(&kept).unwrap().contains(REAL), "the value is not kept");
+    rig.sb.gvmd = Some(Gvmd::start(&rig.sb.dirs));
+
+    // An agent started before the restart still holds `before`: it is swapped as ever.
+    let (after, bound) = placeholder_and_bound(&rig, &before);
+    assert_eq!(after, before, "the same placeholder after the restart");
+    assert!(bound.contains("ok /v1/chat") && bound.contains("status=200"), "{bound}");
+    assert!(rig.tls.received(&format!("Bearer {REAL}")), "the bound host gets the real value");
+    assert!(!rig.tls.received(&before), "the placeholder reached the upstream");
+
+    // The secret is rotated while gvmd is down: a new placeholder, swapped for the new value.
+    let status = rig.sb.gvmd.take().unwrap().stop();
+    assert!(status.success(), "{status}");
+    let rotated = "sk-proj-ROTATED-fedcba9876543210";
+    std::fs::write(rig.sb.dirs.root.path().join("openai.key"), format!("{rotated}\n")).unwrap();
+    rig.sb.gvmd = Some(Gvmd::start(&rig.sb.dirs));
+    let (new, bound) = placeholder_and_bound(&rig, "");
+    assert_ne!(new, before, "a rotated secret drops its placeholder");
+    assert!(bound.contains("status=200"), "{bound}");
+    assert!(rig.tls.received(&format!("Bearer {rotated}")));
+    assert!(!std::fs::read_to_string(&kept).unwrap().contains(&before));
+}
+
+/// `body = true`: an SDK that sends its key in the JSON body works against the bound
+/// host (the upstream gets the real value, never the placeholder); the same body to
+/// another host is refused.
+#[test]
+#[ignore = "needs root"]
+fn with_body_true_the_placeholder_in_a_json_body_is_swapped_for_the_bound_host() {
+    assert_root();
+    let rig = rig_with("phb", ", body = true");
+    let t = rig.tls.port();
+    let post = |name: &str, host: &str| {
+        format!(
+            "echo @@{name}; curl -sS -H 'Content-Type: application/json' -d \"{{\\\"api_key\\\": \\\"$OPENAI_API_KEY\\\"}}\" \
+             -w '\\nstatus=%{{http_code}}\\n' 'https://{host}:{t}/v1/files' 2>&1; "
+        )
+    };
+    let ran = rig.sb.sh(&[post("bound", "tls.test.example"), post("other", "other.test.example")].concat());
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let s = sections(&ran.out);
+    let bound = section(&s, "bound", &ran);
+    assert!(bound.contains("ok /v1/files") && bound.contains("status=200"), "{bound}");
+    assert!(rig.tls.received(&format!("{{\"api_key\": \"{REAL}\"}}")), "the bound host gets the value in the body");
+    assert!(!rig.tls.received("gvm-secret-openai-"), "a placeholder reached an upstream");
+    let other = section(&s, "other", &ran);
+    assert!(other.contains("status=403") && other.contains("\"secret_egress\""), "{other}");
+    assert!(!ran.out.contains(REAL), "the agent saw the real value: {ran:#?}");
 }

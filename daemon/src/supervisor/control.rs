@@ -85,10 +85,12 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: AgentVerb) -> Resu
     Ok(AgentAction { profile: profile.to_string(), action, state })
 }
 
-/// At start: re-opens the gateway inside the network namespace of every agent that
-/// outlived a gvmd restart (their requests failed closed meanwhile), then starts every
-/// profile with `autostart = true` and a command.
-pub async fn reconcile(daemon: &Arc<Daemon>) {
+/// At start, before the control socket serves: re-opens the gateway inside the network
+/// namespace of every agent that outlived a gvmd restart (their requests failed closed
+/// meanwhile) and removes what a previous gvmd left of the others. (Done later, it
+/// raced a `gvmctl run` sent right after the start: the leftover's teardown removed the
+/// run's new netns.)
+pub async fn reconcile_leftovers(daemon: &Arc<Daemon>) {
     let profiles = daemon.profiles();
     for name in profiles.profiles.keys() {
         if !daemon.paths.runtime_dir.join("netns").join(name).exists() {
@@ -115,6 +117,11 @@ pub async fn reconcile(daemon: &Arc<Daemon>) {
     for name in stale {
         daemon.notifier.remove_fds(&name);
     }
+}
+
+/// After the start: starts every profile with `autostart = true` and a command.
+pub async fn reconcile(daemon: &Arc<Daemon>) {
+    let profiles = daemon.profiles();
     for (name, p) in &profiles.profiles {
         if p.profile.agent.autostart
             && p.profile.agent.command.is_some()

@@ -107,6 +107,9 @@ pub enum SecretSource {
 pub struct SecretUse {
     pub env: Option<String>,
     pub hosts: Vec<HostPattern>,
+    /// `body = true`: the placeholder is also swapped for the value in request bodies
+    /// to `hosts`, over intercepted TLS.
+    pub body: bool,
     /// `file:line:col` of the secret's source, for load-time refusals by gvmd.
     pub at: Diagnostic,
 }
@@ -118,6 +121,10 @@ pub struct Files {
     pub review: Vec<String>,
     pub discard: Vec<String>,
     pub deny_read: Vec<String>,
+    /// `scan_ignore = ["NODE_ENV"]`: keys of `KEY=VALUE` lines in the `deny_read` files
+    /// whose values are not secrets (`NODE_ENV=production`), so the exfiltration scan
+    /// does not look for them (the whole line still is).
+    pub scan_ignore: Vec<String>,
 }
 
 /// `[limits]`: what one agent may take of gvmd's shared resources, so that it cannot
@@ -288,6 +295,7 @@ fn profile_name(file: &Path) -> Result<ProfileName, Diagnostic> {
 mod tests {
     use super::spans::*;
     use super::validate::*;
+    use super::*;
 
     #[test]
     fn serde_messages_are_split() {
@@ -303,6 +311,44 @@ mod tests {
             split_serde_message("missing field `action`\n"),
             ("missing field `action`".into(), Some("add `action = ...` to this table".into()))
         );
+    }
+
+    #[test]
+    fn scan_ignore_takes_dotenv_keys_and_refuses_anything_else_with_line_and_fix() {
+        let file = Path::new("/etc/gvm/profiles/p.toml");
+        let ok =
+            parse_profile(file, "[files]\ndeny_read = [\"**/.env\"]\nscan_ignore = [\"NODE_ENV\", \"LOG_LEVEL\"]\n");
+        assert_eq!(ok.unwrap().files.scan_ignore, ["NODE_ENV", "LOG_LEVEL"]);
+        let bad = parse_profile(file, "[files]\nscan_ignore = [\"NODE_ENV\", \"A B\"]\n").unwrap_err();
+        assert_eq!((bad.line, bad.field.as_deref()), (Some(2), Some("files.scan_ignore[1]")), "{bad}");
+        assert!(bad.fix.unwrap().contains("scan_ignore = [\"NODE_ENV\""));
+    }
+
+    #[test]
+    fn a_secret_swapped_in_bodies_needs_env_and_hosts() {
+        let file = Path::new("/etc/gvm/profiles/p.toml");
+        let with = |t: &str| parse_profile(file, &format!("[secrets]\nk = {{ file = \"/etc/gvm/k\"{t} }}\n"));
+        let ok = with(", env = \"K\", hosts = [\"api.example.com\"], body = true").unwrap();
+        assert!(ok.secret_use["k"].body);
+        assert!(!with(", env = \"K\", hosts = [\"api.example.com\"]").unwrap().secret_use["k"].body);
+        for bad in [", hosts = [\"api.example.com\"], body = true", ", env = \"K\", body = true"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("secrets.k.body")), "{e}");
+            assert!(e.fix.unwrap().contains("body = true"));
+        }
+    }
+
+    #[test]
+    fn rule_names_are_checked_and_unique() {
+        let file = Path::new("/etc/gvm/profiles/p.toml");
+        let rule =
+            |name: &str| format!("[[network.rule]]\nhost = \"a.example\"\naction = \"allow\"\nname = \"{name}\"\n");
+        let ok = parse_profile(file, &format!("{}{}", rule("llm"), rule("files"))).unwrap();
+        assert_eq!(ok.network.rules[0].name.as_deref(), Some("llm"));
+        let dup = parse_profile(file, &format!("{}{}", rule("llm"), rule("llm"))).unwrap_err();
+        assert_eq!((dup.line, dup.field.as_deref()), (Some(8), Some("network.rule[1].name")), "{dup}");
+        let bad = parse_profile(file, &rule("has space")).unwrap_err();
+        assert_eq!(bad.field.as_deref(), Some("network.rule[0].name"), "{bad}");
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub(super) struct RawRule {
     pub(super) inject: Option<Spanned<RawInject>>,
     pub(super) intercept: Option<Spanned<bool>>,
     pub(super) comment: Option<String>,
+    pub(super) name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +104,7 @@ pub(super) struct RawSecret {
     pub(super) credential: Option<Spanned<String>>,
     pub(super) env: Option<Spanned<String>>,
     pub(super) hosts: Option<Vec<Spanned<String>>>,
+    pub(super) body: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +114,7 @@ pub(super) struct RawFiles {
     pub(super) review: Option<Vec<Spanned<String>>>,
     pub(super) discard: Option<Vec<Spanned<String>>>,
     pub(super) deny_read: Option<Vec<Spanned<String>>>,
+    pub(super) scan_ignore: Option<Vec<Spanned<String>>>,
 }
 
 /// A TOML value that may be a string or an integer (`memory_max = "2G"` or bytes).

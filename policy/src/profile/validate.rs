@@ -191,7 +191,8 @@ impl Validator<'_> {
             }
             let span = v.span();
             let v = v.into_inner();
-            let mut using = SecretUse { env: None, hosts: Vec::new(), at: self.err(span.clone(), field.clone(), "") };
+            let mut using =
+                SecretUse { env: None, hosts: Vec::new(), body: false, at: self.err(span.clone(), field.clone(), "") };
             if let Some(e) = &v.env {
                 let key = e.get_ref();
                 let upper = key.to_ascii_uppercase();
@@ -234,6 +235,18 @@ impl Validator<'_> {
                         .fix("name the hosts that need it, e.g. hosts = [\"api.openai.com\"]"));
                 }
                 using.hosts.push(pat);
+            }
+            if let Some(b) = &v.body {
+                if *b.get_ref() && (using.env.is_none() || using.hosts.is_empty()) {
+                    return Err(self
+                        .err(
+                            b.span(),
+                            format!("{field}.body"),
+                            "`body = true` swaps the agent's placeholder in request bodies to the secret's hosts: it needs `env` and `hosts`",
+                        )
+                        .fix("e.g. openai = { file = \"...\", env = \"OPENAI_API_KEY\", hosts = [\"api.openai.com\"], body = true }"));
+                }
+                using.body = *b.get_ref();
             }
             let src = match (v.file, v.credential) {
                 (Some(f), None) => {
@@ -287,7 +300,23 @@ impl Validator<'_> {
                 parse_duration(t.get_ref()).map_err(|e| self.err(t.span(), "network.hold_timeout", e.0))?;
             net.hold_timeout_set = true;
         }
+        let mut names = BTreeSet::new();
         for (i, r) in raw.rule.unwrap_or_default().into_iter().enumerate() {
+            if let Some(n) = &r.name {
+                let field = format!("network.rule[{i}].name");
+                let ok = (1..=64).contains(&n.get_ref().len())
+                    && n.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                if !ok {
+                    return Err(self
+                        .err(n.span(), field, "a rule name is 1 to 64 letters, digits, `_`, `.` or `-`")
+                        .fix("e.g. name = \"openai-chat\""));
+                }
+                if !names.insert(n.get_ref().clone()) {
+                    return Err(self
+                        .err(n.span(), field, format!("another rule is already named `{}`", n.get_ref()))
+                        .fix("give each rule its own name (a rule's budget is counted under it)"));
+                }
+            }
             net.rules.push(self.rule(i, r, secrets)?);
         }
         Ok(net)
@@ -455,6 +484,7 @@ impl Validator<'_> {
             inject,
             intercept,
             comment: r.comment,
+            name: r.name.map(Spanned::into_inner),
         })
     }
 
@@ -559,6 +589,19 @@ impl Validator<'_> {
                 }
                 dest.push(g.into_inner());
             }
+        }
+        for (i, k) in raw.scan_ignore.unwrap_or_default().into_iter().enumerate() {
+            let key = k.get_ref();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+                return Err(self
+                    .err(
+                        k.span(),
+                        format!("files.scan_ignore[{i}]"),
+                        format!("`{key}` is not a KEY of a KEY=VALUE line"),
+                    )
+                    .fix("write the key as in the .env file, e.g. scan_ignore = [\"NODE_ENV\", \"LOG_LEVEL\"]"));
+            }
+            out.scan_ignore.push(k.into_inner());
         }
         Ok(out)
     }

@@ -112,7 +112,7 @@ impl Drop for Overlay {
 
 pub fn files(auto: &[&str], review: &[&str], discard: &[&str]) -> gvm_policy::Files {
     let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
-    gvm_policy::Files { auto_apply: v(auto), review: v(review), discard: v(discard), deny_read: vec![] }
+    gvm_policy::Files { auto_apply: v(auto), review: v(review), discard: v(discard), ..Default::default() }
 }
 
 pub fn write(p: &Path, content: &[u8]) {
