@@ -50,6 +50,7 @@ decisions = "100/min"
     env.gw.serve_dns(udp, tcp, Arc::from("agent"), "127.0.0.53".parse().unwrap());
     let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut rcodes = [0u32; 16];
+    let started = std::time::Instant::now();
     // The same exfiltration lookup, 400 times; then 300 different ones.
     let names =
         (0..400).map(|_| "c2VjcmV0.exfil.example".to_string()).chain((0..300).map(|i| format!("n{i}.exfil.example")));
@@ -65,7 +66,11 @@ decisions = "100/min"
     // Every query got an answer: NXDOMAIN within the rate, REFUSED past it.
     let (nx, refused) = (rcodes[3], rcodes[5]);
     assert_eq!(nx + refused, 700, "{rcodes:?}");
-    assert!((195..=205).contains(&refused), "500/min: the 200 queries past the burst are refused: {rcodes:?}");
+    // 500/min: the 200 queries past the burst are refused, less what the bucket refilled
+    // (500/min = 8.3 a second) while the loop ran — seconds on a loaded machine.
+    let refilled = (started.elapsed().as_secs_f64() * 500.0 / 60.0).ceil() as u32;
+    let expected = 200u32.saturating_sub(refilled + 5)..=205;
+    assert!(expected.contains(&refused), "refused {refused}, expected {expected:?} ({refilled} refilled): {rcodes:?}");
     // Few events, every query accounted for.
     let all = events(&env);
     assert!(all.len() < 120, "{} events for 700 queries", all.len());
