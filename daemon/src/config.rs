@@ -182,7 +182,7 @@ pub struct GatewaySection {
     /// For development and tests without the sandbox: every local process that can
     /// reach the address speaks as that profile, so bind loopback only.
     #[serde(default)]
-    pub listen: BTreeMap<String, std::net::SocketAddr>,
+    pub listen: BTreeMap<gvm_api::ProfileName, std::net::SocketAddr>,
 }
 
 /// Why `gvmd.toml` was refused.
@@ -319,6 +319,21 @@ mod tests {
         assert!(
             e.contains(":2:2: `prices.\"api.openai.com\".\"gpt-4o\"`: a price must be a number of 0 or more"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_host_listener_names_a_valid_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gvmd.toml");
+        std::fs::write(&file, "[gateway.listen]\ndev = \"127.0.0.1:3128\"\n").unwrap();
+        let c = DaemonConfig::load(&file).unwrap();
+        assert_eq!(c.gateway.listen.keys().map(|p| p.as_str()).collect::<Vec<_>>(), ["dev"]);
+        std::fs::write(&file, "[gateway.listen]\n\"Dev/x\" = \"127.0.0.1:3128\"\n").unwrap();
+        let err = DaemonConfig::load(&file).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:2:", file.display())) && err.contains("not a valid profile name"),
+            "{err}"
         );
     }
 

@@ -129,7 +129,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     let mut host_listeners = Vec::new();
     for (profile, addr) in &config.gateway.listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::HostListener {
-            profile: profile.clone(),
+            profile: profile.to_string(),
             addr: *addr,
             source,
         })?;
@@ -203,7 +203,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     for (profile, listener) in host_listeners {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::warn!(gvm_profile = %profile, "host listener {addr} speaks as profile {profile}: any local process that reaches it does");
-        daemon.gateway.serve_proxy(listener, profile.as_str().into());
+        daemon.gateway.serve_proxy(listener, &profile);
     }
     // Agents with `autostart = true` start now (running units under systemd were found
     // by `reconcile_leftovers`: they outlive gvmd restarts).

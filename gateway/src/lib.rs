@@ -137,9 +137,6 @@ async fn flush_spend(inner: Arc<Inner>) {
     let _ = tokio::task::spawn_blocking(move || inner.spend.flush(&store)).await;
 }
 
-/// A profile's name as the gateway keys it (the daemon validates names).
-pub type ProfileName = Arc<str>;
-
 /// How the gateway is set up.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayConfig {
@@ -644,14 +641,14 @@ impl Gateway {
     }
 
     /// The explicit proxy on `listener` for `profile`.
-    pub fn serve_proxy(&self, listener: TcpListener, profile: ProfileName) -> JoinHandle<()> {
+    pub fn serve_proxy(&self, listener: TcpListener, profile: &gvm_api::ProfileName) -> JoinHandle<()> {
         let inner = self.inner.clone();
         inner.start_folder();
-        tokio::spawn(accept::serve(inner, listener, profile, accept::Door::Proxy))
+        tokio::spawn(accept::serve(inner, listener, Arc::from(profile.as_str()), accept::Door::Proxy))
     }
 
     /// The transparent listener (connections redirected by nft) for `profile`.
-    pub fn serve_transparent(&self, listener: TcpListener, profile: ProfileName) -> JoinHandle<()> {
+    pub fn serve_transparent(&self, listener: TcpListener, profile: &gvm_api::ProfileName) -> JoinHandle<()> {
         self.serve_transparent_with(listener, profile, OriginalDst::SoOriginalDst)
     }
 
@@ -660,12 +657,12 @@ impl Gateway {
     pub fn serve_transparent_with(
         &self,
         listener: TcpListener,
-        profile: ProfileName,
+        profile: &gvm_api::ProfileName,
         dst: OriginalDst,
     ) -> JoinHandle<()> {
         let inner = self.inner.clone();
         inner.start_folder();
-        tokio::spawn(accept::serve(inner, listener, profile, accept::Door::Transparent(dst)))
+        tokio::spawn(accept::serve(inner, listener, Arc::from(profile.as_str()), accept::Door::Transparent(dst)))
     }
 
     /// The DNS resolver (UDP and TCP) for `profile`; allowed names resolve to
@@ -674,12 +671,12 @@ impl Gateway {
         &self,
         udp: UdpSocket,
         tcp: TcpListener,
-        profile: ProfileName,
+        profile: &gvm_api::ProfileName,
         answer_addr: IpAddr,
     ) -> JoinHandle<()> {
         let inner = self.inner.clone();
         inner.start_folder();
-        tokio::spawn(dns::serve(inner, udp, tcp, profile, answer_addr))
+        tokio::spawn(dns::serve(inner, udp, tcp, Arc::from(profile.as_str()), answer_addr))
     }
 
     /// Requests waiting for a human, oldest first.

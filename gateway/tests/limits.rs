@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,7 +46,7 @@ decisions = "100/min"
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = udp.local_addr().unwrap();
-    env.gw.serve_dns(udp, tcp, Arc::from("agent"), "127.0.0.53".parse().unwrap());
+    env.gw.serve_dns(udp, tcp, &gvm_api::ProfileName::parse("agent").unwrap(), "127.0.0.53".parse().unwrap());
     let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut rcodes = [0u32; 16];
     let started = std::time::Instant::now();
@@ -120,7 +119,7 @@ connections = 6
     env.gw.set_profile(&quiet_profile);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let quiet_proxy = l.local_addr().unwrap();
-    env.gw.serve_proxy(l, Arc::from("quiet"));
+    env.gw.serve_proxy(l, &gvm_api::ProfileName::parse("quiet").unwrap());
     assert_eq!(env.gw.connections_cap("agent"), 6);
 
     // Six tunnels (spliced: the host has host-only rules); their HTTP side is over.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -109,7 +108,7 @@ async fn dns_answers_from_policy_only() {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
     let answer = "127.0.0.53".parse().unwrap();
-    env.gw.serve_dns(udp, tcp, Arc::from("agent"), answer);
+    env.gw.serve_dns(udp, tcp, &gvm_api::ProfileName::parse("agent").unwrap(), answer);
     let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let ask = |name: &'static str, qtype: u16| {
         let c = &c;

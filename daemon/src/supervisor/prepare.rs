@@ -186,12 +186,12 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
             sandbox_err(gvm_sandbox::Error::Setup(format!("registering the gateway's sockets: {e}")))
         };
         let listeners = vec![
-            gw.serve_proxy(tcp(s.proxy).map_err(io)?, name.into()),
-            gw.serve_transparent(tcp(s.transparent).map_err(io)?, name.into()),
+            gw.serve_proxy(tcp(s.proxy).map_err(io)?, &pname),
+            gw.serve_transparent(tcp(s.transparent).map_err(io)?, &pname),
             gw.serve_dns(
                 tokio::net::UdpSocket::from_std(s.dns_udp).map_err(io)?,
                 tcp(s.dns_tcp).map_err(io)?,
-                name.into(),
+                &pname,
                 dns_answer(),
             ),
         ];

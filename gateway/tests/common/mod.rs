@@ -211,7 +211,7 @@ pub async fn env_named(name: &str, policy: &str) -> Env {
     gw.set_profile(&profile);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
-    gw.serve_proxy(l, Arc::from(name));
+    gw.serve_proxy(l, &gvm_api::ProfileName::parse(name).unwrap());
     // What the agent trusts: the gateway's CA.
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(gw.ca_pem().as_bytes()) {
@@ -354,7 +354,7 @@ pub async fn transparent(env: &Env, port: u16) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
     let dst = gvm_gateway::OriginalDst::Fixed(SocketAddr::from(([127, 0, 0, 1], port)));
-    env.gw.serve_transparent_with(l, Arc::from(env.profile.as_str()), dst);
+    env.gw.serve_transparent_with(l, &gvm_api::ProfileName::parse(&env.profile).unwrap(), dst);
     a
 }
 
