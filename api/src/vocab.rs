@@ -302,6 +302,12 @@ words! {
         ConnectDone = "connect_done" | "connect.done",
         /// Refusals by `[limits]` folded into one counting event.
         LimitsExceeded = "limits_exceeded",
+        /// A request refused because it carried a secret's value or a masked file's
+        /// value (any encoding), named by key, never by value.
+        Exfiltration = "exfiltration",
+        /// A request refused because it carried a secret's placeholder somewhere the
+        /// placeholder is not swapped (another host, plain HTTP, a URL or body).
+        SecretEgress = "secret_egress",
         // gvmd.
         DaemonStart = "daemon_start",
         DaemonStop = "daemon_stop",

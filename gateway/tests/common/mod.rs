@@ -325,8 +325,21 @@ pub async fn raw(env: &Env, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Every event the tests read is checked against gvm-api's vocabulary: the gateway
+/// writes kinds and decisions as strings, and they must be the words readers parse.
 pub fn events(env: &Env) -> Vec<gvm_audit::AuditEvent> {
-    env.audit.events(&EventsQuery { limit: Some(10_000), ..Default::default() }).unwrap()
+    let all = env.audit.events(&EventsQuery { limit: Some(10_000), ..Default::default() }).unwrap();
+    for e in &all {
+        assert!(gvm_api::EventKind::parse(&e.kind).is_some(), "event kind {:?} is not in gvm-api's EventKind", e.kind);
+        if let Some(d) = &e.decision {
+            assert!(
+                gvm_api::Decision::parse(d).is_some(),
+                "decision {d:?} of a {} event is not a gvm-api Decision",
+                e.kind
+            );
+        }
+    }
+    all
 }
 
 /// The newest event of `kind` whose details mention `needle`.
