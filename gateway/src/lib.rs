@@ -55,6 +55,7 @@ mod exfil;
 mod head;
 mod holds;
 mod limit;
+mod mcp;
 mod pipeline;
 mod placeholder;
 mod rate;
@@ -99,6 +100,7 @@ pub mod fuzz_api {
     /// The exfiltration scanner (values → forms → automaton), for the property that a
     /// stream in any chunking finds exactly what one scan of the whole finds.
     pub use crate::exfil::{forms, Encoding, Hit, Needle, NeedleKind, Scanner, Stream};
+    pub use crate::mcp::{check as mcp_check, filter_list as mcp_filter_list, parse as mcp_parse};
 
     /// The server_name of a TLS ClientHello record.
     pub fn client_hello_sni(rec: &[u8]) -> Option<String> {

@@ -110,6 +110,8 @@ pub(crate) enum Refusal {
     Unrecorded(NotRecorded),
     /// Past the profile's `[limits] held_requests`: answered, not recorded (counted).
     TooManyHeld { value: String },
+    /// An MCP body the rule's `mcp` refuses: 403 (or a JSON-RPC error, `mcp.rs`).
+    Mcp { rule: Option<String>, details: Value, answer: Response<RespBody> },
 }
 
 impl Refusal {
@@ -190,6 +192,10 @@ impl Inner {
                 details["reason"] = json!(reason);
                 let a = answer::denied(profile, rule.as_deref(), what, &reason);
                 (kind, "deny", rule, details, a)
+            }
+            Refusal::Mcp { rule, mut details, answer } => {
+                details["status"] = json!(answer.status().as_u16());
+                ("http", "deny", rule, details, answer)
             }
             Refusal::BudgetSpent { kind, rule, mut details, ex } => {
                 details["status"] = json!(429);
@@ -329,6 +335,11 @@ impl Inner {
                 return Err(refused(Refusal::denied("secret_egress", ruling.rule.as_deref(), details, reason)));
             }
         }
+        let mut req = req.map(crate::mcp::ReqBody::Stream);
+        let checked = match crate::mcp::check_request(&state, &ruling, &mut req, &mut details).await {
+            Ok(c) => c,
+            Err(why) => return Err(refused(why)),
+        };
         let body = head::body_summary(req.headers());
         let addr = match self.admit("http", &state, &ruling, target, &what, &mut details, body).await {
             Ok(a) => a,
@@ -447,6 +458,7 @@ impl Inner {
         let (mut parts, body) = resp.into_parts();
         head::strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
         use http_body_util::BodyExt;
+        let body = crate::mcp::filter_response(&checked, &mut parts, body);
         let body = Counting::new(body, Some(done.clone()), false);
         match prices.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS) {
             Some(table) => {
