@@ -36,7 +36,7 @@ use crate::pipeline::Refusal;
 
 /// The largest JSON-RPC body (request, or a `tools/list` answer or event to filter)
 /// that is read; a larger request is refused.
-pub(crate) const MAX_BODY: usize = 1 << 20;
+pub const MAX_BODY: usize = 1 << 20;
 /// How much of a tool call's arguments the audit event keeps.
 pub(crate) const ARGS_SUMMARY: usize = 200;
 /// The JSON-RPC error code of a refused message (implementation-defined range).
