@@ -252,6 +252,9 @@ pub(crate) enum ListKind {
     Json,
     /// `text/event-stream`: rewritten event by event, each at most [`MAX_BODY`].
     Sse,
+    /// Compressed although gvm asked for no encoding: cannot be filtered, so nothing
+    /// of it is passed on.
+    Encoded,
 }
 
 impl ListKind {
@@ -259,13 +262,15 @@ impl ListKind {
     /// `tools/list` (a JSON answer is read whole only then); an event stream is always
     /// watched (the older SSE transport answers every request on its GET stream).
     pub(crate) fn of(headers: &HeaderMap, asked_list: bool) -> Option<ListKind> {
+        let enc = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let ct = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        match ct.as_str() {
-            "text/event-stream" => Some(ListKind::Sse),
-            "application/json" if asked_list => Some(ListKind::Json),
-            _ => None,
-        }
+        let kind = match ct.as_str() {
+            "text/event-stream" => ListKind::Sse,
+            "application/json" if asked_list => ListKind::Json,
+            _ => return None,
+        };
+        Some(if enc.trim().eq_ignore_ascii_case("identity") { kind } else { ListKind::Encoded })
     }
 }
 
@@ -324,6 +329,10 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some((tools, kind)) = this.filter.clone() else { return Pin::new(&mut this.inner).poll_frame(cx) };
+        if kind == ListKind::Encoded && !this.done {
+            tracing::warn!("an MCP answer to filter came compressed: cut off");
+            this.done = true;
+        }
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -350,7 +359,8 @@ where
                     let rest = std::mem::take(&mut this.buf).freeze();
                     let out = match kind {
                         ListKind::Json => filter_list(&tools, &rest).map(Bytes::from).unwrap_or(rest),
-                        ListKind::Sse => rest, // an unfinished event: passed as it is (no client acts on it)
+                        // An unfinished event: passed as it is (no client acts on it).
+                        ListKind::Sse | ListKind::Encoded => rest,
                     };
                     return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
                 }
@@ -462,6 +472,13 @@ pub(crate) async fn check_request(
     let asked = parsed.messages.iter().any(|m| m.method.as_deref() == Some("tools/list"));
     *req.body_mut() = ReqBody::Read((!bytes.is_empty()).then_some(bytes));
     Ok(Checked { filter: tools.filter_list.then_some((tools, asked)) })
+}
+
+/// Asks the server for answers it can filter: no compression.
+pub(crate) fn prepare_request(checked: &Checked, headers: &mut HeaderMap) {
+    if checked.filter.is_some() {
+        headers.remove(header::ACCEPT_ENCODING);
+    }
 }
 
 /// The answer's body, in the `tools/list` filter when the rule asks for it (else

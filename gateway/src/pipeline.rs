@@ -369,6 +369,7 @@ impl Inner {
         if prices.is_some() {
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
+        crate::mcp::prepare_request(&checked, &mut parts.headers);
         for (name, value) in &ruling.inject {
             // A client-sent value never travels beside the injected one (class 9).
             parts.headers.remove(name);

@@ -158,6 +158,14 @@ async fn filter_list_hides_the_denied_tool_in_json_and_event_streams() {
 }
 
 #[tokio::test]
+async fn a_list_answer_that_cannot_be_filtered_is_not_passed_on() {
+    let env = env_named("mcp-gzip", POLICY).await;
+    let r = post(&env, "?gzip", r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#).await;
+    assert!(!r.body.contains("delete_file"), "{}", r.body);
+    assert!(r.body.is_empty(), "{}", r.body);
+}
+
+#[tokio::test]
 async fn tool_call_arguments_in_the_audit_are_bounded() {
     let env = env_named("mcp-args", POLICY).await;
     let long = format!(r#"{{"q":"{}"}}"#, "y".repeat(1000));

@@ -78,11 +78,16 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
     }
     if req.uri().path() == "/mcp" && req.method() == http::Method::POST {
         let sse = req.uri().query().is_some_and(|q| q.contains("sse"));
+        let gzip = req.uri().query().is_some_and(|q| q.contains("gzip"));
         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let (status, ct, out) = mcp_server::handle(&body, sse);
         let mut r = Response::new(Full::new(Bytes::from(out)).boxed());
         *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
         r.headers_mut().insert("content-type", ct.parse().unwrap());
+        if gzip {
+            // Claims an encoding it does not use: what a filter must not pass on.
+            r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+        }
         return Ok(r);
     }
     if req.uri().path() == "/llm/json" {
