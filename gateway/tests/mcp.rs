@@ -174,3 +174,29 @@ async fn tool_call_arguments_in_the_audit_are_bounded() {
     let ev = tool_events(&env, "search");
     assert_eq!(ev[0].details["mcp"][0]["args"].as_str().unwrap().chars().count(), 200);
 }
+
+#[tokio::test]
+async fn a_secret_in_tool_arguments_never_reaches_the_audit() {
+    const REAL: &str = "sk-live-mcp-9f8e7d6c5b4a39281706";
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), format!("{REAL}\n")).unwrap();
+    let policy = format!(
+        "{POLICY}\n[secrets]\nkey = {{ file = \"{}\", env = \"KEY\", hosts = [\"other.test.example\"] }}\n",
+        secret.path().display()
+    );
+    let env = env_named("mcp-secret", &policy).await;
+    let _ = env.gw.agent_env(&gvm_policy::parse_profile(&env.dir.path().join("mcp-secret.toml"), &policy).unwrap());
+    let args = format!(r#"{{"path":"x","token":"{REAL}"}}"#);
+    let r = post(&env, "", &call(21, "delete_file", &args)).await;
+    assert_eq!(r.json()["error"]["code"], -32001, "{}", r.body);
+    let r = post(&env, "", &call(22, "search", &args)).await;
+    assert_eq!(r.status, 403, "the scan lets a secret through to the wrong host: {}", r.body);
+    assert!(!ran("search", REAL));
+    let all = events(&env);
+    let redacted = all.iter().filter(|e| e.details["mcp"][0]["args"] == "[redacted: holds a protected value]").count();
+    // The refusal, the allow the body scan then stopped, and its exfiltration event.
+    assert_eq!(redacted, 3, "{all:?}");
+    for e in &all {
+        assert!(!e.details.to_string().contains(REAL), "the audit holds the secret: {}", e.details);
+    }
+}
