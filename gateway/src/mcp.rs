@@ -425,10 +425,10 @@ impl Body for ReqBody {
 /// Reads and checks the JSON-RPC body of a POST decided by a rule with `mcp`; puts the
 /// body back (read whole) and the messages into `details["mcp"]`. Other methods (the
 /// GET of an event stream, DELETE of a session) pass as the rule's `methods` say.
-/// `Err`: the refusal (watch mode: recorded as `mcp_would_deny`, then forwarded).
+/// `Err`: the refusal (watch mode: decision `watch` with `mcp_would_deny`, forwarded).
 pub(crate) async fn check_request(
     state: &ProfileState,
-    ruling: &Ruling,
+    ruling: &mut Ruling,
     req: &mut http::Request<ReqBody>,
     details: &mut Value,
 ) -> Result<Checked, Refusal> {
@@ -468,6 +468,8 @@ pub(crate) async fn check_request(
             return Err(refuse(Some(&parsed), r.reason, details));
         }
         details["mcp_would_deny"] = json!(r.reason);
+        // Recorded as `watch`: let through what enforce mode would refuse.
+        ruling.policy_verdict = crate::decide::Verdict::Deny;
     }
     let asked = parsed.messages.iter().any(|m| m.method.as_deref() == Some("tools/list"));
     *req.body_mut() = ReqBody::Read((!bytes.is_empty()).then_some(bytes));

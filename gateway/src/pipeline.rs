@@ -313,7 +313,7 @@ impl Inner {
         let Some(state) = self.profile(&profile) else {
             return Err(refused(Refusal::denied("http", None, details, "the profile is not loaded")));
         };
-        let ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
+        let mut ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
         // The scan reads the agent's bytes as it sent them, before gvm adds anything:
         // an injected or swapped-in value is never flagged (ARCHITECTURE.md).
         if let Some(scan) = &state.scan {
@@ -336,7 +336,7 @@ impl Inner {
             }
         }
         let mut req = req.map(crate::mcp::ReqBody::Stream);
-        let checked = match crate::mcp::check_request(&state, &ruling, &mut req, &mut details).await {
+        let checked = match crate::mcp::check_request(&state, &mut ruling, &mut req, &mut details).await {
             Ok(c) => c,
             Err(why) => return Err(refused(why)),
         };

@@ -200,3 +200,16 @@ async fn a_secret_in_tool_arguments_never_reaches_the_audit() {
         assert!(!e.details.to_string().contains(REAL), "the audit holds the secret: {}", e.details);
     }
 }
+
+#[tokio::test]
+async fn watch_mode_forwards_a_refused_call_and_records_it_as_watch() {
+    let policy = format!("[agent]\nmode = \"watch\"\n{POLICY}");
+    let env = env_named("mcp-watch", &policy).await;
+    let r = post(&env, "", &call(31, "delete_file", r#"{"path":"watched"}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["result"].is_object(), "{}", r.body);
+    assert!(ran("delete_file", "watched"));
+    let ev = tool_events(&env, "delete_file");
+    assert_eq!(ev[0].decision.as_deref(), Some("watch"));
+    assert!(ev[0].details["mcp_would_deny"].as_str().unwrap().contains("delete_file"));
+}
