@@ -10,13 +10,21 @@ use gvm_gateway::fuzz_api::{mcp_check, mcp_filter_list, mcp_parse, McpParsed};
 use gvm_policy::{mcp_glob, McpTools};
 use libfuzzer_sys::fuzz_target;
 
-/// `*` = any run of bytes, everything else itself: the definition, slowly.
+/// `*` = any run of bytes, everything else itself: the definition, as a table of
+/// "pattern prefix i matches name prefix j".
 fn reference(p: &[u8], n: &[u8]) -> bool {
-    match p.split_first() {
-        None => n.is_empty(),
-        Some((b'*', rest)) => (0..=n.len()).any(|i| reference(rest, &n[i..])),
-        Some((c, rest)) => n.first() == Some(c) && reference(rest, &n[1..]),
+    let mut m = vec![vec![false; n.len() + 1]; p.len() + 1];
+    m[0][0] = true;
+    for i in 1..=p.len() {
+        for j in 0..=n.len() {
+            m[i][j] = if p[i - 1] == b'*' {
+                m[i - 1][j] || (j > 0 && m[i][j - 1])
+            } else {
+                j > 0 && m[i - 1][j - 1] && p[i - 1] == n[j - 1]
+            };
+        }
     }
+    m[p.len()][n.len()]
 }
 
 fuzz_target!(|data: &[u8]| {

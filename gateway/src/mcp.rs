@@ -37,6 +37,9 @@ use crate::pipeline::Refusal;
 /// The largest JSON-RPC body (request, or a `tools/list` answer or event to filter)
 /// that is read; a larger request is refused.
 pub const MAX_BODY: usize = 1 << 20;
+/// The longest tool name matched (MCP says 1–128 characters); longer is refused, which
+/// also bounds the glob's work.
+pub(crate) const MAX_TOOL_NAME: usize = 256;
 /// How much of a tool call's arguments the audit event keeps.
 pub(crate) const ARGS_SUMMARY: usize = 200;
 /// The JSON-RPC error code of a refused message (implementation-defined range).
@@ -127,6 +130,9 @@ pub fn check(tools: &McpTools, p: &Parsed) -> Result<(), Refused> {
             "initialize" | "ping" | "tools/list" | "logging/setLevel" => {}
             "tools/call" => {
                 let name = m.tool.as_deref().unwrap_or_default();
+                if name.len() > MAX_TOOL_NAME {
+                    return refuse(format!("gvm denied tool call: its name is longer than {MAX_TOOL_NAME} bytes"));
+                }
                 if !tools.allows(name) {
                     let why = if tools.tools.iter().any(|t| gvm_policy::mcp_glob(t, name)) {
                         "it is in the rule's deny_tools"
