@@ -213,3 +213,18 @@ async fn watch_mode_forwards_a_refused_call_and_records_it_as_watch() {
     assert_eq!(ev[0].decision.as_deref(), Some("watch"));
     assert!(ev[0].details["mcp_would_deny"].as_str().unwrap().contains("delete_file"));
 }
+
+#[tokio::test]
+async fn a_client_of_the_sse_transport_gets_403_with_the_json_rpc_error() {
+    // The HTTP+SSE transport's POSTs do not accept an answer in the body (it comes on
+    // the event stream), so the refusal fails the POST itself, with gvm's message.
+    let env = env_named("mcp-ssepost", POLICY).await;
+    let mut c = proxy_conn(&env).await;
+    let url = format!("http://{HOST}:{}/mcp", env.up_http);
+    let body = call(41, "delete_file", r#"{"path":"old-transport"}"#);
+    let r = send_full(&mut c, "POST", &url, &format!("{HOST}:{}", env.up_http), &[JSON], &body).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["id"], 41);
+    assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("gvm denied tool call: delete_file"));
+    assert!(!ran("delete_file", "old-transport"));
+}
