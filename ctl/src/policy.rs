@@ -16,6 +16,48 @@ struct CheckReport {
     rules: usize,
     errors: Vec<gvm_api::ProfileRefusal>,
     warnings: Vec<gvm_api::ProfileRefusal>,
+    /// The rules with an `mcp` table: what tools they let the agent call.
+    mcp: Vec<McpLine>,
+}
+
+#[derive(serde::Serialize)]
+struct McpLine {
+    rule: String,
+    line: u32,
+    host: String,
+    tools: Vec<String>,
+    deny_tools: Vec<String>,
+    filter_list: bool,
+}
+
+impl std::fmt::Display for McpLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (line {}) {}: tools {}", self.rule, self.line, self.host, self.tools.join(", "))?;
+        if !self.deny_tools.is_empty() {
+            write!(f, "; never {}", self.deny_tools.join(", "))?;
+        }
+        if self.filter_list {
+            f.write_str("; tools/list filtered")?;
+        }
+        Ok(())
+    }
+}
+
+fn mcp_lines(profile: &gvm_policy::Profile) -> Vec<McpLine> {
+    let rules = profile.network.rules.iter();
+    rules
+        .filter_map(|r| {
+            let m = r.mcp.as_ref()?;
+            Some(McpLine {
+                rule: format!("network.rule[{}]", r.index),
+                line: r.line,
+                host: r.host.to_string(),
+                tools: m.tools.clone(),
+                deny_tools: m.deny_tools.clone(),
+                filter_list: m.filter_list,
+            })
+        })
+        .collect()
 }
 
 pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -26,6 +68,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             rules: profile.network.rules.len(),
             errors: vec![],
             warnings: gvm_policy::check(&profile).iter().map(Into::into).collect(),
+            mcp: mcp_lines(&profile),
         },
         Err(d) => CheckReport {
             file: file.display().to_string(),
@@ -33,6 +76,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             rules: 0,
             errors: vec![(&d).into()],
             warnings: vec![],
+            mcp: vec![],
         },
     };
     if json {
@@ -43,6 +87,9 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         for w in &report.warnings {
             println!("warning: {w}");
+        }
+        for m in &report.mcp {
+            println!("mcp: {m}");
         }
         if report.ok {
             println!("ok: {}: {} rules, {} warnings", report.file, report.rules, report.warnings.len());

@@ -30,6 +30,8 @@ pub(crate) struct Ruling {
     /// The secrets the deciding rule injects: their placeholders may go with it.
     pub inject_secrets: Vec<String>,
     pub hold_timeout: Duration,
+    /// The deciding rule's `mcp` table, and whether the profile only watches.
+    pub mcp: Option<(Arc<gvm_policy::McpTools>, bool)>,
 }
 
 impl Ruling {
@@ -53,6 +55,7 @@ impl Ruling {
             inject: Vec::new(),
             inject_secrets: Vec::new(),
             hold_timeout: Duration::ZERO,
+            mcp: None,
         }
     }
 }
@@ -201,6 +204,7 @@ impl ProfileState {
             inject,
             inject_secrets,
             hold_timeout: d.hold_timeout,
+            mcp: d.mcp.map(|m| (m, d.mode == gvm_policy::Mode::Watch)),
         }
     }
 

@@ -55,6 +55,7 @@ mod exfil;
 mod head;
 mod holds;
 mod limit;
+mod mcp;
 mod pipeline;
 mod placeholder;
 mod rate;
@@ -99,6 +100,10 @@ pub mod fuzz_api {
     /// The exfiltration scanner (values → forms → automaton), for the property that a
     /// stream in any chunking finds exactly what one scan of the whole finds.
     pub use crate::exfil::{forms, Encoding, Hit, Needle, NeedleKind, Scanner, Stream};
+    pub use crate::mcp::{
+        check as mcp_check, filter_list as mcp_filter_list, parse as mcp_parse, Message as McpMessage,
+        Parsed as McpParsed,
+    };
 
     /// The server_name of a TLS ClientHello record.
     pub fn client_hello_sni(rec: &[u8]) -> Option<String> {
@@ -119,6 +124,11 @@ pub use resolve::{is_internal, ResolveError};
 pub use spend::{BudgetNotice, BudgetSink, SpendStore, SpendStoreError, NOTICE_AT};
 pub use transparent::OriginalDst;
 pub use usage::{Price, Prices, MAX_TAP, UNREAD_TOKENS};
+
+/// The JSON-RPC reader of MCP-aware rules, for benchmarks (`gateway/benches/mcp.rs`).
+pub mod mcp_rpc {
+    pub use crate::mcp::{check, filter_list, parse, Message, Parsed, Refused, MAX_BODY};
+}
 
 /// The scanner, for benchmarks and tools (`gateway/benches`).
 pub mod scan {

@@ -110,6 +110,8 @@ pub(crate) enum Refusal {
     Unrecorded(NotRecorded),
     /// Past the profile's `[limits] held_requests`: answered, not recorded (counted).
     TooManyHeld { value: String },
+    /// An MCP body the rule's `mcp` refuses: 403 (or a JSON-RPC error, `mcp.rs`).
+    Mcp { rule: Option<String>, details: Value, answer: Response<RespBody> },
 }
 
 impl Refusal {
@@ -190,6 +192,10 @@ impl Inner {
                 details["reason"] = json!(reason);
                 let a = answer::denied(profile, rule.as_deref(), what, &reason);
                 (kind, "deny", rule, details, a)
+            }
+            Refusal::Mcp { rule, mut details, answer } => {
+                details["status"] = json!(answer.status().as_u16());
+                ("http", "deny", rule, details, answer)
             }
             Refusal::BudgetSpent { kind, rule, mut details, ex } => {
                 details["status"] = json!(429);
@@ -307,7 +313,7 @@ impl Inner {
         let Some(state) = self.profile(&profile) else {
             return Err(refused(Refusal::denied("http", None, details, "the profile is not loaded")));
         };
-        let ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
+        let mut ruling = state.decide(target.scheme(), &target.host, target.port, method.as_str(), &path);
         // The scan reads the agent's bytes as it sent them, before gvm adds anything:
         // an injected or swapped-in value is never flagged (ARCHITECTURE.md).
         if let Some(scan) = &state.scan {
@@ -329,6 +335,11 @@ impl Inner {
                 return Err(refused(Refusal::denied("secret_egress", ruling.rule.as_deref(), details, reason)));
             }
         }
+        let mut req = req.map(crate::mcp::ReqBody::Stream);
+        let checked = match crate::mcp::check_request(&state, &mut ruling, &mut req, &mut details).await {
+            Ok(c) => c,
+            Err(why) => return Err(refused(why)),
+        };
         let body = head::body_summary(req.headers());
         let addr = match self.admit("http", &state, &ruling, target, &what, &mut details, body).await {
             Ok(a) => a,
@@ -358,6 +369,7 @@ impl Inner {
         if prices.is_some() {
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
+        crate::mcp::prepare_request(&checked, &mut parts.headers);
         for (name, value) in &ruling.inject {
             // A client-sent value never travels beside the injected one (class 9).
             parts.headers.remove(name);
@@ -447,6 +459,7 @@ impl Inner {
         let (mut parts, body) = resp.into_parts();
         head::strip_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
         use http_body_util::BodyExt;
+        let body = crate::mcp::filter_response(&checked, &mut parts, body);
         let body = Counting::new(body, Some(done.clone()), false);
         match prices.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS) {
             Some(table) => {

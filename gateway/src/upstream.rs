@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -17,7 +16,7 @@ use tokio::net::TcpStream;
 use crate::body::{Counting, Scanned};
 use crate::GatewayError;
 
-pub(crate) type UpBody = Scanned<Counting<Incoming>>;
+pub(crate) type UpBody = Scanned<Counting<crate::mcp::ReqBody>>;
 pub(crate) type Sender = SendRequest<UpBody>;
 
 /// System CA bundle read for upstream verification.

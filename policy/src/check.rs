@@ -69,6 +69,16 @@ pub fn check(profile: &Profile) -> Vec<Warning> {
                 out.push(at(r, format!("this rule {}s {what}", r.action), Some("name the hosts the agent needs")));
             }
         }
+        if let Some(m) = &r.mcp {
+            if m.tools.iter().any(|t| t == "*") && m.deny_tools.is_empty() {
+                out.push(at(
+                    r,
+                    "its `mcp.tools = [\"*\"]` lets the agent call every tool the server has, also ones added later"
+                        .to_string(),
+                    Some("list the tools the agent needs, or add deny_tools = [\"delete_*\", ...]"),
+                ));
+            }
+        }
         if let Some(inj) = &r.inject {
             if !inj.parts().iter().any(|p| matches!(p, InjectPart::Secret(_))) {
                 out.push(at(

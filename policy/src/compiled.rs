@@ -116,6 +116,8 @@ pub struct Decision {
     pub rate: Option<Rate>,
     /// The header to add once the request is allowed (or approved).
     pub inject: Option<Arc<Injection>>,
+    /// The deciding rule's `mcp` table: which MCP tools may be called.
+    pub mcp: Option<Arc<crate::McpTools>>,
     /// How long a held request may wait (the profile's `hold_timeout`).
     pub hold_timeout: Duration,
     /// The `now` the decision was made at.
@@ -384,13 +386,20 @@ impl CompiledPolicy {
     }
 
     fn finish(&self, winner: Option<&CRule>, now: SystemTime) -> Decision {
-        let (policy_verdict, rule, rate, inject) = match winner {
-            Some(r) => (Verdict::from(r.rule.action), Some(r.rref.clone()), r.rule.rate, r.rule.inject.clone()),
+        let (policy_verdict, rule, rate, inject, mcp) = match winner {
+            Some(r) => (
+                Verdict::from(r.rule.action),
+                Some(r.rref.clone()),
+                r.rule.rate,
+                r.rule.inject.clone(),
+                r.rule.mcp.clone(),
+            ),
             None => (
                 match self.default {
                     DefaultAction::Deny => Verdict::Deny,
                     DefaultAction::Hold => Verdict::Hold,
                 },
+                None,
                 None,
                 None,
                 None,
@@ -407,6 +416,7 @@ impl CompiledPolicy {
             rule,
             rate,
             inject,
+            mcp,
             hold_timeout: self.hold_timeout,
             decided_at: now,
         }

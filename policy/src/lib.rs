@@ -21,6 +21,7 @@ mod check;
 mod compiled;
 mod diag;
 mod host;
+mod mcp;
 mod path;
 mod profile;
 mod rule;
@@ -34,6 +35,7 @@ pub use compiled::{
 pub use diag::{line_col, Diagnostic, Warning};
 pub use gvm_api::{ProfileName, ProfileNameError, MAX_PROFILE_NAME};
 pub use host::{CharName, Cidr, CidrError, Host, HostError};
+pub use mcp::{glob as mcp_glob, McpTools};
 pub use path::{PathError, PathPattern};
 pub use profile::{
     load_dir, load_profile, parse_profile, validate_glob, version_of, Agent, DefaultAction, Files, Limits, LoadOutcome,

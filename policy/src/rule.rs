@@ -223,6 +223,9 @@ pub struct Rule {
     /// `name = "openai-chat"`: what the rule's budget is counted under, so that it
     /// keeps its spend when the rule's match changes (unique in the profile).
     pub name: Option<String>,
+    /// `mcp = { tools = [...] }`: JSON-RPC bodies are read and only these MCP tools
+    /// may be called (`gateway/src/mcp.rs`).
+    pub mcp: Option<Arc<crate::McpTools>>,
 }
 
 /// Sort key: greater = more specific. Field order is the precedence order.
@@ -237,9 +240,10 @@ pub(crate) struct Specificity {
 }
 
 impl Rule {
-    /// True when the rule looks inside requests (method, path or a header to inject).
+    /// True when the rule looks inside requests (method, path, a header to inject or
+    /// MCP tool calls).
     pub fn needs_interception(&self) -> bool {
-        !self.methods.is_empty() || self.path.is_some() || self.inject.is_some()
+        !self.methods.is_empty() || self.path.is_some() || self.inject.is_some() || self.mcp.is_some()
     }
 
     pub(crate) fn specificity(&self) -> Specificity {

@@ -29,7 +29,7 @@ fn toml_syntax_error_has_position() {
 fn unknown_field_lists_the_accepted_fields() {
     assert_eq!(
         says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\n\n[[network.rule]]\nhost = \"b.com\"\nacton = \"allow\"\n"),
-        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment, name"
+        "profiles/inv.toml:7:1: `network.rule[1].acton`: unknown field `acton` — accepted fields: host, port, ports, methods, path, action, rate, budget, cost, inject, intercept, comment, name, mcp"
     );
     assert_eq!(
         says("bogus = 1\n"),
@@ -110,6 +110,14 @@ fn bad_rate_and_duration_point_at_the_value() {
 }
 
 #[test]
+fn bad_mcp_tool_names_point_at_the_name_with_a_fix() {
+    assert_eq!(
+        says("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nmcp = { tools = [\"search\", \"read file\"] }\n"),
+        "profiles/inv.toml:4:28: `network.rule[0].mcp.tools[1]`: `read file` may not contain ' ' (only `*` is a wildcard) — write a tool name as the server lists it, e.g. \"read_file\" or \"delete_*\""
+    );
+}
+
+#[test]
 fn semantic_errors() {
     let cases: &[(&str, &str, &str)] = &[
         ("[agent]\nenv = { PATH = \"/x\" }\n", "agent.env.PATH", "cannot be overridden"),
@@ -133,6 +141,13 @@ fn semantic_errors() {
         ("[secrets]\nk = { file = \"/a\", credential = \"b\" }\n", "secrets.k", "exactly one"),
         ("[files]\nreview = [\"src/**x\"]\n", "files.review[0]", "`**`"),
         ("[files]\ndeny_read = [\"[abc\"]\n", "files.deny_read[0]", "never closed"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nmcp = { deny_tools = [\"x\"] }\n", "network.rule[0].mcp.tools", "no tool may be called"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nmcp = { tools = [\"read file\"] }\n", "network.rule[0].mcp.tools[0]", "only `*` is a wildcard"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nmcp = { tools = [\"a\"], deny_tools = [\"b?\"] }\n", "network.rule[0].mcp.deny_tools[0]", "only `*`"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"deny\"\nmcp = { tools = [\"a\"] }\n", "network.rule[0].mcp", "deny rule"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nintercept = false\nmcp = { tools = [\"a\"] }\n", "network.rule[0].intercept", "`mcp`"),
+        ("[[network.rule]]\nhost = \"a.com\"\naction = \"allow\"\nmcp = { tools = [\"a\"], filter = true }\n", "network.rule[0].mcp.filter", "unknown field `filter`"),
+
     ];
     for (text, field, needle) in cases {
         let d = refuse(text);

@@ -33,6 +33,31 @@ fn every_shipped_policy_checks_clean_and_a_broken_one_names_its_line() {
 }
 
 #[test]
+fn check_lists_the_tools_an_mcp_rule_lets_the_agent_call() {
+    let dirs = Dirs::new();
+    let file = dirs.write_profile(
+        "mcpcheck",
+        "[[network.rule]]\nhost = \"mcp.test\"\naction = \"allow\"\nmcp = { tools = [\"search\", \"read_file\"], deny_tools = [\"delete_*\"], filter_list = true }\n\n[[network.rule]]\nhost = \"all.test\"\naction = \"allow\"\nmcp = { tools = [\"*\"] }\n",
+    );
+    let out = gvmctl(&dirs, &["policy", "check", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "mcp: network.rule[0] (line 2) mcp.test: tools search, read_file; never delete_*; tools/list filtered"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("mcp: network.rule[1] (line 7) all.test: tools *\n"), "{text}");
+    assert!(text.contains("`mcp.tools = [\"*\"]` lets the agent call every tool"), "{text}");
+    let out = gvmctl(&dirs, &["policy", "check", "--json", file.to_str().unwrap()]);
+    let j: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(j["mcp"][0]["deny_tools"][0], "delete_*");
+    assert_eq!(j["mcp"][0]["filter_list"], true);
+    assert_eq!(j["mcp"][1]["tools"][0], "*");
+}
+
+#[test]
 fn explain_names_the_deciding_rule_and_its_line() {
     let dirs = Dirs::new();
     let file = dirs.write_profile(

@@ -2,6 +2,8 @@
 //! a real audit store in a temp dir, and a gateway in front of them.
 #![allow(dead_code)]
 
+pub mod mcp_server;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -72,6 +74,20 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
         });
         let mut r = Response::new(ChanBody(rx).boxed());
         r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+        return Ok(r);
+    }
+    if req.uri().path() == "/mcp" && req.method() == http::Method::POST {
+        let sse = req.uri().query().is_some_and(|q| q.contains("sse"));
+        let gzip = req.uri().query().is_some_and(|q| q.contains("gzip"));
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let (status, ct, out) = mcp_server::handle(&body, sse);
+        let mut r = Response::new(Full::new(Bytes::from(out)).boxed());
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r.headers_mut().insert("content-type", ct.parse().unwrap());
+        if gzip {
+            // Claims an encoding it does not use: what a filter must not pass on.
+            r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+        }
         return Ok(r);
     }
     if req.uri().path() == "/llm/json" {
@@ -268,7 +284,14 @@ pub async fn send_with(s: &mut Sender, method: &str, uri: &str, host: &str, head
     send_full(s, method, uri, host, headers, "").await
 }
 
-async fn send_full(s: &mut Sender, method: &str, uri: &str, host: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+pub async fn send_full(
+    s: &mut Sender,
+    method: &str,
+    uri: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let mut req = Request::builder().method(method).uri(uri).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);

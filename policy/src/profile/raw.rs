@@ -88,6 +88,15 @@ pub(super) struct RawRule {
     pub(super) intercept: Option<Spanned<bool>>,
     pub(super) comment: Option<String>,
     pub(super) name: Option<Spanned<String>>,
+    pub(super) mcp: Option<Spanned<RawMcp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMcp {
+    pub(super) tools: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) deny_tools: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) filter_list: Option<bool>,
 }
 
 #[derive(Deserialize)]

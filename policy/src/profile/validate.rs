@@ -11,6 +11,7 @@ use serde_spanned::Spanned;
 
 use crate::budget::{Budget, Money};
 use crate::diag::Diagnostic;
+use crate::mcp::McpTools;
 use crate::path::PathPattern;
 use crate::rule::{Action, HostPattern, HostPatternError, InjectPart, Injection, Rule};
 use crate::units::{parse_cpu_quota, parse_duration, parse_size, Rate};
@@ -447,14 +448,30 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let mcp = match r.mcp {
+            Some(m) => {
+                if action == Action::Deny {
+                    return Err(self
+                        .err(m.span(), f("mcp"), "a deny rule forwards nothing, so it has no MCP tools")
+                        .fix("remove `mcp`, or make the rule allow"));
+                }
+                Some(Arc::new(self.mcp(m, &f("mcp"))?))
+            }
+            None => None,
+        };
         let intercept = r.intercept.as_ref().is_none_or(|b| *b.get_ref());
         if let Some(ic) = &r.intercept {
             if !intercept {
-                let what = [(r.methods.is_some(), "methods"), (r.path.is_some(), "path"), (inject.is_some(), "inject")]
-                    .iter()
-                    .filter(|(set, _)| *set)
-                    .map(|(_, n)| format!("`{n}`"))
-                    .collect::<Vec<_>>();
+                let what = [
+                    (r.methods.is_some(), "methods"),
+                    (r.path.is_some(), "path"),
+                    (inject.is_some(), "inject"),
+                    (mcp.is_some(), "mcp"),
+                ]
+                .iter()
+                .filter(|(set, _)| *set)
+                .map(|(_, n)| format!("`{n}`"))
+                .collect::<Vec<_>>();
                 if !what.is_empty() {
                     return Err(self
                         .err(
@@ -485,7 +502,33 @@ impl Validator<'_> {
             intercept,
             comment: r.comment,
             name: r.name.map(Spanned::into_inner),
+            mcp,
         })
+    }
+
+    fn mcp(&self, m: Spanned<RawMcp>, field: &str) -> V<McpTools> {
+        let span = m.span();
+        let m = m.into_inner();
+        let list = |l: Option<Spanned<Vec<Spanned<String>>>>, name: &str| -> V<Vec<String>> {
+            let mut out = Vec::new();
+            for (j, p) in l.map(Spanned::into_inner).unwrap_or_default().into_iter().enumerate() {
+                crate::mcp::check_pattern(p.get_ref()).map_err(|e| {
+                    self.err(p.span(), format!("{field}.{name}[{j}]"), e)
+                        .fix("write a tool name as the server lists it, e.g. \"read_file\" or \"delete_*\"")
+                })?;
+                out.push(p.into_inner());
+            }
+            Ok(out)
+        };
+        let tools_span = m.tools.as_ref().map(Spanned::span);
+        let tools = list(m.tools, "tools")?;
+        let deny_tools = list(m.deny_tools, "deny_tools")?;
+        if tools.is_empty() {
+            return Err(self
+                .err(tools_span.unwrap_or(span), format!("{field}.tools"), "no tool may be called: `tools` is missing or empty")
+                .fix("list the tools the agent may call, e.g. tools = [\"search\", \"read_file\"] (or [\"*\"] with deny_tools)"));
+        }
+        Ok(McpTools { tools, deny_tools, filter_list: m.filter_list.unwrap_or(false) })
     }
 
     fn port(&self, p: &Spanned<i64>, field: String) -> V<u16> {
