@@ -19,9 +19,10 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::agent::{output_within, Sandboxed, TestCa};
+use common::bench::{median, timed};
 use common::fake_llm::{FakeLlm, MODEL};
 
 const STARTS: usize = 5;
@@ -40,17 +41,6 @@ for i in range(int(sys.argv[2])):
     assert text, "no answer"
     print("%.6f" % (time.perf_counter() - t))
 "#;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn timed(mut f: impl FnMut()) -> f64 {
-    let t = Instant::now();
-    f();
-    t.elapsed().as_secs_f64()
-}
 
 fn config(base: &str) -> String {
     format!("model:\n  provider: custom\n  base_url: {base}\n  default: {MODEL}\n")

@@ -15,9 +15,10 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::agent::{output_within, Sandboxed, TestCa};
+use common::bench::{median, timed};
 use common::fake_llm::{FakeLlm, MODEL};
 
 const STARTS: usize = 3;
@@ -36,17 +37,6 @@ for (let i = 0; i < n; i++) {
   console.log(((performance.now() - t) / 1000).toFixed(6));
 }
 "#;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn timed(mut f: impl FnMut()) -> f64 {
-    let t = Instant::now();
-    f();
-    t.elapsed().as_secs_f64()
-}
 
 /// OpenClaw's config: the fake model as an OpenAI-compatible provider at `base`.
 fn config(base: &str) -> String {

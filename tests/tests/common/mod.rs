@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod bench;
 pub mod fake_llm;
 pub mod hermes;
 pub mod openclaw;
