@@ -205,6 +205,10 @@ pub(crate) fn require_root(what: &'static str) -> Result<()> {
 /// private — what `ip netns` does, minus the re-sharing. On a host whose root is private
 /// (this VM, containers) nothing is mounted.
 fn make_unshared(dir: &Path) -> Result<()> {
+    // gvmd prepares profiles at once: two threads seeing the same shared mount would
+    // each bind the directory onto itself.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let canon = dir.canonicalize().map_err(io("resolving", dir))?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(io("reading", "/proc/self/mountinfo"))?;
     // The mount holding `dir` is the last listed whose mount point is a prefix of it.

@@ -13,6 +13,7 @@
 
 pub mod children;
 pub mod control;
+pub mod locks;
 pub mod plan_to_spec;
 pub mod prepare;
 pub mod run_session;
@@ -46,7 +47,10 @@ impl Drop for Prepared {
 /// The agents side of gvmd's state.
 #[derive(Debug, Default)]
 pub struct Agents {
+    /// Locked only for a look or an insert, never across a preparation's steps.
     pub prepared: tokio::sync::Mutex<HashMap<String, Prepared>>,
+    /// Held across one profile's preparation or teardown (useradd, netns, nft).
+    pub prepare_locks: locks::ProfileLocks,
     active: Arc<Mutex<HashSet<String>>>,
     /// How each unit's agent last ended, as its ExecStopPost told us (systemd forgets it
     /// as soon as the next start begins, so a restart loop would never show it).

@@ -55,12 +55,13 @@ pub fn workspace_id(path: &Path) -> String {
 }
 
 /// The PEM bundle agents trust: the system roots plus gvmd's CA. Rewritten when it differs.
-fn write_bundle(state_dir: &Path, ca_pem: &str) -> Result<PathBuf, PrepareError> {
+fn write_bundle(state_dir: &Path, ca_pem: &str, profile: &str) -> Result<PathBuf, PrepareError> {
     let path = state_dir.join("ca").join("bundle.pem");
     let system = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
     let text = format!("{system}\n# gvm interception CA\n{ca_pem}");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        let tmp = path.with_extension("pem.tmp");
+        // A temporary file of its own: profiles prepared at once each write one.
+        let tmp = path.with_extension(format!("pem.{profile}.tmp"));
         let fail = |source| PrepareError::Bundle { path: path.clone(), source };
         std::fs::write(&tmp, &text).map_err(fail)?;
         std::fs::rename(&tmp, &path).map_err(fail)?;
@@ -146,8 +147,10 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
     let workspaces: Vec<(String, PathBuf, WorkspaceMode)> =
         profile.agent.workspaces.iter().map(|w| (workspace_id(&w.path), w.path.clone(), w.mode)).collect();
 
-    let mut prepared = daemon.agents.prepared.lock().await;
-    let listening = prepared.contains_key(name);
+    // This profile only: another profile's useradd, netns or nft does not wait for it.
+    // The map of prepared profiles is locked only for a look or an insert.
+    let _this_profile = daemon.agents.prepare_locks.lock(name).await;
+    let listening = daemon.agents.prepared.lock().await.contains_key(name);
     let from_store = if listening { None } else { Sockets::from_store(daemon, name) };
     let reused = from_store.is_some();
     let (runtime_dir, ws) = (daemon.paths.runtime_dir.clone(), workspaces.clone());
@@ -173,6 +176,7 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
         Some(stored) => Some(Ok(stored)),
         None => sockets,
     };
+    let mut opened = None;
     if let Some(sockets) = sockets {
         let s = sockets.map_err(|e| {
             sandbox_err(gvm_sandbox::Error::Setup(format!("binding the gateway inside the netns: {e}")))
@@ -196,7 +200,11 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
             ),
         ];
         tracing::info!(gvm_profile = name, "gateway listening inside {}", netns_path.display());
-        prepared.insert(name.to_string(), Prepared { uid, gid, listeners, agent: String::new() });
+        opened = Some(Prepared { uid, gid, listeners, agent: String::new() });
+    }
+    let mut prepared = daemon.agents.prepared.lock().await;
+    if let Some(opened) = opened {
+        prepared.insert(name.to_string(), opened);
     }
     if let Some(p) = prepared.get_mut(name) {
         p.agent = format!("{:?}", profile.agent);
@@ -212,7 +220,7 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
     let mut env: Vec<(String, String)> = profile.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     // The secrets' placeholders, never their values.
     env.extend(daemon.gateway.agent_env(&profile));
-    let bundle = write_bundle(&daemon.paths.state_dir, &daemon.gateway.ca_pem())?;
+    let bundle = write_bundle(&daemon.paths.state_dir, &daemon.gateway.ca_pem(), name)?;
     Ok(LaunchPlan {
         profile: pname,
         uid,
@@ -242,12 +250,15 @@ pub async fn prepare(daemon: &Daemon, name: &str) -> Result<LaunchPlan, PrepareE
 pub async fn teardown(daemon: &Daemon, name: &str) -> Result<(), PrepareError> {
     let sandbox_err = |source| PrepareError::Sandbox { profile: name.to_string(), source };
     let pname = gvm_sandbox::ProfileName::parse(name).map_err(|e| sandbox_err(e.into()))?;
+    // Not while the same profile is being prepared; others go on.
+    let _this_profile = daemon.agents.prepare_locks.lock(name).await;
     let names = fd_names(name);
     for n in &names {
         daemon.notifier.remove_fds(n);
     }
     daemon.stored_fds.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| !names.contains(k));
-    if let Some(prepared) = daemon.agents.prepared.lock().await.remove(name) {
+    let prepared = daemon.agents.prepared.lock().await.remove(name);
+    if let Some(prepared) = prepared {
         let handles: Vec<_> = prepared.listeners.iter().map(|h| h.abort_handle()).collect();
         drop(prepared);
         // Wait until the listening sockets are really closed.
