@@ -5,6 +5,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod changes;
+mod fit;
 mod init;
 mod output;
 mod policy;
@@ -41,10 +42,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show whether gvmd runs, the profiles in force and the files it refused.
+    /// Show whether gvmd runs, its agents (busiest first), the profiles that need a
+    /// look, and the files it refused.
+    #[command(
+        after_help = "One line per agent that is not stopped, the busiest first: most requests since the agent\nstarted (allowed + denied + held, the ALLOW/DENY/HOLD column). Profiles with nothing to\nsay (in force, no agent running, no drift, watch or limits hit) are summed up in one line;\n--all lists every profile and agent.\n\nLines fit the terminal: $COLUMNS, else the terminal's width. Long columns are cut (…),\nthen the least needed are left out (PID, RESTARTS, LAST EXIT, MEMORY, UP...); nothing\nis cut when the output is not a terminal and COLUMNS is unset. --json is never cut.\n\nExamples:\n  gvmctl status\n  gvmctl status --all\n  gvmctl status invoices\n  gvmctl status --json | jq '.agents[] | select(.state == \"failed\")'"
+    )]
     Status {
         /// Only this profile (and its agent), with what of it waits for a human.
         profile: Option<String>,
+        /// Every profile and every agent, stopped ones included.
+        #[arg(long)]
+        all: bool,
         /// Print JSON for scripts instead of tables.
         #[arg(long)]
         json: bool,
@@ -376,7 +384,9 @@ enum AuditCommand {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = gvm_api::client::Client::new(cli.socket);
     match cli.command {
-        Command::Status { profile, json } => status::run(&client, profile.as_deref(), json).map(|()| ExitCode::SUCCESS),
+        Command::Status { profile, all, json } => {
+            status::run(&client, profile.as_deref(), all, json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Reload { dry_run: false, json } => reload::run(&client, json),
         Command::Reload { dry_run: true, json } => versions::dry_run(&client, json),
         Command::Start { profile, json } => {

@@ -211,7 +211,8 @@ pub fn gvmctl(dirs: &Dirs, args: &[&str]) -> Output {
 
 pub fn gvmctl_cmd(dirs: &Dirs, args: &[&str]) -> Command {
     let mut c = Command::new(bin("gvmctl"));
-    c.args(args).env("GVM_SOCKET", dirs.socket()).stdin(Stdio::null());
+    // Human output is cut to $COLUMNS: tests that read it see whole lines.
+    c.args(args).env("GVM_SOCKET", dirs.socket()).env_remove("COLUMNS").stdin(Stdio::null());
     c
 }
 
