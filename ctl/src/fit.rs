@@ -81,10 +81,18 @@ fn widths(columns: &[Column], rows: &[Vec<String>], shown: &[usize], width: Opti
 pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
     let mut shown: Vec<usize> = (0..columns.len()).collect();
     let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    let droppable = |shown: &[usize], k: usize| columns[shown[k]].drop > 0;
+    // First out, before anything is cut: columns that say nothing (every cell `-` or `0`).
+    let says_nothing = |i: usize| rows.iter().all(|r| r.get(i).is_none_or(|c| c == "-" || c == "0"));
+    while width.is_some_and(|l| total(&widths(columns, rows, &shown, None)) > l) {
+        let Some(pos) = (0..shown.len()).find(|&k| droppable(&shown, k) && says_nothing(shown[k])) else {
+            break;
+        };
+        shown.remove(pos);
+    }
     let mut w = widths(columns, rows, &shown, width);
     while let Some(limit) = width.filter(|l| total(&w) > *l) {
-        let Some(pos) =
-            (0..shown.len()).filter(|&k| columns[shown[k]].drop > 0).min_by_key(|&k| columns[shown[k]].drop)
+        let Some(pos) = (0..shown.len()).filter(|&k| droppable(&shown, k)).min_by_key(|&k| columns[shown[k]].drop)
         else {
             break;
         };
@@ -185,6 +193,17 @@ mod tests {
         let out = table(&cols(), &rows(), Some(12));
         assert!(out.lines().all(|l| l.chars().count() <= 12), "{out}");
         assert!(out.lines().nth(1).unwrap().starts_with("researcher"), "{out}");
+    }
+
+    #[test]
+    fn columns_that_say_nothing_are_left_out_first() {
+        let mut rows = rows();
+        rows[1][3] = "0".into();
+        // RESTARTS is all 0: it goes before PID, and the decision keeps more room.
+        let out = table(&cols(), &rows, Some(60));
+        let header = out.lines().next().unwrap();
+        assert!(header.contains("PID") && !header.contains("RESTARTS"), "{out}");
+        assert!(out.contains("allow GET https://api.example.co…"), "{out}");
     }
 
     #[test]

@@ -204,9 +204,14 @@ fn render(s: &StatusResponse, socket: &std::path::Path, only: Option<&str>, all:
             let idle: Vec<&str> = quiet.iter().map(|p| p.name.as_str()).filter(|name| !active(name)).collect();
             if !idle.is_empty() {
                 let head = format!("{} of {} profiles idle: ", idle.len(), s.profiles.len());
-                let hint = " (gvmctl status --all)";
-                let room = width.map_or(usize::MAX, |w| w.saturating_sub(head.chars().count() + hint.len()));
-                let _ = writeln!(out, "{head}{}{hint}", fit::names(&idle, room));
+                // The whole hint, or a short one when it leaves no room for a name.
+                let room =
+                    |hint: &str| width.map_or(usize::MAX, |w| w.saturating_sub(head.chars().count() + hint.len()));
+                let hint = [" (gvmctl status --all)", " (--all)"]
+                    .into_iter()
+                    .find(|h| room(h) >= idle[0].chars().count() + ", … 99 more".len())
+                    .unwrap_or(" (--all)");
+                let _ = writeln!(out, "{head}{}{hint}", fit::names(&idle, room(hint)));
             }
         }
         let budgets: Vec<Vec<String>> = s
@@ -349,6 +354,10 @@ mod tests {
         assert!(summary.starts_with("39 of 50 profiles idle: team-10, team-11, …"), "{summary}");
         assert!(summary.ends_with("more (gvmctl status --all)"), "{summary}");
         assert!(lines.len() < 24, "{} lines: {out}", lines.len());
+        // Narrower: a short hint leaves room for a name.
+        let out = render(&s, Path::new("/run/gvm/gvmd.sock"), None, false, Some(50));
+        assert!(out.lines().all(|l| l.chars().count() <= 50), "{out}");
+        assert!(out.contains("39 of 50 profiles idle: team-10, … 38 more (--all)"), "{out}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bench;
 pub mod fake_llm;
 pub mod hermes;
+pub mod many;
 pub mod openclaw;
 pub mod systemd;
 
