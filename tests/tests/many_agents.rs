@@ -57,3 +57,91 @@ fn fifty_profiles_ten_agents_status_fits_busiest_first_and_stop_cleans_up() {
     }
     fleet.gvmd.take().unwrap().stop();
 }
+
+/// Preparing one profile does not wait for another's: profile `slow`'s preparation is
+/// stopped inside its useradd (a wrapper found first on gvmd's PATH blocks on a FIFO
+/// until the test writes it); meanwhile `gvmctl run` of profile `fast` is prepared, runs
+/// and ends. Under one lock for every profile, `fast` would wait for `slow` and fail
+/// the deadline.
+#[test]
+#[ignore = "needs root"]
+fn a_profile_stuck_in_useradd_does_not_hold_up_another() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    assert_root();
+    let dirs = Dirs::new();
+    let tag = format!("mp{}", std::process::id() % 100_000);
+    let (slow, fast) = (format!("{tag}slow"), format!("{tag}fast"));
+    let cleanup = Users(vec![slow.clone(), fast.clone()]);
+    drop(Users(cleanup.0.clone())); // leftovers of an earlier run would skip useradd
+    for name in [&slow, &fast] {
+        dirs.write_profile(name, "[network]\ndefault = \"deny\"\n");
+    }
+    let bin_dir = dirs.root.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let (fifo, waiting) = (dirs.root.path().join("release"), dirs.root.path().join("useradd-waiting"));
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let wrapper = bin_dir.join("useradd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do last=$a; done\nif [ \"$last\" = \"gvm-{slow}\" ]; then\n  : > {waiting}\n  read line < {fifo}\nfi\nexec /usr/sbin/useradd \"$@\"\n",
+            waiting = waiting.display(),
+            fifo = fifo.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let _gvmd = Gvmd::start_with_env(&dirs, &[("PATH", &path)]);
+    // Whatever happens, the slow useradd is let go (a no-op once it was).
+    let release = Release(fifo.clone());
+
+    let run = |name: &str| {
+        gvmctl_cmd(&dirs, &["run", "--profile", name, "--", "/bin/true"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut slow_run = run(&slow);
+    common::many::wait_until("the slow profile's useradd", || waiting.exists());
+    let mut fast_run = run(&fast);
+    let fast_status = wait_timeout(&mut fast_run, Duration::from_secs(60));
+    let slow_still_waiting = slow_run.try_wait().unwrap().is_none();
+    if fast_status.is_none() {
+        let _ = fast_run.kill();
+    }
+    drop(release);
+    let slow_out = slow_run.wait_with_output().unwrap();
+    let fast_out = fast_run.wait_with_output().unwrap();
+    assert!(fast_status.is_some(), "the fast profile waited for the slow one's useradd: {fast_out:?}");
+    assert!(fast_out.status.success(), "{fast_out:?}");
+    assert!(slow_still_waiting, "the slow profile's preparation was not held: {slow_out:?}");
+    assert!(slow_out.status.success(), "the slow profile runs once let go: {slow_out:?}");
+    drop(cleanup);
+
+    /// Lets the blocked wrapper go: opens the FIFO for writing without waiting.
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            use std::io::Write;
+            let fifo = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.0);
+            if let Ok(mut f) = fifo {
+                let _ = f.write_all(b"go\n");
+            }
+        }
+    }
+}
+
+/// Removes the named profiles' users.
+struct Users(Vec<String>);
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("userdel").arg(format!("gvm-{name}")).output();
+        }
+    }
+}
