@@ -10,6 +10,10 @@
 //! One live instance per profile: two sandboxes of one profile would share the overlay
 //! upper directories (which overlayfs does not allow) and the same identity on the
 //! gateway (their requests could not be told apart).
+//!
+//! Profiles are prepared side by side: each preparation or teardown holds its own
+//! profile's lock ([`locks::ProfileLocks`]) across useradd, netns and nft, and the map
+//! of prepared profiles only for a look or an insert; 10 agents start at once.
 
 pub mod children;
 pub mod control;
