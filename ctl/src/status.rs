@@ -72,6 +72,10 @@ fn needs_a_look(p: &gvm_api::ProfileStatus) -> bool {
     p.stale || p.drift || p.watch.is_some() || p.noisy.is_some()
 }
 
+/// Up to this many profiles in force, all are listed; beyond, those with nothing to
+/// say are summed up in one line.
+const LIST_UP_TO: usize = 10;
+
 const PROFILE_COLUMNS: [Column; 6] = [
     Column::keep("PROFILE"),
     Column::drop("MODE", 4),
@@ -191,6 +195,7 @@ fn render(s: &StatusResponse, socket: &std::path::Path, only: Option<&str>, all:
     } else {
         // Listed: all of them, or those that need a look; the others, without an agent
         // shown above, in one line.
+        let all = all || s.profiles.len() <= LIST_UP_TO;
         let (listed, quiet): (Vec<&gvm_api::ProfileStatus>, Vec<&gvm_api::ProfileStatus>) =
             s.profiles.iter().partition(|p| all || needs_a_look(p));
         if !listed.is_empty() {
@@ -358,6 +363,16 @@ mod tests {
         let out = render(&s, Path::new("/run/gvm/gvmd.sock"), None, false, Some(50));
         assert!(out.lines().all(|l| l.chars().count() <= 50), "{out}");
         assert!(out.contains("39 of 50 profiles idle: team-10, … 38 more (--all)"), "{out}");
+    }
+
+    #[test]
+    fn up_to_ten_profiles_are_all_listed() {
+        let mut s = many();
+        s.profiles.truncate(10);
+        s.agents.clear();
+        let out = render(&s, Path::new("/run/gvm/gvmd.sock"), None, false, Some(80));
+        assert_eq!(out.lines().filter(|l| l.starts_with("team-")).count(), 10, "{out}");
+        assert!(!out.contains("idle") && !out.contains("Agents"), "{out}");
     }
 
     #[test]
