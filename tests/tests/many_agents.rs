@@ -145,3 +145,71 @@ impl Drop for Users {
         }
     }
 }
+
+/// Six `gvmctl run` of one profile at once: each either runs or is told the profile is
+/// already running, and when all ended no netns is left and the profile runs again.
+/// Then six preparations (what `gvmd launch` asks) of each of two profiles at once: those
+/// of one profile take turns (the gateway is opened once in its netns, not six times
+/// into "address in use"), every one gets the same plan, and teardown removes the netns.
+#[test]
+#[ignore = "needs root"]
+fn runs_of_one_profile_at_once_run_or_are_refused_and_leave_nothing() {
+    assert_root();
+    let dirs = Dirs::new();
+    let name = format!("mo{}", std::process::id() % 100_000);
+    let _users = Users(vec![name.clone()]);
+    dirs.write_profile(&name, "[network]\ndefault = \"deny\"\n");
+    let _gvmd = Gvmd::start(&dirs);
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let mut c = gvmctl_cmd(&dirs, &["run", "--profile", &name, "--", "/bin/true"]);
+            std::thread::spawn(move || c.output().unwrap())
+        })
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    let ran = outs.iter().filter(|o| o.status.success()).count();
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert!(stderr(o).contains("is already running"), "{o:?}");
+    }
+    assert!(ran >= 1, "none ran: {outs:?}");
+    assert!(!dirs.runtime.join("netns").join(&name).exists(), "the netns is left");
+    let again = gvmctl(&dirs, &["run", "--profile", &name, "--", "/bin/true"]);
+    assert!(again.status.success(), "{again:?}");
+    eprintln!("many_agents: {ran} of 6 runs at once ran, the others were told the profile is busy");
+
+    let other = format!("{name}b");
+    let _other_user = Users(vec![other.clone()]);
+    dirs.write_profile(&other, "[network]\ndefault = \"deny\"\n");
+    assert!(gvmctl(&dirs, &["reload"]).status.success());
+    let post = |path: String| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-s", "-X", "POST", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(dirs.socket())
+            .arg(format!("http://gvmd{path}"));
+        c
+    };
+    let prepares: Vec<_> = [&name, &other]
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.to_string(), 6))
+        .map(|p| {
+            let mut c = post(format!("/v1/agents/{p}/prepare"));
+            (p, std::thread::spawn(move || c.output().unwrap()))
+        })
+        .collect();
+    let mut plans: std::collections::BTreeMap<String, Vec<(serde_json::Value, serde_json::Value)>> = Default::default();
+    for (p, run) in prepares {
+        let out = stdout(&run.join().unwrap());
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        assert_eq!(code, "200", "prepare {p}: {body}");
+        let plan: serde_json::Value = serde_json::from_str(body).unwrap();
+        plans.entry(p).or_default().push((plan["uid"].clone(), plan["netns"].clone()));
+    }
+    for (p, got) in &plans {
+        assert!(got.iter().all(|g| g == &got[0]), "{p}: {got:?}");
+        assert!(dirs.runtime.join("netns").join(p).exists(), "{p}");
+        let out = stdout(&post(format!("/v1/agents/{p}/teardown")).output().unwrap());
+        assert!(out.ends_with("200"), "teardown {p}: {out}");
+        assert!(!dirs.runtime.join("netns").join(p).exists(), "the netns of {p} is left");
+    }
+    assert_ne!(plans[&name][0].0, plans[&other][0].0, "two profiles, two users");
+}
