@@ -182,7 +182,11 @@ fn render(s: &StatusResponse, socket: &std::path::Path, only: Option<&str>, all:
         s.agents.iter().filter(|a| all || a.state != gvm_api::AgentState::Stopped).collect();
     let active = |name: &str| agents.iter().any(|a| a.profile == name);
     if !agents.is_empty() {
-        let _ = writeln!(out, "\nAgents (supervised by {}), busiest first:", s.supervisor);
+        let _ = writeln!(
+            out,
+            "\nAgents (supervised by {}), busiest first (most requests since they started):",
+            s.supervisor
+        );
         out.push_str(&agents_table(&agents, width));
     }
     out.push('\n');
