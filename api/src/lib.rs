@@ -108,6 +108,9 @@ pub struct AgentStatus {
     /// The profile's `[agent]` section changed since the agent started (command,
     /// workspaces, limits...): network rules apply at once, these only after a restart.
     pub restart_required: bool,
+    /// The profile's risk tier (`[agent] tier`, `L0`..`L5`); None without one.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 /// `POST /v1/agents/{profile}/start|stop|restart`.
@@ -162,6 +165,9 @@ pub struct ProfileStatus {
     /// current period.
     #[serde(default)]
     pub budgets: Vec<BudgetStatus>,
+    /// The profile's risk tier (`[agent] tier`, `L0`..`L5`); None without one.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 /// One budget of a profile and what its current period has spent.

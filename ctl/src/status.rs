@@ -96,6 +96,7 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
                 vec![
                     p.name.clone(),
                     p.mode.to_string(),
+                    p.tier.clone().unwrap_or_else(|| "-".into()),
                     p.rules.to_string(),
                     output::short_time(&p.loaded_at),
                     profile_state(p),
@@ -103,7 +104,7 @@ pub fn run(client: &Client, only: Option<&str>, json: bool) -> anyhow::Result<()
                 ]
             })
             .collect();
-        output::table(&["PROFILE", "MODE", "RULES", "LOADED", "STATE", "FILE"], &rows);
+        output::table(&["PROFILE", "MODE", "TIER", "RULES", "LOADED", "STATE", "FILE"], &rows);
         let budgets: Vec<Vec<String>> =
             s.profiles.iter().flat_map(|p| p.budgets.iter().map(|b| budget_row(&p.name, b))).collect();
         if !budgets.is_empty() {

@@ -182,6 +182,9 @@ impl Daemon {
             let event = match change {
                 Change::Loaded { name, file, digest, rules } => {
                     tracing::info!(gvm_profile = %name, "profile {name} loaded from {file} ({rules} rules)");
+                    for w in next.profiles.get(&name).map(|p| p.profile.tier_warnings.as_slice()).unwrap_or_default() {
+                        tracing::warn!(gvm_profile = %name, "profile {name}: {w}");
+                    }
                     NewEvent {
                         profile: Some(name),
                         kind: gvm_api::EventKind::ProfileLoaded.into(),
