@@ -6,13 +6,8 @@
 //! such loosening is then a `gvmctl policy check` warning (and gvmd logs it on load).
 //! A profile without `tier` is read exactly as before.
 //!
-//! | | L0 | L1 | L2 | L3 | L4 | L5 |
-//! |---|---|---|---|---|---|---|
-//! | allow rules | none | named hosts, GET/HEAD | named hosts, GET/HEAD | named hosts | named hosts | + `*` for GET/HEAD |
-//! | hold rules | none | named hosts, GET/HEAD | named hosts | any host | any host | any host |
-//! | `[network] default` (when unset / at most) | deny / deny | deny / deny | deny / deny | hold / hold | hold / hold | hold / hold |
-//! | workspace mode (when unset / at most) | ro / ro | ro / ro | overlay / overlay | overlay / overlay | overlay / rw | overlay / rw |
-//! | `[budget]` | | | | | required | required |
+//! The table of what each tier sets is in docs/policy.md ("Risk tiers"); [`Tier::preset`]
+//! is its source.
 //!
 //! A "named host" is anything but `*`, a top-level domain (`*.com`) or `0.0.0.0/0`. A
 //! rule with `intercept = false` counts as any method (a tunnel's methods are never
