@@ -36,10 +36,15 @@ fn policy_check_warns_about_each_override_and_refuses_what_none_covers() {
         "{text}"
     );
     assert!(text.contains(": 1 rules, 2 warnings"), "{text}");
+    assert!(
+        text.contains("\ntier: L1: reads from named hosts, read-only workspaces (docs/policy.md, Risk tiers)\n"),
+        "{text}"
+    );
     let out = gvmctl(&dirs, &["policy", "check", "--json", over.to_str().unwrap()]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["warnings"][0]["field"], "network.rule[0]", "{j:#}");
     assert_eq!(j["warnings"][0]["line"], 6);
+    assert_eq!(j["tier"], "L1");
 
     let beyond = dirs.write_profile("tierbeyond", "[agent]\ntier = \"L4\"\n");
     let out = gvmctl(&dirs, &["policy", "check", beyond.to_str().unwrap()]);
