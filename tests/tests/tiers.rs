@@ -119,6 +119,21 @@ fn gvmd_holds_unknown_hosts_at_l3_refuses_a_profile_beyond_its_tier_and_logs_ove
     let null = serde_json::Value::Null;
     assert_eq!(unknown, [("hold", null.clone()), ("deny", null)], "held by the default, then denied: {http:#?}");
     assert!(!upstream.received("/x"));
+    let loaded: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "profile_loaded")
+        .map(|e| {
+            (e["profile"].as_str().unwrap_or(""), e["details"]["tier"].clone(), e["details"]["tier_override"].clone())
+        })
+        .collect();
+    assert_eq!(
+        loaded,
+        [
+            ("tierthree", "L3".into(), serde_json::json!([])),
+            ("tiertwoover", "L2".into(), serde_json::json!(["network"]))
+        ],
+        "the audit log says which tier each version was loaded under"
+    );
 
     // Beyond its tier: refused with file, line, field and fix; with the override:
     // loaded, and the log says what the override unlocked.
