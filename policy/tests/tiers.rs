@@ -212,3 +212,21 @@ fn tier_words_are_checked() {
     let d = refused("[agent]\ntier = 2\n");
     assert_eq!(d.field.as_deref(), Some("agent.tier"), "{d}");
 }
+
+/// The table in docs/policy.md says what `Tier::preset` does.
+#[test]
+fn the_documented_table_matches_the_presets() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policy.md")).unwrap();
+    let row = |label: &str| -> Vec<String> {
+        let line = doc.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("{label}"));
+        line.split('|').skip(2).take(6).map(|c| c.trim().trim_matches('*').to_string()).collect()
+    };
+    let default = |d: DefaultAction| if d == DefaultAction::Deny { "deny" } else { "hold" };
+    let cells = |f: &dyn Fn(Tier) -> String| Tier::ALL.map(f).to_vec();
+    assert_eq!(row("`[network] default` when not written"), cells(&|t| default(t.preset().network_default).into()));
+    assert_eq!(row("`[network] default` at most"), cells(&|t| default(t.preset().network_default_max).into()));
+    assert_eq!(row("workspace `mode` when not written"), cells(&|t| t.preset().workspace_default.to_string()));
+    assert_eq!(row("workspace `mode` at most"), cells(&|t| t.preset().workspace_max.to_string()));
+    let budget = |t: Tier| if t.preset().budget_required { "required" } else { "—" }.to_string();
+    assert_eq!(row("`[budget]`"), cells(&budget));
+}
