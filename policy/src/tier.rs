@@ -80,15 +80,7 @@ impl Tier {
             Tier::L4 => (Named, Any, Hold, Overlay, Rw, true),
             Tier::L5 => (NamedOrAnyRead, Any, Hold, Overlay, Rw, true),
         };
-        Preset {
-            allow,
-            hold,
-            network_default,
-            network_default_max: network_default,
-            workspace_default,
-            workspace_max,
-            budget_required,
-        }
+        Preset { allow, hold, network_default, workspace_default, workspace_max, budget_required }
     }
 }
 
@@ -105,10 +97,9 @@ pub struct Preset {
     pub allow: Reach,
     /// How far hold rules may reach.
     pub hold: Reach,
-    /// `[network] default` when the profile does not write it.
+    /// `[network] default` when the profile does not write it, and the loosest one the
+    /// tier admits (`deny` is always allowed).
     pub network_default: DefaultAction,
-    /// The loosest `[network] default` the tier admits.
-    pub network_default_max: DefaultAction,
     /// A workspace's mode when the profile does not write it.
     pub workspace_default: WorkspaceMode,
     /// The loosest workspace mode the tier admits (ro < overlay < rw).
@@ -366,7 +357,7 @@ impl Chosen {
                 ));
             }
         }
-        if default_rank(network.default) > default_rank(preset.network_default_max) {
+        if default_rank(network.default) > default_rank(preset.network_default) {
             let span = net_default.map_or(self.tier_span.clone(), Spanned::span);
             found.push((
                 TierOverride::Network,
@@ -376,7 +367,7 @@ impl Chosen {
                     format!(
                         "default = \"{}\" is beyond tier {tier} (at most \"{}\")",
                         default_str(network.default),
-                        default_str(preset.network_default_max)
+                        default_str(preset.network_default)
                     ),
                 ),
             ));
