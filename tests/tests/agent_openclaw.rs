@@ -262,15 +262,6 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     assert!(summary.contains("1 denied") && summary.contains("gvmctl changes"), "{summary}");
 }
 
-/// Creates the agent user `gvm-openclaw` inside the instance before gvmd does, with a uid
-/// of its own (61000 + 2 × (pid mod 1000) + `slot`): useradd would pick the next free
-/// system uid, the number host-side tests running at the same time give their own agent
-/// users, and their clean-up (`pgrep -u`, `kill -9`) would then kill this agent too.
-fn own_agent_uid(sd: &common::systemd::Systemd, slot: u32) {
-    let uid = 61000 + 2 * (std::process::id() % 1000) + slot;
-    sd.sh(&format!("useradd --system --user-group --no-create-home --shell /usr/sbin/nologin -u {uid} gvm-openclaw"));
-}
-
 /// A throwaway systemd with the built binaries, gvmd's state and a workspace bound in:
 /// host directories, as the overlay upper dirs cannot live on the instance's overlay root.
 /// Bind the three in this order (`let (state, workspace, sd)`): the instance, declared
@@ -344,7 +335,6 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
     .unwrap();
 
     let etc = install_gvm(&sd, state.path(), &ca.ca_pem);
-    own_agent_uid(&sd, 0);
     // OpenClaw's config where the agent can read it (not under /etc/gvm, which is hidden).
     std::fs::create_dir_all(root.join("srv/openclaw")).unwrap();
     std::fs::write(root.join("srv/openclaw/openclaw.json"), openclaw_config(llm.port())).unwrap();
@@ -399,7 +389,6 @@ fn openclaw_crashing_at_start_shows_why_in_its_journal_and_gvmctl_status() {
     let gvmctl = bin("gvmctl").display().to_string();
     let ca = TestCa::new(&["llm.test.example"]);
     let etc = install_gvm(&sd, state.path(), &ca.ca_pem);
-    own_agent_uid(&sd, 1);
     // A config file cut short: OpenClaw stops at once, saying where.
     std::fs::create_dir_all(sd.root().join("srv/openclaw")).unwrap();
     std::fs::write(sd.root().join("srv/openclaw/openclaw.json"), "{ \"models\": { \"providers\": \n").unwrap();
