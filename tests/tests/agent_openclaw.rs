@@ -262,6 +262,61 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     assert!(summary.contains("1 denied") && summary.contains("gvmctl changes"), "{summary}");
 }
 
+/// A model provider missing from the profile, over HTTPS: gvm refuses the tunnel inside
+/// TLS, so what OpenClaw prints carries the 403 naming the request to allow (not just
+/// "Connection error"), the model is never reached, and the audit log has the refusal.
+/// (OpenClaw's own summary calls any 403 "authentication failed"; its log lines give
+/// the body's error as `rawError=403 "gvm denied this request: POST …"`.)
+#[test]
+#[ignore = "needs root"]
+fn openclaw_names_a_model_provider_missing_from_the_profile() {
+    assert_root();
+    let install = common::openclaw::install();
+    let ca = TestCa::new(&["llm.test.example"]);
+    let llm = FakeLlm::start(vec![Turn::Text("never asked".into())], Some(ca.server.clone()));
+    let mut sb = Sandboxed::outside_tmp("om");
+    let root = sb.dirs.root.path().to_path_buf();
+    fill_workspace(&sb.ws);
+    let secrets = root.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("openai"), KEY).unwrap();
+    std::fs::write(root.join("llm-ca.pem"), &ca.ca_pem).unwrap();
+    let config = root.join("openclaw.json");
+    std::fs::write(&config, openclaw_config(llm.port())).unwrap();
+    let task = openclaw_task(&install, &config, &sb.ws);
+    let gvmd_toml = format!(
+        "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n",
+        root.join("llm-ca.pem").display()
+    );
+    // The shipped profile with the test's rules, less the one for the model.
+    let full = profile(&install, &sb.ws, &secrets, &task, llm.port());
+    let model_rule = format!(
+        "[[network.rule]]\ncomment = \"the test's model\"\nhost = \"llm.test.example\"\nport = {}\n\
+         methods = [\"POST\"]\npath = \"/v1/chat/completions\"\naction = \"allow\"\n",
+        llm.port()
+    );
+    assert!(full.contains(&model_rule), "the test's model rule changed:\n{full}");
+    sb.start(&gvmd_toml, &full.replace(&model_rule, ""), &[]);
+
+    let argv: Vec<&str> = task.iter().map(String::as_str).collect();
+    let ran = sb.run(&argv);
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    let printed = format!("{}{}", ran.out, ran.err);
+    let url = format!("https://llm.test.example:{}/v1/chat/completions", llm.port());
+    assert!(
+        printed.contains(&format!("rawError=403 \"gvm denied this request: POST {url}\"")),
+        "what OpenClaw prints names the request to allow: {ran:#?}"
+    );
+    assert!(llm.seen().is_empty(), "the model was reached: {:#?}", llm.seen());
+    let events = sb.events("http");
+    assert!(
+        events.iter().any(|e| e["decision"] == "deny"
+            && e["details"]["path"] == "/v1/chat/completions"
+            && e["details"]["tunnel"] == "refused"),
+        "the refused model request is not in the audit log: {events:#?}"
+    );
+}
+
 /// A throwaway systemd with the built binaries, gvmd's state and a workspace bound in:
 /// host directories, as the overlay upper dirs cannot live on the instance's overlay root.
 /// Bind the three in this order (`let (state, workspace, sd)`): the instance, declared

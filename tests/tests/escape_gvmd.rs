@@ -213,7 +213,10 @@ fn proxy_aware_http_and_https_are_decided_and_audited() {
     let text = section(&s, "https_host", &ran);
     assert!(text.contains("status=403 connect=200"), "CONNECT to a denied host is refused inside TLS: {text}");
     assert_denial(text, &sb.profile);
-    assert!(denial(text)["how_to_get_access"].as_str().unwrap_or("").contains("GET https://evil.test.example:"), "{text}");
+    assert!(
+        denial(text)["how_to_get_access"].as_str().unwrap_or("").contains("GET https://evil.test.example:"),
+        "{text}"
+    );
 
     // Only the allowed requests reached the upstreams.
     assert_eq!(up.seen(), vec!["GET /ok/1 HTTP/1.1"]);
@@ -231,7 +234,11 @@ fn proxy_aware_http_and_https_are_decided_and_audited() {
     assert_event(&http, "deny", &[("path", "/secret".into()), ("host", "tls.test.example".into())]);
     let connect = sb.events("connect");
     assert_event(&connect, "deny", &[("host", "evil.test.example".into()), ("via", "connect".into())]);
-    assert_event(&http, "deny", &[("host", "evil.test.example".into()), ("via", "intercept".into()), ("tunnel", "refused".into())]);
+    assert_event(
+        &http,
+        "deny",
+        &[("host", "evil.test.example".into()), ("via", "intercept".into()), ("tunnel", "refused".into())],
+    );
     // The refused tunnel counts twice: its CONNECT, and the request inside it.
     assert!(ran.summary().contains("2 requests allowed, 5 denied"), "{}", ran.summary());
 }

@@ -114,8 +114,13 @@ impl Systemd {
     /// inside (e.g. the cargo target dir, so freshly built binaries are visible).
     pub fn boot(binds: &[&Path]) -> Systemd {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let taken = passwd.lines().find(|l| l.split(':').nth(2).and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| (61000..65000).contains(&u)));
-        assert!(taken.is_none(), "host user {taken:?} has a uid of the range the instances give their users (61000-64999, INNER)");
+        let taken = passwd.lines().find(|l| {
+            l.split(':').nth(2).and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| (61000..65000).contains(&u))
+        });
+        assert!(
+            taken.is_none(),
+            "host user {taken:?} has a uid of the range the instances give their users (61000-64999, INNER)"
+        );
         let scratch = tempfile::Builder::new().prefix("gvm-sd-").tempdir().unwrap();
         let ns_dir = scratch.path().join("ns");
         std::fs::create_dir(&ns_dir).unwrap();
