@@ -428,6 +428,10 @@ fn openclaw_runs_its_task_as_gvm_agent_unit_under_systemd() {
         changes.iter().any(|c| c["path"].as_str().is_some_and(|p| p.ends_with("report.md")) && c["class"] == "review"),
         "{out}"
     );
+    // gvmd's useradd inside the instance took a uid of the instance's own range
+    // (common/systemd.rs), none of the host's: host tests that clean up by uid miss it.
+    let uid: u32 = sd.sh("id -u gvm-openclaw").trim().parse().unwrap();
+    assert!((61000..63000).contains(&uid), "gvm-openclaw has uid {uid}");
     // The unit's stop left no namespace behind.
     let netns = sd.sh("ls /run/gvm/netns/ 2>/dev/null || true");
     assert!(netns.trim().is_empty(), "netns left: {netns}");
@@ -473,4 +477,64 @@ fn openclaw_crashing_at_start_shows_why_in_its_journal_and_gvmctl_status() {
     let table = sd.sh(&format!("{gvmctl} status"));
     assert!(table.contains("LAST EXIT") && table.contains("exit 1"), "{table}");
     sd.sh(&format!("{gvmctl} stop openclaw"));
+}
+
+/// The shipped profile's own command (`openclaw gateway run --allow-unconfigured --bind
+/// loopback`), as
+/// policies/openclaw.toml has it but for where OpenClaw is installed: under gvm, with no
+/// config of its own yet, OpenClaw's Gateway starts and listens on the loopback of the
+/// agent's network namespace (seen from that namespace: nothing outside it can connect),
+/// then stops on SIGTERM relayed by `gvmctl run`, exiting cleanly.
+#[test]
+#[ignore = "needs root"]
+fn the_shipped_openclaw_command_starts_its_gateway_and_stops_cleanly() {
+    assert_root();
+    let install = common::openclaw::install();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let shipped = std::fs::read_to_string(repo.join("policies/openclaw.toml")).unwrap();
+    let line = shipped.lines().find(|l| l.starts_with("command = ")).expect("the shipped command");
+    let command: Vec<String> =
+        serde_json::from_str(&line["command = ".len()..].replace("/opt/openclaw", &install.display().to_string()))
+            .unwrap();
+    assert_eq!(command[2..], ["gateway", "run", "--allow-unconfigured", "--bind", "loopback"], "{line}");
+    let mut sb = Sandboxed::outside_tmp("og");
+    fill_workspace(&sb.ws);
+    let secrets = sb.dirs.root.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("openai"), KEY).unwrap();
+    let text = profile(&install, &sb.ws, &secrets, &command, 443);
+    sb.start("", &text, &[]);
+
+    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+    let running = sb.spawn(&argv);
+    let gvm_ports = [":3128", ":3129", ":53"];
+    let listening_now = || {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", sb.netns_path().display()))
+            .args(["ss", "-Hltn"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .filter(|a| !gvm_ports.iter().any(|p| a.ends_with(p)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut listening = listening_now();
+    while listening.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        listening = listening_now();
+    }
+    let pid = running.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let ran = running.finish(Duration::from_secs(60));
+    assert!(!listening.is_empty(), "OpenClaw's Gateway never listened in the agent's netns: {ran:#?}");
+    assert!(
+        listening.split(' ').all(|a| a.starts_with("127.0.0.1:") || a.starts_with("[::1]:")),
+        "OpenClaw listens on loopback only: {listening}"
+    );
+    assert_eq!(ran.code, Some(0), "OpenClaw's Gateway stops cleanly on SIGTERM: {ran:#?}");
+    eprintln!("openclaw gateway run under gvm listened on {listening}; {}", ran.summary());
 }
