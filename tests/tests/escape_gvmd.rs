@@ -284,8 +284,12 @@ probe("tls_evil", lambda: http(ctx.wrap_socket(conn((gw, {t})), server_hostname=
     }
     let text = section(&s, "resolve_evil", &ran);
     assert!(text.starts_with("ERR gaierror"), "a denied name does not resolve: {text}");
+    // TLS to a denied SNI: refused inside TLS (gvm's leaf), the request named; nothing
+    // reaches the upstream (below).
     let text = section(&s, "tls_evil", &ran);
-    assert!(text.starts_with("ERR"), "TLS to a denied SNI is cut: {text}");
+    assert!(text.starts_with("answered HTTP/1.1 403"), "TLS to a denied SNI is refused inside TLS: {text}");
+    assert_denial(text, &sb.profile);
+    assert!(text.contains("gvm denied this request: GET https://evil.test.example:"), "{text}");
 
     assert_eq!(up.seen(), vec!["GET /ok/py HTTP/1.1"]);
     assert_eq!(tls.seen(), vec!["GET /ok/pytls HTTP/1.1"]);
@@ -300,6 +304,7 @@ probe("tls_evil", lambda: http(ctx.wrap_socket(conn((gw, {t})), server_hostname=
     assert_event(&http, "allow", &[("path", "/ok/pytls".into()), ("scheme", "https".into())]);
     assert_event(&http, "deny", &[("path", "/secret".into()), ("host", "tls.test.example".into())]);
     assert_event(&http, "deny", &[("host", "evil.test.example".into()), ("via", "transparent".into())]);
+    assert_event(&http, "deny", &[("path", "/ok/y".into()), ("scheme", "https".into()), ("tunnel", "refused".into())]);
     let connect = sb.events("connect");
     assert_event(&connect, "deny", &[("host", "evil.test.example".into()), ("via", "transparent".into())]);
     let dns = sb.events("dns");
