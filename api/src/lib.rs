@@ -165,6 +165,9 @@ pub struct ProfileStatus {
     /// current period.
     #[serde(default)]
     pub budgets: Vec<BudgetStatus>,
+    /// The profile's risk tier (`[agent] tier`, `L0`..`L5`); None without one.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 /// One budget of a profile and what its current period has spent.

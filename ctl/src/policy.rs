@@ -18,6 +18,8 @@ struct CheckReport {
     warnings: Vec<gvm_api::ProfileRefusal>,
     /// The rules with an `mcp` table: what tools they let the agent call.
     mcp: Vec<McpLine>,
+    /// `[agent] tier` (`L0`..`L5`), None without one or when the file is refused.
+    tier: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -69,6 +71,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             errors: vec![],
             warnings: gvm_policy::check(&profile).iter().map(Into::into).collect(),
             mcp: mcp_lines(&profile),
+            tier: profile.agent.tier.map(|t| t.to_string()),
         },
         Err(d) => CheckReport {
             file: file.display().to_string(),
@@ -77,6 +80,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             errors: vec![(&d).into()],
             warnings: vec![],
             mcp: vec![],
+            tier: None,
         },
     };
     if json {
@@ -90,6 +94,9 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         for m in &report.mcp {
             println!("mcp: {m}");
+        }
+        if let Some(t) = report.tier.as_deref().and_then(gvm_policy::Tier::parse) {
+            println!("tier: {t}: {} (docs/policy.md, Risk tiers)", t.summary());
         }
         if report.ok {
             println!("ok: {}: {} rules, {} warnings", report.file, report.rules, report.warnings.len());

@@ -76,9 +76,10 @@ fn needs_a_look(p: &gvm_api::ProfileStatus) -> bool {
 /// say are summed up in one line.
 const LIST_UP_TO: usize = 10;
 
-const PROFILE_COLUMNS: [Column; 6] = [
+const PROFILE_COLUMNS: [Column; 7] = [
     Column::keep("PROFILE"),
     Column::drop("MODE", 4),
+    Column::drop("TIER", 6),
     Column::drop("RULES", 1),
     Column::drop("LOADED", 2),
     Column::shrink("STATE", 5, 24),
@@ -89,6 +90,7 @@ fn profile_row(p: &gvm_api::ProfileStatus) -> Vec<String> {
     vec![
         p.name.clone(),
         p.mode.to_string(),
+        p.tier.clone().unwrap_or_else(|| "-".into()),
         p.rules.to_string(),
         output::short_time(&p.loaded_at),
         profile_state(p),

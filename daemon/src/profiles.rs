@@ -170,6 +170,7 @@ impl ProfileSet {
                 version: p.digest.clone(),
                 drift: drifted(&p.profile.file, &p.digest),
                 budgets: Vec::new(),
+                tier: p.profile.agent.tier.map(|t| t.to_string()),
             })
             .collect()
     }

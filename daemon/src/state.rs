@@ -182,15 +182,24 @@ impl Daemon {
             let event = match change {
                 Change::Loaded { name, file, digest, rules } => {
                     tracing::info!(gvm_profile = %name, "profile {name} loaded from {file} ({rules} rules)");
+                    let agent = next.profiles.get(&name).map(|p| (&p.profile.agent, &p.profile.tier_warnings));
+                    for w in agent.map(|a| a.1.as_slice()).unwrap_or_default() {
+                        tracing::warn!(gvm_profile = %name, "profile {name}: {w}");
+                    }
+                    let mut details = serde_json::json!({
+                        "file": file, "sha256": digest, "version": digest, "rules": rules,
+                        "how": how, "by": by,
+                    });
+                    if let Some((agent, _)) = agent.filter(|a| a.0.tier.is_some()) {
+                        details["tier"] = agent.tier.map(|t| t.to_string()).into();
+                        details["tier_override"] = agent.tier_override.iter().map(|o| o.to_string()).collect();
+                    }
                     NewEvent {
                         profile: Some(name),
                         kind: gvm_api::EventKind::ProfileLoaded.into(),
                         decision: None,
                         rule: None,
-                        details: serde_json::json!({
-                            "file": file, "sha256": digest, "version": digest, "rules": rules,
-                            "how": how, "by": by,
-                        }),
+                        details,
                     }
                 }
                 Change::Refused { name, diagnostic, kept } => {

@@ -7,6 +7,9 @@
 //!    proxy (absolute-form), and its throughput ratio with 16 connections.
 //! 4. `throughput`: intercepted HTTPS throughput ratio with 16 connections.
 //! 5. `newconn`: new intercepted connection cost with a warm leaf cache.
+//! 6. `refused`: a CONNECT the rules refuse, answered inside TLS (CONNECT, handshake
+//!    with gvm's leaf, one request, its 403) beside the same refusal at CONNECT level
+//!    (port 80): latency and CPU per refusal, repeats folded as an agent's retries are.
 //!
 //! `GVM_BENCH_DURABILITY=normal` opens the gateway's audit store with
 //! `synchronous=NORMAL` (parts 2-5); `GVM_BENCH_ONLY=append,https,...` runs some parts;
@@ -171,6 +174,24 @@ async fn append_alone(durability: gvm_audit::Durability, n: usize) -> (f64, f64)
     (pct(&mut v, 0.5), pct(&mut v, 0.99))
 }
 
+/// `n` refused CONNECTs in a row: CPU per refusal (us, every party) and latencies.
+async fn refusals(env: &Env, in_tls: bool, n: usize) -> (f64, Vec<Duration>) {
+    let target = if in_tls { "denied.test.example:443" } else { "denied.test.example:80" };
+    let mut times = Vec::new();
+    let c0 = cpu_seconds();
+    for _ in 0..n {
+        let t = Instant::now();
+        if in_tls {
+            let mut c = connect_tls(env, target, "denied.test.example").await.unwrap();
+            assert_eq!(send(&mut c, "POST", "/v1/chat/completions", target, "{}").await.status, 403);
+        } else {
+            assert_eq!(raw_connect(env, target).await.1, 403);
+        }
+        times.push(t.elapsed());
+    }
+    ((cpu_seconds() - c0) / n as f64 * 1e6, times)
+}
+
 fn main() {
     let only = std::env::var("GVM_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
@@ -267,6 +288,23 @@ fn main() {
                 "  gateway p50 {:.3} ms  p99 {:.3} ms (CONNECT + intercept + upstream TLS) (target p50 <= 3)",
                 pct(&mut nc, 0.5),
                 pct(&mut nc, 0.99)
+            );
+        }
+
+        if run("refused") {
+            let n = 300;
+            let (plain_cpu, mut plain) = refusals(&env, false, n).await;
+            let (tls_cpu, mut tls) = refusals(&env, true, n).await;
+            println!("a refused CONNECT, {n} sequential (repeats folded in the audit log):");
+            println!(
+                "  at CONNECT level (403)    p50 {:.3} ms  p99 {:.3} ms  CPU {plain_cpu:.0} us",
+                pct(&mut plain, 0.5),
+                pct(&mut plain, 0.99)
+            );
+            println!(
+                "  inside TLS (200, TLS, 403) p50 {:.3} ms  p99 {:.3} ms  CPU {tls_cpu:.0} us (all parties: the client's TLS too)",
+                pct(&mut tls, 0.5),
+                pct(&mut tls, 0.99)
             );
         }
     });

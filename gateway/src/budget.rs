@@ -139,6 +139,8 @@ struct Noise {
 struct ProfileBudget {
     limits: Limits,
     decisions: Bucket,
+    /// Refused tunnels answered inside TLS (each a handshake): `decisions`' rate.
+    handshakes: Bucket,
     dns: Bucket,
     body: Arc<Mutex<Bucket>>,
     held: usize,
@@ -152,6 +154,7 @@ impl ProfileBudget {
         ProfileBudget {
             limits,
             decisions: Bucket::rate(limits.decisions, now),
+            handshakes: Bucket::rate(limits.decisions, now),
             dns: Bucket::rate(limits.dns_queries, now),
             body: Arc::new(Mutex::new(body_bucket(limits.request_body_per_sec, now))),
             held: 0,
@@ -243,6 +246,7 @@ impl Budgets {
             if b.limits != limits {
                 b.limits = limits;
                 b.decisions = Bucket::rate(limits.decisions, now);
+                b.handshakes = Bucket::rate(limits.decisions, now);
                 b.dns = Bucket::rate(limits.dns_queries, now);
                 *b.body.lock().unwrap_or_else(|e| e.into_inner()) = body_bucket(limits.request_body_per_sec, now);
             }
@@ -314,6 +318,17 @@ impl Budgets {
                 },
             );
         });
+    }
+
+    /// May one more refused tunnel be answered inside TLS? A handshake costs gvmd CPU,
+    /// so no while the profile is past its `[limits] decisions` (its refusals are only
+    /// counted), nor past that many handshakes per period of its own; the refusal then
+    /// stays at CONNECT level, as recorded.
+    pub(crate) fn refusal_handshake(&self, profile: &str) -> bool {
+        self.with(profile, |b, now| {
+            b.decisions.refill(now);
+            b.decisions.tokens >= 1.0 && b.handshakes.take(now)
+        })
     }
 
     /// One DNS query: within `[limits] dns_queries`? Counts the refusal when not.
@@ -494,6 +509,19 @@ mod tests {
         let noisy = b.noisy("p").expect("noisy");
         assert_eq!(noisy.refused.get("decisions"), Some(&991));
         assert!(b.noisy("q").is_none());
+    }
+
+    #[test]
+    fn refusal_handshakes_stop_past_either_budget() {
+        let b = Budgets::default();
+        b.set_limits("p", limits(3));
+        assert!((0..3).all(|_| b.refusal_handshake("p")), "within the rate");
+        assert!(!b.refusal_handshake("p"), "past its own bucket");
+        b.set_limits("q", limits(3));
+        for i in 0..3 {
+            assert!(matches!(b.admit("q", "connect", "deny", None, &json!({ "i": i })), Admit::Record(_)));
+        }
+        assert!(!b.refusal_handshake("q"), "past the decisions budget: refusals are only counted");
     }
 
     #[test]

@@ -300,7 +300,7 @@ pub(crate) fn read_head<B>(conn: &ConnCtx, req: &Request<B>) -> Result<Head, Bad
             };
             (t, Via::Proxy)
         }
-        ConnKind::Inner { host, port, tls, via } => (Target { tls: *tls, host: host.clone(), port: *port }, *via),
+        ConnKind::Inner { host, port, tls, via, .. } => (Target { tls: *tls, host: host.clone(), port: *port }, *via),
         ConnKind::TransparentHttp { port, pinned } => {
             let Some((h, p)) = host_hdr.clone() else {
                 return Err(bad(

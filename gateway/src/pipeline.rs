@@ -76,8 +76,9 @@ pub(crate) enum ConnKind {
     /// The explicit proxy listener: absolute-form requests and CONNECT.
     Proxy,
     /// Inside a CONNECT tunnel or a transparent TLS connection: every request must
-    /// name exactly this host and port.
-    Inner { host: Host, port: u16, tls: bool, via: Via },
+    /// name exactly this host and port. `refused`: the rules refused the tunnel, and
+    /// every request in it is answered with that refusal (`tunnel.rs`).
+    Inner { host: Host, port: u16, tls: bool, via: Via, refused: Option<Arc<crate::tunnel::DeniedTunnel>> },
     /// Transparent plain HTTP: the first Host header names the connection.
     TransparentHttp { port: u16, pinned: Mutex<Option<Host>> },
 }
@@ -88,6 +89,16 @@ pub(crate) struct ConnCtx {
     /// The connection's place in the profile's `[limits] connections`, kept by
     /// whatever outlives the HTTP exchange (a tunnel, a WebSocket) until it ends.
     pub _slot: Arc<Slot>,
+}
+
+impl ConnCtx {
+    /// The refusal every request on this connection gets, when its tunnel was refused.
+    fn refused(&self) -> Option<&crate::tunnel::DeniedTunnel> {
+        match &self.kind {
+            ConnKind::Inner { refused, .. } => refused.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request (or a tunnel) is not forwarded. Every refusal leaves the pipeline as
@@ -161,9 +172,13 @@ impl Inner {
     async fn handle(self: Arc<Self>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
         match head::read_head(&conn, &req) {
             Ok(Head::Connect(host_hdr)) => self.connect(conn, req, host_hdr).await,
-            Ok(Head::Request(target, via)) => match self.clone().forward(conn.clone(), &target, via, req).await {
-                Ok(resp) => resp,
-                Err(Refused { why, what }) => self.refuse(&conn.profile, &what, why).await,
+            Ok(Head::Request(target, via)) => match conn.refused() {
+                // A refused tunnel: nothing in it goes anywhere.
+                Some(denied) => self.refuse_inside(&conn.profile, &target, via, denied, &req).await,
+                None => match self.clone().forward(conn.clone(), &target, via, req).await {
+                    Ok(resp) => resp,
+                    Err(Refused { why, what }) => self.refuse(&conn.profile, &what, why).await,
+                },
             },
             Err(bad) => {
                 // Only refusals describe the request: built when one is needed.

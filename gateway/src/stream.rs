@@ -64,8 +64,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// What the first bytes of a client stream are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sniffed {
-    /// A TLS ClientHello; the SNI host name if it carries one (raw, not normalised).
-    Tls { sni: Option<String> },
+    /// A TLS ClientHello; the SNI host name if it carries one (raw, not normalised), and
+    /// whether it offers Encrypted Client Hello (its SNI is then only the public name).
+    Tls { sni: Option<String>, ech: bool },
     /// Looks like an HTTP/1 request line.
     Http,
     /// Something else (or nothing before the timeout: a server-speaks-first protocol).
@@ -114,8 +115,10 @@ async fn sniff_within<S: AsyncRead + Unpin>(s: &mut S, wait: Option<Duration>) -
             if buf.len() >= 5 {
                 let len = usize::from(u16::from_be_bytes([buf[3], buf[4]])) + 5;
                 if buf.len() >= len.min(MAX_HELLO) {
-                    let sni = client_hello_sni(&buf[..len.min(buf.len())]);
-                    return Ok((Sniffed::Tls { sni }, buf));
+                    let hello = &buf[..len.min(buf.len())];
+                    let sni = client_hello_sni(hello);
+                    let ech = hello_extension(hello, EXT_ECH).is_some();
+                    return Ok((Sniffed::Tls { sni, ech }, buf));
                 }
             }
             let mut tmp = [0u8; 4096];
@@ -137,6 +140,20 @@ async fn sniff_within<S: AsyncRead + Unpin>(s: &mut S, wait: Option<Duration>) -
 
 /// The server_name of a TLS ClientHello record, if well-formed and present.
 pub(crate) fn client_hello_sni(rec: &[u8]) -> Option<String> {
+    let mut r = Reader { b: hello_extension(rec, 0)?, i: 0 };
+    let _list = r.u16()?;
+    if r.u8()? != 0 {
+        return None;
+    }
+    let n = r.u16()? as usize;
+    String::from_utf8(r.take(n)?.to_vec()).ok()
+}
+
+/// The `encrypted_client_hello` extension (RFC 9849).
+const EXT_ECH: u16 = 0xfe0d;
+
+/// The body of extension `ty` in a TLS ClientHello record, if well-formed and present.
+fn hello_extension(rec: &[u8], ty: u16) -> Option<&[u8]> {
     let mut r = Reader { b: rec, i: 0 };
     if r.u8()? != 0x16 {
         return None;
@@ -157,18 +174,12 @@ pub(crate) fn client_hello_sni(rec: &[u8]) -> Option<String> {
     let ext_total = r.u16()? as usize;
     let end = r.i + ext_total;
     while r.i + 4 <= end {
-        let ty = r.u16()?;
+        let this = r.u16()?;
         let len = r.u16()? as usize;
-        if ty == 0 {
-            let _list = r.u16()?;
-            if r.u8()? != 0 {
-                return None;
-            }
-            let n = r.u16()? as usize;
-            let name = r.take(n)?;
-            return String::from_utf8(name.to_vec()).ok();
+        let body = r.take(len)?;
+        if this == ty {
+            return Some(body);
         }
-        r.skip(len)?;
     }
     None
 }

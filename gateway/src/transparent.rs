@@ -65,7 +65,7 @@ pub(crate) async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>
             });
             inner.serve_http(io, conn).await;
         }
-        Sniffed::Tls { sni: Some(sni) } => {
+        Sniffed::Tls { sni: Some(sni), ech } => {
             let host = match Host::parse(&sni) {
                 Ok(h) => h,
                 Err(e) => {
@@ -84,15 +84,25 @@ pub(crate) async fn one(inner: Arc<Inner>, mut tcp: TcpStream, profile: Arc<str>
             };
             let target = Target { tls: true, host, port };
             match inner.admit_tunnel(&profile, &target, Via::Transparent).await {
-                // Recorded; the agent sees the connection close.
-                Err(why) => drop(inner.refuse(&profile, &connect_described(&target), why).await),
-                Ok(TunnelPlan::Intercept) => inner.intercept_tls(profile, io, target, Via::Transparent, slot).await,
+                Err(why) => {
+                    // Refused by the rules: answered inside TLS (`tunnel.rs`), unless the
+                    // hello offers ECH (its SNI is only a public name). Otherwise
+                    // recorded, and the agent sees the connection close.
+                    let denied = if ech { None } else { inner.answerable(&profile, &target, Via::Transparent, &why) };
+                    let answer = inner.refuse(&profile, &connect_described(&target), why).await;
+                    if let (Some(d), http::StatusCode::FORBIDDEN) = (denied, answer.status()) {
+                        inner.intercept_tls(profile, io, target, Via::Transparent, slot, Some(Arc::new(d))).await;
+                    }
+                }
+                Ok(TunnelPlan::Intercept) => {
+                    inner.intercept_tls(profile, io, target, Via::Transparent, slot, None).await;
+                }
                 Ok(plan @ TunnelPlan::Splice { .. }) => {
                     inner.tunnel(profile, io, target, plan, Via::Transparent, slot).await;
                 }
             }
         }
-        Sniffed::Tls { sni: None } | Sniffed::Other => {
+        Sniffed::Tls { sni: None, .. } | Sniffed::Other => {
             let _ = inner
                 .note("connect", &profile, "deny", Some("protocol"),
                     json!({"via": "transparent", "dst": orig.to_string(), "port": port, "status": 403,

@@ -30,6 +30,13 @@ use crate::Inner;
 /// server-speaks-first protocol.
 const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
 
+/// A tunnel refused by the rules, answered inside TLS: what each request in it is told.
+#[derive(Debug)]
+pub(crate) struct DeniedTunnel {
+    rule: Option<String>,
+    reason: String,
+}
+
 pub(crate) enum TunnelPlan {
     Intercept,
     Splice { addr: SocketAddr, done: Arc<Completion> },
@@ -70,7 +77,21 @@ impl Inner {
         let target = Target { tls: port != 80, host, port };
         let on_upgrade = hyper::upgrade::on(&mut req);
         match self.admit_tunnel(&profile, &target, Via::Connect).await {
-            Err(r) => self.refuse(&profile, &connect_described(&target), r).await,
+            Err(r) => {
+                let Some(denied) = self.answerable(&profile, &target, Via::Connect, &r) else {
+                    return self.refuse(&profile, &connect_described(&target), r).await;
+                };
+                let answer = self.refuse(&profile, &connect_described(&target), r).await;
+                if answer.status() != StatusCode::FORBIDDEN {
+                    return answer; // not recorded (503, or 429 past [limits]): that answer stands
+                }
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = on_upgrade.await else { return };
+                    this.refused_tunnel(profile, TokioIo::new(up), target, denied, conn._slot.clone()).await;
+                });
+                Response::new(answer::empty())
+            }
             Ok(plan) => {
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -153,7 +174,7 @@ impl Inner {
         let Ok((sniffed, prefix)) = sniff(&mut io, wait).await else { return };
         let io = Prefixed::new(prefix, io);
         match sniffed {
-            Sniffed::Tls { sni } => {
+            Sniffed::Tls { sni, .. } => {
                 if let Some(sni) = sni {
                     if Host::parse(&sni).ok().as_ref() != Some(&target.host) {
                         let details = json!({
@@ -166,7 +187,7 @@ impl Inner {
                     }
                 }
                 match plan {
-                    TunnelPlan::Intercept => self.intercept_tls(profile, io, target, via, slot).await,
+                    TunnelPlan::Intercept => self.intercept_tls(profile, io, target, via, slot, None).await,
                     TunnelPlan::Splice { addr, done } => splice(io, addr, done).await,
                 }
             }
@@ -176,6 +197,7 @@ impl Inner {
                     port: target.port,
                     tls: false,
                     via: if via == Via::Transparent { via } else { Via::Connect },
+                    refused: None,
                 };
                 // Plain HTTP inside a tunnel: every request is decided on its own.
                 self.serve_http(io, Arc::new(ConnCtx { profile, kind, _slot: slot })).await;
@@ -194,7 +216,8 @@ impl Inner {
         }
     }
 
-    /// Terminates TLS with a leaf for the target and serves the requests inside.
+    /// Terminates TLS with a leaf for the target and serves the requests inside; with
+    /// `refused`, every request inside is answered with that refusal, none decided.
     pub(crate) async fn intercept_tls<S>(
         self: Arc<Self>,
         profile: Arc<str>,
@@ -202,6 +225,7 @@ impl Inner {
         target: Target,
         via: Via,
         slot: Arc<Slot>,
+        refused: Option<Arc<DeniedTunnel>>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -220,8 +244,78 @@ impl Inner {
             port: target.port,
             tls: true,
             via: if via == Via::Transparent { via } else { Via::Intercept },
+            refused,
         };
         self.serve_http(tls, Arc::new(ConnCtx { profile, kind, _slot: slot })).await;
+    }
+
+    /// The refusal of a tunnel to `target`, when it is to be answered inside TLS: the
+    /// rules (or the operator, for a held one) said no, the profile is loaded and within
+    /// its budgets for it ([`crate::budget::Budgets::refusal_handshake`]). Everything
+    /// else stays refused at CONNECT level: malformed or ambiguous CONNECTs, rate
+    /// limits, spent budgets, SSRF (`upstream-safety`: no certificate for an internal
+    /// address), and CONNECTs to port 80, which carry plain HTTP.
+    pub(crate) fn answerable(&self, profile: &str, target: &Target, via: Via, why: &Refusal) -> Option<DeniedTunnel> {
+        let Refusal::Denied { rule, reason, .. } = why else { return None };
+        let plain = via == Via::Connect && target.port == 80;
+        if plain || rule.as_deref() == Some("upstream-safety") || self.profile(profile).is_none() {
+            return None;
+        }
+        self.budgets.refusal_handshake(profile).then(|| DeniedTunnel { rule: rule.clone(), reason: reason.clone() })
+    }
+
+    /// After the 200 to a refused CONNECT: a TLS ClientHello for the tunnel's host (no
+    /// ECH) gets the refusal inside TLS; anything else is closed (the CONNECT's `deny`
+    /// is recorded already).
+    async fn refused_tunnel<S>(
+        self: Arc<Self>,
+        profile: Arc<str>,
+        mut io: S,
+        target: Target,
+        d: DeniedTunnel,
+        slot: Arc<Slot>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok((sniffed, prefix)) = sniff(&mut io, Some(FIRST_BYTE_WAIT)).await else { return };
+        let for_target =
+            |sni: &Option<String>| sni.as_deref().is_none_or(|s| Host::parse(s).ok().as_ref() == Some(&target.host));
+        if let Sniffed::Tls { sni, ech: false } = &sniffed {
+            if for_target(sni) {
+                let io = Prefixed::new(prefix, io);
+                self.intercept_tls(profile, io, target, Via::Connect, slot, Some(Arc::new(d))).await;
+            }
+        }
+    }
+
+    /// One request inside a refused tunnel: recorded as a `deny` of the tunnel's rule and
+    /// answered with the 403 a plain-HTTP request gets (naming this request).
+    pub(crate) async fn refuse_inside(
+        &self,
+        profile: &str,
+        target: &Target,
+        via: Via,
+        d: &DeniedTunnel,
+        req: &Request<Incoming>,
+    ) -> Response<RespBody> {
+        let mut path_q = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let state = self.profile(profile);
+        // A secret in the URL is not written to the log (nor repeated to the agent).
+        if state.as_ref().and_then(|s| s.scan.as_ref()).is_some_and(|s| s.scan_once(path_q.as_bytes()).is_some()) {
+            path_q = "/[redacted]";
+        }
+        let what = Described {
+            method: req.method().to_string(),
+            url: format!("{}://{}{}", target.scheme(), target.authority(), path_q),
+        };
+        let mut details = json!({
+            "method": what.method, "scheme": target.scheme(), "host": target.host.as_str(), "port": target.port,
+            "path": path_q.split('?').next().unwrap_or("/"), "via": via.as_str(), "tunnel": "refused",
+        });
+        if let Some(state) = state {
+            state.stamp(&mut details);
+        }
+        self.refuse(profile, &what, Refusal::denied("http", d.rule.as_deref(), details, d.reason.clone())).await
     }
 }
 

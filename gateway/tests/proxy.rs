@@ -92,15 +92,67 @@ async fn connect_intercepted_allow_and_deny_parity() {
     assert!(find_event(&env, "connect", "api.test.example").is_some());
 }
 
+/// A host no rule allows, over HTTPS through the proxy (a model provider missing from
+/// the profile): the CONNECT is answered 200, the TLS handshake completes with gvm's
+/// leaf, and a real TLS client reads the 403 body naming the request and the rule to
+/// add. Nothing reaches the upstream (the name resolves to the test's TLS upstream).
 #[tokio::test]
-async fn connect_denied_host_gets_403_json() {
-    let env = env(POLICY).await;
-    let (mut tcp, status, head) = raw_connect(&env, "denied.test.example:443").await;
+async fn connect_denied_host_is_answered_inside_tls_with_the_rule_to_add() {
+    let env =
+        env("[network]\ndefault = \"deny\"\n[[network.rule]]\nhost = \"api.test.example\"\naction = \"allow\"\n").await;
+    let target = format!("{OTHER}:{}", env.up_https);
+    let mut c = connect_tls(&env, &target, OTHER).await.expect("the refusal comes inside TLS, with gvm's leaf");
+    let needle = "needle-refused-tunnel-5c1d";
+    let r = send(&mut c, "POST", "/v1/chat/completions?stream=1", &target, needle).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.headers["x-gvm-decision"], "deny");
+    let j = r.json();
+    let url = format!("https://{target}/v1/chat/completions?stream=1");
+    assert_eq!(j["error"], format!("gvm denied this request: POST {url}"), "{j}");
+    assert_eq!(j["rule"], "default");
+    let how = j["how_to_get_access"].as_str().unwrap();
+    assert!(how.contains("/etc/gvm/profiles/agent.toml") && how.contains(&format!("`POST {url}`")), "{how}");
+    // The same connection answers the next request the same way (an SDK's retry).
+    let r = send(&mut c, "GET", "/v1/models", &target, "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["request"]["url"], format!("https://{target}/v1/models"));
+    assert!(!upstream_saw(needle.as_bytes()), "the refused tunnel reached the upstream");
+    // The audit log: the CONNECT's deny, and each request in it as an `http` deny.
+    let ev = find_event(&env, "connect", OTHER).expect("the CONNECT's deny");
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    let ev = find_event(&env, "http", "/v1/chat/completions").expect("the request's deny");
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    assert_eq!(ev.rule, None, "the profile's default refused it");
+    assert_eq!((ev.details["via"].as_str(), ev.details["tunnel"].as_str()), (Some("intercept"), Some("refused")));
+    assert_eq!(ev.details["host"], OTHER);
+    assert_eq!(ev.details["status"], 403);
+    assert!(events(&env).iter().all(|e| e.decision.as_deref() != Some("allow")), "nothing was allowed");
+}
+
+/// Where a refused CONNECT cannot or need not be answered inside TLS, it is refused at
+/// CONNECT level as before: port 80 (plain HTTP), and past the profile's budget of
+/// handshakes for refusals (`[limits] decisions` per period).
+#[tokio::test]
+async fn connect_refusals_stay_at_connect_level_for_port_80_and_past_the_budget() {
+    let env = env("[network]\ndefault = \"deny\"\n[[network.rule]]\nhost = \"api.test.example\"\naction = \"allow\"\n\
+         [limits]\ndecisions = \"3/min\"\n")
+    .await;
+    let (mut tcp, status, head) = raw_connect(&env, "denied.test.example:80").await;
     assert_eq!(status, 403, "{head}");
     let mut body = vec![0u8; 4096];
     let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut body).await.unwrap();
     let j: serde_json::Value = serde_json::from_slice(&body[..n]).unwrap();
     assert_eq!(j["request"]["method"], "CONNECT");
+    assert_eq!(j["request"]["url"], "denied.test.example:80");
+    // Three refusals a minute are answered inside TLS, the fourth at CONNECT level.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(raw_connect(&env, "denied.test.example:443").await.1);
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 200, 403]);
     let ev = find_event(&env, "connect", "denied.test.example").unwrap();
     assert_eq!(ev.decision.as_deref(), Some("deny"));
 }

@@ -75,16 +75,61 @@ async fn transparent_without_a_name_is_denied_and_audited() {
     assert_eq!(ev.decision.as_deref(), Some("deny"));
 }
 
+/// TLS to a host the rules deny, caught by the transparent listener: the handshake
+/// completes with gvm's leaf and the request gets the 403 naming it and the deny rule.
 #[tokio::test]
-async fn transparent_denied_sni_is_closed() {
+async fn transparent_denied_sni_is_answered_inside_tls() {
     let env = env(POLICY).await;
-    let t = transparent(&env, 443).await;
-    let tcp = TcpStream::connect(t).await.unwrap();
-    let r = tokio_rustls::TlsConnector::from(env.agent_tls.clone())
-        .connect(rustls::pki_types::ServerName::try_from("x.blocked.example").unwrap(), tcp)
-        .await;
-    assert!(r.is_err());
+    let mut c = transparent_tls(&env, 443, "x.blocked.example").await;
+    let r = send(&mut c, "GET", "/exfil?q=1", "x.blocked.example", "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["error"], "gvm denied this request: GET https://x.blocked.example/exfil?q=1", "{j}");
+    assert!(j["rule"].as_str().unwrap().starts_with("network.rule[2]"), "{j}");
     let ev = find_event(&env, "connect", "x.blocked.example").unwrap();
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    let ev = find_event(&env, "http", "x.blocked.example").unwrap();
+    assert_eq!(ev.decision.as_deref(), Some("deny"));
+    assert!(ev.rule.as_deref().unwrap().starts_with("network.rule[2]"));
+    assert_eq!((ev.details["via"].as_str(), ev.details["path"].as_str()), (Some("transparent"), Some("/exfil")));
+}
+
+/// A ClientHello with SNI and an `encrypted_client_hello` extension (type 0xfe0d).
+fn hello_with_ech(sni: &str) -> Vec<u8> {
+    let mut ext = Vec::new();
+    let name = sni.as_bytes();
+    ext.extend_from_slice(&[0, 0]);
+    ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    ext.extend_from_slice(name);
+    ext.extend_from_slice(&[0xfe, 0x0d, 0, 4, 1, 2, 3, 4]);
+    let mut hs = vec![3, 3];
+    hs.extend_from_slice(&[7; 32]);
+    hs.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    hs.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&ext);
+    let mut msg = vec![1, 0];
+    msg.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&hs);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&msg);
+    rec
+}
+
+/// A denied hello that offers ECH is not answered inside TLS (its SNI is only the
+/// public name): closed, with the refusal recorded.
+#[tokio::test]
+async fn transparent_denied_hello_with_ech_is_closed() {
+    let env = env(POLICY).await;
+    let mut tcp = TcpStream::connect(transparent(&env, 443).await).await.unwrap();
+    tcp.write_all(&hello_with_ech("ech.blocked.example")).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "closed without a handshake: {:?}", &buf[..n]);
+    let ev = wait_event(&env, "connect", "ech.blocked.example").await;
     assert_eq!(ev.decision.as_deref(), Some("deny"));
 }
 

@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 
 use crate::diag::{Diagnostic, Warning};
 use crate::profile::{DefaultAction, Mode, Profile};
-use crate::rule::{Action, HostPattern, InjectPart, Rule};
+use crate::rule::{Action, InjectPart, Rule};
 
 /// Warnings for a loaded profile, in rule order.
 pub fn check(profile: &Profile) -> Vec<Warning> {
     let rules = &profile.network.rules;
-    let mut out = Vec::new();
+    let mut out = profile.tier_warnings.clone();
     let at = |r: &Rule, message: String, fix: Option<&str>| Diagnostic {
         file: profile.file.clone(),
         line: Some(r.line),
@@ -59,13 +59,7 @@ pub fn check(profile: &Profile) -> Vec<Warning> {
             }
         }
         if r.action != Action::Deny {
-            let broad = match &r.host {
-                HostPattern::Any => Some("every host"),
-                HostPattern::Suffix(s) if !s.as_str().contains('.') => Some("every name under a top-level domain"),
-                HostPattern::Cidr(c) if c.prefix_len() == 0 => Some("every IP address"),
-                _ => None,
-            };
-            if let Some(what) = broad {
+            if let Some(what) = r.host.broad() {
                 out.push(at(r, format!("this rule {}s {what}", r.action), Some("name the hosts the agent needs")));
             }
         }

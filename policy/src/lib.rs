@@ -25,6 +25,7 @@ mod mcp;
 mod path;
 mod profile;
 mod rule;
+mod tier;
 mod units;
 
 pub use budget::{Budget, BudgetPer, Money, OnExhausted};
@@ -42,4 +43,5 @@ pub use profile::{
     Mode, Network, Profile, SecretSource, SecretUse, Workspace, WorkspaceMode, DEFAULT_HOLD_TIMEOUT, RESERVED_ENV,
 };
 pub use rule::{Action, HostPattern, HostPatternError, InjectError, InjectPart, Injection, Rule};
+pub use tier::{Preset, Reach, Tier, TierOverride};
 pub use units::{parse_cpu_quota, parse_duration, parse_size, Rate, RatePer, UnitError};

@@ -99,6 +99,17 @@ impl HostPattern {
         }
     }
 
+    /// `Some(what)` when the pattern reaches every host, every name under a top-level
+    /// domain or every IP address.
+    pub fn broad(&self) -> Option<&'static str> {
+        match self {
+            HostPattern::Any => Some("every host"),
+            HostPattern::Suffix(s) if !s.as_str().contains('.') => Some("every name under a top-level domain"),
+            HostPattern::Cidr(c) if c.prefix_len() == 0 => Some("every IP address"),
+            _ => None,
+        }
+    }
+
     /// True when every host `other` matches is matched by `self`.
     pub(crate) fn covers(&self, other: &HostPattern) -> bool {
         match (self, other) {

@@ -421,32 +421,48 @@ fn the_shipped_hermes_profile_runs_hermes_with_its_key_as_a_placeholder() {
     assert!(changed.iter().any(|p| p.ends_with("report.md")), "{changed:?}");
 }
 
-/// A model server missing from the profile, over plain HTTP (a local Ollama or vLLM):
-/// what Hermes prints (the unit's journal) carries gvm's 403, whose first line names the
-/// request to allow (Hermes prints the first 300 characters of an error body). (Over HTTPS the refusal comes at CONNECT, before
-/// any TLS, and Hermes prints only "Connection error"; the audit log names the host.)
-#[test]
-#[ignore = "needs root"]
-fn a_model_provider_missing_from_the_profile_is_named_in_what_hermes_prints() {
+/// A model server missing from the profile: what Hermes prints (the unit's journal)
+/// carries gvm's 403, whose first line names the request to allow (Hermes prints the
+/// first 300 characters of an error body), and the model is never reached. Over
+/// `scheme`: plain HTTP (a local Ollama or vLLM), or HTTPS, where gvm refuses the tunnel
+/// inside TLS so that the body reaches Hermes (a refused CONNECT would only make it
+/// print "Connection error").
+fn missing_provider_is_named(tag: &str, scheme: &str) {
     assert_root();
     let hermes = common::hermes::install();
-    let mut sb = Sandboxed::new("hn");
+    let mut sb = Sandboxed::new(tag);
     let world = World::new(sb.dirs.root.path(), &sb.ws, None);
     let profile = format!(
         "[agent]\nworkspaces = [{{ path = \"{}\", mode = \"overlay\" }}]\n\n[network]\ndefault = \"deny\"\n",
         sb.ws.display()
     );
     sb.start(&world.gvmd_toml(), &profile, &[]);
-    let conf = world.hermes_config().replace("https://", "http://");
+    let conf = world.hermes_config().replace("https://", &format!("{scheme}://"));
     configure(&sb, &conf, "");
     let ran = sb.run(&[hermes.to_str().unwrap(), "-z", "Summarise notes.txt into report.md."]);
     let printed = format!("{}{}", ran.out, ran.err);
-    let url = format!("http://llm.test.example:{}/v1/chat/completions", world.llm.port());
+    let url = format!("{scheme}://llm.test.example:{}/v1/chat/completions", world.llm.port());
     assert!(
         printed.contains(&format!("HTTP 403: {{\n  \"error\": \"gvm denied this request: POST {url}\"")),
         "what Hermes prints names the request to allow: {ran:#?}"
     );
     assert!(world.llm.seen().is_empty(), "the model was reached: {:#?}", world.llm.seen());
-    let denied = sb.events("").into_iter().filter(|e| e["decision"] == "deny").count();
-    assert!(denied > 0, "no refusal in the audit log");
+    let events = sb.events("");
+    let denied: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["decision"] == "deny" && e["details"]["path"] == "/v1/chat/completions").collect();
+    assert!(!denied.is_empty(), "the refused model request is not in the audit log: {events:#?}");
+    assert!(denied.iter().all(|e| e["details"]["scheme"] == scheme), "{denied:#?}");
+    assert!(events.iter().all(|e| e["decision"] != "allow"), "something was allowed: {events:#?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_model_provider_missing_from_the_profile_is_named_in_what_hermes_prints() {
+    missing_provider_is_named("hn", "http");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_model_provider_missing_from_the_profile_over_https_is_named_in_what_hermes_prints() {
+    missing_provider_is_named("ht", "https");
 }

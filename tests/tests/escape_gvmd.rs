@@ -208,8 +208,15 @@ fn proxy_aware_http_and_https_are_decided_and_audited() {
     let text = section(&s, "https_path", &ran);
     assert!(text.contains("status=403"), "{text}");
     assert_denial(text, &sb.profile);
+    // A denied host over HTTPS: refused inside TLS (gvm's leaf), so curl prints the 403
+    // naming the request; nothing reaches the upstream (below).
     let text = section(&s, "https_host", &ran);
-    assert!(text.contains("connect=403") && !text.contains("exit=0"), "CONNECT to a denied host is refused: {text}");
+    assert!(text.contains("status=403 connect=200"), "CONNECT to a denied host is refused inside TLS: {text}");
+    assert_denial(text, &sb.profile);
+    assert!(
+        denial(text)["how_to_get_access"].as_str().unwrap_or("").contains("GET https://evil.test.example:"),
+        "{text}"
+    );
 
     // Only the allowed requests reached the upstreams.
     assert_eq!(up.seen(), vec!["GET /ok/1 HTTP/1.1"]);
@@ -227,7 +234,13 @@ fn proxy_aware_http_and_https_are_decided_and_audited() {
     assert_event(&http, "deny", &[("path", "/secret".into()), ("host", "tls.test.example".into())]);
     let connect = sb.events("connect");
     assert_event(&connect, "deny", &[("host", "evil.test.example".into()), ("via", "connect".into())]);
-    assert!(ran.summary().contains("2 requests allowed, 4 denied"), "{}", ran.summary());
+    assert_event(
+        &http,
+        "deny",
+        &[("host", "evil.test.example".into()), ("via", "intercept".into()), ("tunnel", "refused".into())],
+    );
+    // The refused tunnel counts twice: its CONNECT, and the request inside it.
+    assert!(ran.summary().contains("2 requests allowed, 5 denied"), "{}", ran.summary());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -271,8 +284,12 @@ probe("tls_evil", lambda: http(ctx.wrap_socket(conn((gw, {t})), server_hostname=
     }
     let text = section(&s, "resolve_evil", &ran);
     assert!(text.starts_with("ERR gaierror"), "a denied name does not resolve: {text}");
+    // TLS to a denied SNI: refused inside TLS (gvm's leaf), the request named; nothing
+    // reaches the upstream (below).
     let text = section(&s, "tls_evil", &ran);
-    assert!(text.starts_with("ERR"), "TLS to a denied SNI is cut: {text}");
+    assert!(text.starts_with("answered HTTP/1.1 403"), "TLS to a denied SNI is refused inside TLS: {text}");
+    assert_denial(text, &sb.profile);
+    assert!(text.contains("gvm denied this request: GET https://evil.test.example:"), "{text}");
 
     assert_eq!(up.seen(), vec!["GET /ok/py HTTP/1.1"]);
     assert_eq!(tls.seen(), vec!["GET /ok/pytls HTTP/1.1"]);
@@ -287,6 +304,7 @@ probe("tls_evil", lambda: http(ctx.wrap_socket(conn((gw, {t})), server_hostname=
     assert_event(&http, "allow", &[("path", "/ok/pytls".into()), ("scheme", "https".into())]);
     assert_event(&http, "deny", &[("path", "/secret".into()), ("host", "tls.test.example".into())]);
     assert_event(&http, "deny", &[("host", "evil.test.example".into()), ("via", "transparent".into())]);
+    assert_event(&http, "deny", &[("path", "/ok/y".into()), ("scheme", "https".into()), ("tunnel", "refused".into())]);
     let connect = sb.events("connect");
     assert_event(&connect, "deny", &[("host", "evil.test.example".into()), ("via", "transparent".into())]);
     let dns = sb.events("dns");

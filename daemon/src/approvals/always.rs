@@ -166,4 +166,18 @@ mod tests {
         std::fs::write(&file, "[network]\nrule = 3\n").unwrap();
         assert!(add_rule(&file, "GET", "https://api.example/", true).is_err());
     }
+
+    #[test]
+    fn a_rule_beyond_the_profiles_tier_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("invoices.toml");
+        let l2 = "[agent]\ntier = \"L2\"\n\n[[network.rule]]\nhost = \"api.example\"\nmethods = [\"POST\"]\naction = \"hold\"\n";
+        std::fs::write(&file, l2).unwrap();
+        let e = add_rule(&file, "POST", "https://api.example/v1/charges", true).unwrap_err().to_string();
+        assert!(e.contains("would make") && e.contains("beyond tier L2"), "{e}");
+        assert!(e.contains("add \"network\" to [agent] tier_override"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), l2);
+        // A read is within L2: written.
+        add_rule(&file, "GET", "https://api.example/v1/charges", true).unwrap();
+    }
 }

@@ -137,7 +137,8 @@ pub async fn reconcile(daemon: &Arc<Daemon>) {
 
 /// One agent's status: the backend's view plus what the audit log says it did.
 pub async fn status_of(daemon: &Daemon, profile: &str) -> AgentStatus {
-    let mut s = AgentStatus { profile: profile.to_string(), state: AgentState::Stopped, ..Default::default() };
+    let tier = daemon.profiles().profiles.get(profile).and_then(|p| p.profile.agent.tier).map(|t| t.to_string());
+    let mut s = AgentStatus { profile: profile.to_string(), state: AgentState::Stopped, tier, ..Default::default() };
     let mut since: Option<SystemTime> = None;
     match &daemon.supervisor {
         Backend::Systemd(sd) => {

@@ -17,6 +17,7 @@ use crate::budget::Budget;
 use crate::compiled::CompiledPolicy;
 use crate::diag::Diagnostic;
 use crate::rule::{HostPattern, Rule};
+use crate::tier::{Tier, TierOverride};
 use crate::units::{Rate, RatePer};
 use gvm_api::ProfileName;
 
@@ -67,6 +68,10 @@ pub struct Agent {
     /// Percent of one CPU (200 = two CPUs).
     pub cpu_quota: Option<u32>,
     pub autostart: bool,
+    /// `tier = "L0".."L5"` (see [`crate::Tier`]); its defaults are already filled in.
+    pub tier: Option<Tier>,
+    /// What `tier_override` lets the profile go beyond its tier in.
+    pub tier_override: Vec<TierOverride>,
 }
 
 /// `[network]`.
@@ -184,6 +189,9 @@ pub struct Profile {
     pub version: String,
     /// The text it was parsed from (what a version store keeps and diffs).
     pub text: Arc<str>,
+    /// Where the profile goes beyond its `tier` by `tier_override`, and overrides that
+    /// unlock nothing (`gvmctl policy check` lists them; gvmd logs them on load).
+    pub tier_warnings: Vec<crate::Warning>,
 }
 
 // ---------------------------------------------------------------------------
@@ -193,16 +201,22 @@ pub struct Profile {
 /// the profile name.
 pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
     let name = profile_name(file)?;
-    let raw: RawProfile = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    let mut raw: RawProfile = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+    let tier = raw.agent.as_mut().map(|a| (a.tier.take(), a.tier_override.take())).unwrap_or_default();
+    let tier = crate::tier::read(file, text, tier.0, tier.1)?;
     let v = Validator { file, text };
-    let agent = v.agent(raw.agent)?;
+    let mut agent = v.agent(raw.agent)?;
     let (secrets, secret_use) = v.secrets(raw.secrets, &agent)?;
-    let network = v.network(raw.network, &secrets)?;
+    let mut network = v.network(raw.network, &secrets)?;
     let files = v.files(raw.files)?;
     let limits = v.limits(raw.limits)?;
     let budget = match raw.budget {
         Some(b) => Some(v.budget(b, "budget")?),
         None => None,
+    };
+    let tier_warnings = match tier {
+        Some(t) => t.apply(file, text, &mut agent, &mut network, budget.is_some())?,
+        None => Vec::new(),
     };
     let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
     let version = version_of(text.as_bytes());
@@ -219,6 +233,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         compiled,
         version,
         text: Arc::from(text),
+        tier_warnings,
     })
 }
 

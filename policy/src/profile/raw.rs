@@ -54,6 +54,8 @@ pub(super) struct RawAgent {
     pub(super) tasks_max: Option<Spanned<i64>>,
     pub(super) cpu_quota: Option<Spanned<String>>,
     pub(super) autostart: Option<bool>,
+    pub(super) tier: Option<Spanned<String>>,
+    pub(super) tier_override: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]

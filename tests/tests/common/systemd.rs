@@ -32,6 +32,12 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$S/upper,workdir=$S/work" "$R"
 rm -rf "$R/etc/gvm" "$R/var/lib/gvm" "$R/var/log/gvmd.log" "$R/usr/local/bin/gvmd" "$R/usr/local/bin/gvmctl" \
        "$R"/etc/systemd/system/gvm* "$R"/etc/systemd/system/*.wants/gvm* \
        "$R/usr/lib/sysusers.d/gvm.conf" "$R/usr/lib/tmpfiles.d/gvm.conf"
+# Users made inside (gvmd's gvm-P, a test's own) get uids no host user has: the host's
+# tests clean up by uid (pgrep -u, kill), and an instance's user with the uid of a host
+# test's user would be killed with it. useradd reads its ranges from login.defs.
+sed -i -E '/^[[:space:]]*(SYS_)?[UG]ID_(MIN|MAX)[[:space:]]/d' "$R/etc/login.defs"
+printf '%s\n' 'SYS_UID_MIN 61000' 'SYS_UID_MAX 62999' 'SYS_GID_MIN 61000' 'SYS_GID_MAX 62999' \
+    'UID_MIN 63000' 'UID_MAX 64999' 'GID_MIN 63000' 'GID_MAX 64999' >> "$R/etc/login.defs"
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"
 mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
@@ -107,6 +113,14 @@ impl Systemd {
     /// Boots an instance; `binds` are host paths mounted read-write at the same path
     /// inside (e.g. the cargo target dir, so freshly built binaries are visible).
     pub fn boot(binds: &[&Path]) -> Systemd {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let taken = passwd.lines().find(|l| {
+            l.split(':').nth(2).and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| (61000..65000).contains(&u))
+        });
+        assert!(
+            taken.is_none(),
+            "host user {taken:?} has a uid of the range the instances give their users (61000-64999, INNER)"
+        );
         let scratch = tempfile::Builder::new().prefix("gvm-sd-").tempdir().unwrap();
         let ns_dir = scratch.path().join("ns");
         std::fs::create_dir(&ns_dir).unwrap();
