@@ -32,6 +32,10 @@ fn fifty_profiles_ten_agents_status_fits_busiest_first_and_stop_cleans_up() {
         let agents: Vec<&str> = rows.iter().map(|l| l.split(' ').next().unwrap()).collect();
         assert_eq!(agents, busiest_first, "{text}");
         assert!(rows.iter().all(|l| l.contains(" running ")), "{text}");
+        if width == 100 {
+            assert!(text.lines().any(|l| l.starts_with("AGENT") && l.contains(" TIER ")), "{text}");
+            assert!(rows.iter().all(|l| l.contains(" L3 ")), "{text}");
+        }
         let idle = format!("{} of {PROFILES} profiles idle: {tag}p{RUNNING}", PROFILES - RUNNING);
         assert!(text.contains(&idle), "{text}");
     }

@@ -14,14 +14,14 @@ pub const RUNNING: usize = 10;
 /// Profiles `RUNNING..WITH_COMMAND` have an agent command but are not started.
 pub const WITH_COMMAND: usize = 30;
 
-/// Agent `i < RUNNING` makes `i + 1` requests, then sleeps: agent 9 is the busiest.
+/// Agent `i < RUNNING` (tier L3) makes `i + 1` requests, then sleeps: agent 9 is the busiest.
 fn profile(i: usize, port: u16) -> String {
     let agent = if i < RUNNING {
         let script = format!(
             "n=0; while [ $n -lt {} ]; do curl -s -o /dev/null http://127.0.0.1:{port}/ok; n=$((n+1)); done; exec sleep 600",
             i + 1
         );
-        format!("[agent]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\n")
+        format!("[agent]\ntier = \"L3\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\n")
     } else if i < WITH_COMMAND {
         "[agent]\ncommand = [\"/bin/sleep\", \"600\"]\n\n".to_string()
     } else {
