@@ -20,6 +20,7 @@ use crate::rule::{HostPattern, Rule};
 use crate::units::{Rate, RatePer};
 use gvm_api::ProfileName;
 
+mod ingress;
 mod raw;
 mod spans;
 mod validate;
@@ -67,6 +68,9 @@ pub struct Agent {
     /// Percent of one CPU (200 = two CPUs).
     pub cpu_quota: Option<u32>,
     pub autostart: bool,
+    /// `serve`: ports the agent listens on inside its netns, for other agents to call
+    /// through gvmd as `agent.<name>:<port>` (who may: [`Profile::ingress`]).
+    pub serve: Vec<u16>,
 }
 
 /// `[network]`.
@@ -184,6 +188,8 @@ pub struct Profile {
     pub version: String,
     /// The text it was parsed from (what a version store keeps and diffs).
     pub text: Arc<str>,
+    /// `[agent] serve` and `[ingress]`: which profiles may call which served port.
+    pub ingress: crate::ingress::Ingress,
 }
 
 // ---------------------------------------------------------------------------
@@ -204,6 +210,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         Some(b) => Some(v.budget(b, "budget")?),
         None => None,
     };
+    let ingress = v.ingress(raw.ingress, agent.serve.clone())?;
     let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
     let version = version_of(text.as_bytes());
     Ok(Profile {
@@ -219,6 +226,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         compiled,
         version,
         text: Arc::from(text),
+        ingress,
     })
 }
 

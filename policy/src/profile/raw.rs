@@ -22,6 +22,7 @@ pub(super) struct RawProfile {
     pub(super) files: Option<RawFiles>,
     pub(super) limits: Option<RawLimits>,
     pub(super) budget: Option<Spanned<RawBudget>>,
+    pub(super) ingress: Option<Spanned<super::ingress::RawIngress>>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +55,7 @@ pub(super) struct RawAgent {
     pub(super) tasks_max: Option<Spanned<i64>>,
     pub(super) cpu_quota: Option<Spanned<String>>,
     pub(super) autostart: Option<bool>,
+    pub(super) serve: Option<Spanned<Vec<Spanned<i64>>>>,
 }
 
 #[derive(Deserialize)]
