@@ -99,6 +99,10 @@ pub(crate) struct ProfileState {
     pub placeholders: HashMap<String, String>,
     /// Secrets whose placeholder is swapped in request bodies too (`body = true`).
     pub body_secrets: Vec<String>,
+    /// `[agent] serve` and `[ingress]`: who may call this agent (agents.rs).
+    pub ingress: Arc<gvm_policy::Ingress>,
+    /// The profile's file, named in refusals of calls to this agent.
+    pub file: Arc<std::path::Path>,
 }
 
 /// Why a request was refused for what it carries.

@@ -112,6 +112,8 @@ pub(crate) enum Refusal {
     TooManyHeld { value: String },
     /// An MCP body the rule's `mcp` refuses: 403 (or a JSON-RPC error, `mcp.rs`).
     Mcp { rule: Option<String>, details: Value, answer: Response<RespBody> },
+    /// The called agent's `[ingress]` refuses the call (`agents.rs`): 403.
+    Ingress(Box<crate::agents::IngressRefusal>),
 }
 
 impl Refusal {
@@ -192,6 +194,14 @@ impl Inner {
                 details["reason"] = json!(reason);
                 let a = answer::denied(profile, rule.as_deref(), what, &reason);
                 (kind, "deny", rule, details, a)
+            }
+            Refusal::Ingress(r) => {
+                let a = crate::agents::refused(profile, what, &r);
+                let crate::agents::IngressRefusal { callee, rule, mut details, reason, .. } = *r;
+                details["status"] = json!(403);
+                details["reason"] = json!(reason);
+                let rule = rule.unwrap_or_else(|| format!("ingress of {callee} (default)"));
+                ("http", "deny", Some(rule), details, a)
             }
             Refusal::Mcp { rule, mut details, answer } => {
                 details["status"] = json!(answer.status().as_u16());
@@ -396,7 +406,8 @@ impl Inner {
 
         let key = PoolKey {
             profile: profile.clone(),
-            tls: target.tls,
+            // Another agent is spoken to in plain HTTP inside its own netns (agents.rs).
+            tls: target.tls && crate::agents::agent_host(target.host.as_str()).is_none(),
             host: target.host.as_str().to_string(),
             port: target.port,
             addr,
@@ -581,7 +592,17 @@ impl Inner {
             }
         }
         let port = target.port;
-        match self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await {
+        // `agent.<name>` is never resolved: the callee's [ingress] decides, and the
+        // connection is made inside its netns (agents.rs).
+        let resolved = match crate::agents::agent_host(target.host.as_str()) {
+            Some(callee) => Some(self.ingress(kind, state, callee, target, details).await?),
+            None => None,
+        };
+        let resolved = match resolved {
+            Some(addr) => Ok(addr),
+            None => self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await,
+        };
+        match resolved {
             Ok(addr) => {
                 details["addr"] = json!(addr.to_string());
                 // Charged last, all budgets or none: a request that gets this far is

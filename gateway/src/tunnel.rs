@@ -100,7 +100,12 @@ impl Inner {
             // A tunnel would carry any number of requests past a budget (or a priced
             // host's usage): look inside unless the rule says it cannot be
             // (`intercept = false`, then the tunnel is charged as one request).
-            ConnectRuling::Decided(r) if r.verdict != Verdict::Deny && self.counts_inside(&state, &r, target) => {
+            // A tunnel to another agent is always intercepted: its [ingress] decides each request.
+            ConnectRuling::Decided(r)
+                if r.verdict != Verdict::Deny
+                    && (crate::agents::agent_host(target.host.as_str()).is_some()
+                        || self.counts_inside(&state, &r, target)) =>
+            {
                 ConnectRuling::Intercept
             }
             other => other,

@@ -1,0 +1,154 @@
+//! Agents calling agents through the gateway: `agent.<name>:<port>` is decided by the
+//! caller's rules, then by the callee's `[ingress]`; both are audited naming both
+//! profiles; the callee is reached only through the dialer gvmd provides (here: the
+//! test's local upstream stands for the port the callee serves in its netns).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use gvm_gateway::AgentDialer;
+
+/// Reaches "researcher" at 127.0.0.1:<port> (the test upstream); every other agent is
+/// "not running", as gvmd's dialer says when a profile has no netns.
+struct TestDialer;
+
+impl AgentDialer for TestDialer {
+    fn dial(&self, profile: &str, port: u16) -> Result<std::net::TcpStream, String> {
+        match profile {
+            "researcher" => std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()),
+            other => Err(format!("agent `{other}` is not running: start it with `gvmctl start {other}`")),
+        }
+    }
+}
+
+const CALLER: &str = r#"
+[[network.rule]]
+host = "agent.researcher"
+action = "allow"
+
+[[network.rule]]
+host = "agent.sleeper"
+action = "allow"
+
+[[network.rule]]
+host = "agent.ghost"
+action = "allow"
+"#;
+
+/// Loads another profile into the same gateway and gives it its own proxy listener.
+async fn add_profile(env: &Env, name: &str, text: &str) -> std::net::SocketAddr {
+    let text = text.replace("{HTTP}", &env.up_http.to_string());
+    let file = env.dir.path().join(format!("{name}.toml"));
+    let p = gvm_policy::parse_profile(&file, &text).unwrap_or_else(|d| panic!("{d}"));
+    env.gw.set_profile(&p);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    env.gw.serve_proxy(l, &gvm_api::ProfileName::parse(name).unwrap());
+    addr
+}
+
+async fn conn(addr: std::net::SocketAddr) -> Sender {
+    handshake(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+}
+
+fn of(env: &Env, profile: &str, kind: &str) -> Vec<gvm_audit::AuditEvent> {
+    events(env).into_iter().filter(|e| e.kind == kind && e.profile.as_deref() == Some(profile)).collect()
+}
+
+#[tokio::test]
+async fn a_call_is_decided_by_both_sides_and_audited_on_both() {
+    let env = env_named("planner", CALLER).await;
+    env.gw.set_agent_dialer(Arc::new(TestDialer));
+    add_profile(
+        &env,
+        "researcher",
+        "[agent]\nserve = [{HTTP}]\n\n[[ingress.allow]]\nfrom = \"planner\"\nport = {HTTP}\nmethods = [\"POST\"]\npath = \"/tasks/**\"\n",
+    )
+    .await;
+    let intruder = add_profile(&env, "intruder", CALLER).await;
+    add_profile(&env, "sleeper", "[agent]\nserve = [{HTTP}]\n\n[[ingress.allow]]\nfrom = \"*\"\n").await;
+    let port = env.up_http;
+    let url = |p: &str| format!("http://agent.researcher:{port}{p}");
+    let host = format!("agent.researcher:{port}");
+
+    // Allowed by both: the callee answers, in plain HTTP, with the Host the caller named.
+    let mut s = proxy_conn(&env).await;
+    let r = send(&mut s, "POST", &url("/tasks/1"), &host, "do it").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/tasks/1");
+    assert_eq!(r.json()["host"], host.as_str());
+    let ing = of(&env, "researcher", "ingress");
+    assert_eq!(ing.len(), 1, "{ing:?}");
+    assert_eq!(ing[0].decision.as_deref(), Some("allow"));
+    assert!(ing[0].rule.as_deref().unwrap().starts_with("ingress.allow[0] ("), "{:?}", ing[0].rule);
+    assert_eq!(
+        (ing[0].details["caller"].as_str(), ing[0].details["callee"].as_str()),
+        (Some("planner"), Some("researcher"))
+    );
+    let http = of(&env, "planner", "http");
+    let d = &http.last().unwrap().details;
+    assert_eq!(http.last().unwrap().decision.as_deref(), Some("allow"));
+    assert_eq!((d["caller"].as_str(), d["callee"].as_str()), (Some("planner"), Some("researcher")));
+    assert_eq!(d["ingress_seq"], serde_json::json!(ing[0].seq));
+
+    // The caller may, the callee's [ingress] does not: 403 naming the callee's default and the fix.
+    let r = send(&mut s, "GET", &url("/tasks/1"), &host, "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["callee"], "researcher");
+    assert_eq!(j["rule"], "ingress of researcher (default: nobody may call)");
+    assert!(j["reason"].as_str().unwrap().contains("[[ingress.allow]]"), "{j}");
+    assert!(j["how_to_get_access"].as_str().unwrap().contains("researcher.toml"), "{j}");
+    let ing = of(&env, "researcher", "ingress");
+    assert_eq!(ing.last().unwrap().decision.as_deref(), Some("deny"));
+    assert_eq!(ing.last().unwrap().details["method"], "GET");
+    let last = of(&env, "planner", "http").pop().unwrap();
+    assert_eq!((last.decision.as_deref(), last.details["callee"].as_str()), (Some("deny"), Some("researcher")));
+
+    // Another caller, same rules of its own: refused by the callee, audited on both sides.
+    let mut s2 = conn(intruder).await;
+    let r = send(&mut s2, "POST", &url("/tasks/1"), &host, "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let ing = of(&env, "researcher", "ingress").pop().unwrap();
+    assert_eq!((ing.decision.as_deref(), ing.details["caller"].as_str()), (Some("deny"), Some("intruder")));
+    let http = of(&env, "intruder", "http").pop().unwrap();
+    assert_eq!((http.decision.as_deref(), http.details["callee"].as_str()), (Some("deny"), Some("researcher")));
+
+    // HTTPS to an agent: gvm's leaf for agent.researcher, then plain HTTP to the callee.
+    let mut t = connect_tls(&env, &host, "agent.researcher").await.unwrap();
+    let r = send(&mut t, "POST", "/tasks/2", &host, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/tasks/2");
+
+    // A served port the callee's ingress names, but nobody listens / the agent is down: 502.
+    let r = send(&mut s, "GET", &format!("http://agent.sleeper:{port}/"), &format!("agent.sleeper:{port}"), "").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.json()["reason"].as_str().unwrap().contains("gvmctl start sleeper"), "{}", r.body);
+    // A port the callee does not serve: 403 naming `serve`.
+    let r = send(&mut s, "GET", "http://agent.researcher:1/tasks/1", "agent.researcher:1", "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["reason"].as_str().unwrap().contains("[agent] serve"), "{}", r.body);
+    // No such profile: refused, never resolved.
+    let r = send(&mut s, "GET", "http://agent.ghost:80/", "agent.ghost", "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["reason"].as_str().unwrap().contains("no profile named `ghost`"), "{}", r.body);
+    // The caller's own rules come first: no rule for agent.other, no ingress decision.
+    let before = of(&env, "researcher", "ingress").len();
+    let r = send(&mut s2, "GET", &url("/tasks/1").replace("researcher", "nobody"), "agent.nobody", "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(of(&env, "researcher", "ingress").len(), before);
+}
+
+#[tokio::test]
+async fn without_a_dialer_agents_are_unreachable() {
+    let env = env_named("lonely", CALLER).await;
+    add_profile(&env, "researcher", "[agent]\nserve = [{HTTP}]\n\n[[ingress.allow]]\nfrom = \"lonely\"\n").await;
+    let mut s = proxy_conn(&env).await;
+    let port = env.up_http;
+    let r =
+        send(&mut s, "GET", &format!("http://agent.researcher:{port}/"), &format!("agent.researcher:{port}"), "").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.json()["reason"].as_str().unwrap().contains("need gvmd"), "{}", r.body);
+}
