@@ -141,8 +141,8 @@ impl Ingress {
                 rule: None,
                 reason: format!(
                     "agent `{callee}` lets nobody call it unless its [ingress] says so, and no [[ingress.allow]] in {} \
-                     matches {} {} on port {} from `{}`: add one, e.g. [[ingress.allow]] from = \"{}\", port = {}, \
-                     methods = [\"{}\"], path = \"{}\"",
+                     matches {} {} on port {} from `{}`: add an [[ingress.allow]] table there with from = \"{}\", \
+                     port = {}, methods = [\"{}\"], path = \"{}\"",
                     file.display(),
                     call.method,
                     path.path,
