@@ -165,6 +165,10 @@ from = "{c}"
 
     let out = gvmctl(&dirs, &["stop", &b]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // B stopped: A's call is allowed by both, but nothing can answer it: 502 saying so.
+    let ran = run(&dirs, &a, &format!("curl -sS -w ' status=%{{http_code}}' -X POST {url}/tasks/5"));
+    assert!(ran.out.contains("status=502"), "{ran:#?}");
+    assert!(ran.out.contains(&format!("gvmctl start {b}")), "{ran:#?}");
     drop(gvmd);
     drop(left);
 }
