@@ -5,7 +5,6 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::ingress::{Ingress, IngressAction, IngressRule, ANY_CALLER};
-use crate::path::PathPattern;
 
 use super::validate::Validator;
 use gvm_api::ProfileName;
@@ -105,14 +104,7 @@ impl Validator<'_> {
             None => Vec::new(),
             Some(ms) => self.methods(ms, &f("methods"))?,
         };
-        let path = match &r.path {
-            Some(p) => Some(PathPattern::parse(p.get_ref()).map_err(|e| {
-                self.err(p.span(), f("path"), e.0).fix(
-                    "write an exact path \"/a/b\", a prefix \"/tasks/**\" or one-segment wildcards \"/jobs/*/result\"",
-                )
-            })?),
-            None => None,
-        };
+        let path = self.path(r.path.as_ref(), &f("path"))?;
         let _ = r.comment;
         Ok(IngressRule { action, index: i, line, from: from.clone(), port, methods, path })
     }

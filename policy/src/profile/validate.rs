@@ -369,14 +369,7 @@ impl Validator<'_> {
             Some(ms) => self.methods(ms, &f("methods"))?,
             None => Vec::new(),
         };
-        let path = match &r.path {
-            Some(p) => Some(PathPattern::parse(p.get_ref()).map_err(|e| {
-                self.err(p.span(), f("path"), e.0).fix(
-                    "write an exact path \"/a/b\", a prefix \"/v1/**\" or one-segment wildcards \"/repos/*/issues\"",
-                )
-            })?),
-            None => None,
-        };
+        let path = self.path(r.path.as_ref(), &f("path"))?;
         let action = *r.action.get_ref();
         let rate = match &r.rate {
             Some(s) => {
@@ -482,6 +475,15 @@ impl Validator<'_> {
             comment: r.comment,
             name: r.name.map(Spanned::into_inner),
             mcp,
+        })
+    }
+
+    /// `path = "..."`: a rule's path pattern.
+    pub(super) fn path(&self, p: Option<&Spanned<String>>, field: &str) -> V<Option<PathPattern>> {
+        let Some(p) = p else { return Ok(None) };
+        PathPattern::parse(p.get_ref()).map(Some).map_err(|e| {
+            self.err(p.span(), field, e.0)
+                .fix("write an exact path \"/a/b\", a prefix \"/v1/**\" or one-segment wildcards \"/repos/*/issues\"")
         })
     }
 
