@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::answer::{Described, RespBody};
 use crate::decide::ProfileState;
 use crate::head::Target;
-use crate::pipeline::Refusal;
+use crate::pipeline::{NotRecorded, Refusal};
 use crate::Inner;
 
 /// How the gateway reaches a port an agent serves: gvmd opens a TCP connection to
@@ -83,14 +83,22 @@ impl Inner {
         state.stamp(&mut ev);
         details["ingress_rule"] = json!(d.rule);
         if d.allow {
-            let seq =
-                self.record("ingress", callee, "allow", d.rule.as_deref(), &ev).await.map_err(Refusal::Unrecorded)?;
+            // Charged to the caller's `[limits] decisions`, never the callee's.
+            let seq = self
+                .write_charged(&caller.name, "ingress", callee, "allow", d.rule.as_deref(), &ev)
+                .await
+                .map_err(Refusal::Unrecorded)?
+                .ok_or_else(|| {
+                    Refusal::Unrecorded(NotRecorded::Store("an `allow` decision cannot be folded".into()))
+                })?;
             details["ingress_seq"] = json!(seq);
             return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, target.port)));
         }
         ev["status"] = json!(403);
         ev["reason"] = json!(d.reason);
-        self.note("ingress", callee, "deny", d.rule.as_deref(), ev).await.map_err(Refusal::Unrecorded)?;
+        self.write_charged(&caller.name, "ingress", callee, "deny", d.rule.as_deref(), &ev)
+            .await
+            .map_err(Refusal::Unrecorded)?;
         Err(Refusal::Ingress(Box::new(IngressRefusal {
             callee: callee.to_string(),
             file: state.file.display().to_string(),

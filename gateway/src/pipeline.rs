@@ -283,7 +283,22 @@ impl Inner {
         rule: Option<&str>,
         details: &Value,
     ) -> Result<Option<u64>, NotRecorded> {
-        let key = match self.budgets.admit(profile, kind, decision, rule, details) {
+        self.write_charged(profile, kind, profile, decision, rule, details).await
+    }
+
+    /// [`Inner::write`] of an event about `profile`, counted against `charged`'s
+    /// `[limits] decisions` (a callee's `ingress` event is charged to its caller, so that
+    /// no caller can spend the callee's budget). `None`: folded.
+    pub(crate) async fn write_charged(
+        &self,
+        charged: &str,
+        kind: &str,
+        profile: &str,
+        decision: &str,
+        rule: Option<&str>,
+        details: &Value,
+    ) -> Result<Option<u64>, NotRecorded> {
+        let key = match self.budgets.admit(charged, kind, decision, rule, details) {
             Admit::Record(key) => key,
             Admit::Folded => return Ok(None),
             Admit::OverBudget { limit, value } => return Err(NotRecorded::OverBudget { limit, value }),
@@ -291,7 +306,8 @@ impl Inner {
         let ev = gvm_audit::EventRef { profile: Some(profile), kind, decision: Some(decision), rule, details };
         let seq = crate::audit_glue::append_ref(&self.audit, ev).await.map_err(NotRecorded::Store)?;
         if let Some(key) = key {
-            self.budgets.recorded(profile, key, seq, (kind, decision, rule, details));
+            let about = (charged != profile).then_some(profile);
+            self.budgets.recorded_about(charged, about, key, seq, (kind, decision, rule, details));
         }
         Ok(Some(seq))
     }

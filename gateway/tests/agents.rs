@@ -152,3 +152,28 @@ async fn without_a_dialer_agents_are_unreachable() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(r.json()["reason"].as_str().unwrap().contains("need gvmd"), "{}", r.body);
 }
+
+/// A caller flooding a callee with calls it refuses spends the caller's `[limits]
+/// decisions`, not the callee's: the callee's own requests still go out, and every
+/// refusal is in the callee's log.
+#[tokio::test]
+async fn refused_calls_are_charged_to_the_caller_not_the_callee() {
+    let env = env_named("noisy", CALLER).await;
+    env.gw.set_agent_dialer(Arc::new(TestDialer));
+    let callee = add_profile(
+        &env,
+        "researcher",
+        "[agent]\nserve = [{HTTP}]\n\n[limits]\ndecisions = \"3/min\"\n\n[[network.rule]]\nhost = \"api.test.example\"\naction = \"allow\"\n",
+    )
+    .await;
+    let port = env.up_http;
+    let mut s = proxy_conn(&env).await;
+    for i in 0..6 {
+        let r = send(&mut s, "GET", &format!("http://agent.researcher:{port}/p{i}"), "agent.researcher", "").await;
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
+    assert_eq!(of(&env, "researcher", "ingress").len(), 6, "every refusal is in the callee's log");
+    let mut own = conn(callee).await;
+    let r = send(&mut own, "GET", &format!("http://{HOST}:{port}/mine"), HOST, "").await;
+    assert_eq!(r.status, 200, "the callee's budget was spent by its caller: {}", r.body);
+}
