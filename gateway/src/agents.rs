@@ -34,6 +34,15 @@ pub(crate) fn agent_host(host: &str) -> Option<&str> {
     host.strip_prefix("agent.").filter(|l| !l.is_empty() && !l.contains('.'))
 }
 
+/// Names caller and callee in the details of every event about a call of another
+/// agent, whoever decides it (the caller's rules, or the callee's ingress).
+pub(crate) fn name_parties(details: &mut Value, caller: &str, host: &gvm_policy::Host) {
+    if let Some(callee) = agent_host(host.as_str()) {
+        details["caller"] = json!(caller);
+        details["callee"] = json!(callee);
+    }
+}
+
 /// What the caller's answer and event name when the callee refuses.
 #[derive(Debug)]
 pub(crate) struct IngressRefusal {
@@ -56,8 +65,6 @@ impl Inner {
         target: &Target,
         details: &mut Value,
     ) -> Result<SocketAddr, Refusal> {
-        details["caller"] = json!(&*caller.name);
-        details["callee"] = json!(callee);
         let deny = |details: &mut Value, reason: String| {
             Refusal::denied(kind, Some("agent-call"), std::mem::take(details), reason)
         };

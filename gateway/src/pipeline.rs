@@ -336,6 +336,7 @@ impl Inner {
             "method": method.as_str(), "scheme": target.scheme(), "host": target.host.as_str(),
             "port": target.port, "path": path, "via": via.as_str(),
         });
+        crate::agents::name_parties(&mut details, &profile, &target.host);
         let Some(state) = self.profile(&profile) else {
             return Err(refused(Refusal::denied("http", None, details, "the profile is not loaded")));
         };

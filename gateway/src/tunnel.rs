@@ -93,6 +93,7 @@ impl Inner {
         let mut details = json!({
             "method": "CONNECT", "host": target.host.as_str(), "port": target.port, "via": via.as_str(),
         });
+        crate::agents::name_parties(&mut details, profile, &target.host);
         let Some(state) = self.profile(profile) else {
             return Err(Refusal::denied("connect", None, details, "the profile is not loaded"));
         };

@@ -154,7 +154,8 @@ from = "{c}"
     let d_http = http(&d);
     assert_eq!(d_http.len(), 1, "{d_http:#?}");
     assert_eq!(d_http[0]["decision"], "deny");
-    assert!(d_http[0]["details"]["callee"].is_null(), "D's own rules refused it before B was asked: {d_http:#?}");
+    assert_eq!(d_http[0]["details"]["callee"], b.as_str(), "{d_http:#?}");
+    assert!(d_http[0]["details"]["ingress_rule"].is_null(), "D's own rules refused it before B was asked: {d_http:#?}");
 
     // The mark that lets gvmd's socket past B's nft rules cannot be set by an agent
     // (SO_MARK needs CAP_NET_ADMIN): A cannot reach B's port around the gateway.
