@@ -61,6 +61,7 @@ impl Inner {
         &self,
         kind: &'static str,
         caller: &ProfileState,
+        ruling: &crate::decide::Ruling,
         callee: &str,
         target: &Target,
         details: &mut Value,
@@ -71,6 +72,14 @@ impl Inner {
         if kind != "http" {
             // Tunnels to agents are always intercepted (tunnel.rs): never spliced.
             return Err(deny(details, "a call of another agent is decided request by request, never tunnelled".into()));
+        }
+        if !ruling.inject.is_empty() {
+            let reason = format!(
+                "the rule that allows this call injects a credential ({}), and a credential never goes to another \
+                 agent: remove `inject` from the rule for agent.{callee}, or give the call a rule of its own",
+                ruling.inject.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            return Err(Refusal::denied(kind, ruling.rule.as_deref(), std::mem::take(details), reason));
         }
         let Some(state) = self.profile(callee) else {
             let reason = format!(

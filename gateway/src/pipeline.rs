@@ -612,7 +612,7 @@ impl Inner {
         // `agent.<name>` is never resolved: the callee's [ingress] decides, and the
         // connection is made inside its netns (agents.rs).
         let resolved = match crate::agents::agent_host(target.host.as_str()) {
-            Some(callee) => Some(self.ingress(kind, state, callee, target, details).await?),
+            Some(callee) => Some(self.ingress(kind, state, ruling, callee, target, details).await?),
             None => None,
         };
         let resolved = match resolved {

@@ -177,3 +177,42 @@ async fn refused_calls_are_charged_to_the_caller_not_the_callee() {
     let r = send(&mut own, "GET", &format!("http://{HOST}:{port}/mine"), HOST, "").await;
     assert_eq!(r.status, 200, "the callee's budget was spent by its caller: {}", r.body);
 }
+
+/// A credential never goes to another agent: a rule that injects one refuses the call,
+/// and a placeholder bound to `agent.<name>` is never swapped for its value.
+#[tokio::test]
+async fn credentials_never_go_to_another_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-the-real-value-0123456789").unwrap();
+    let policy = format!(
+        r#"[secrets]
+k = {{ file = "{}", env = "K", hosts = ["agent.researcher"] }}
+
+[[network.rule]]
+host = "agent.researcher"
+path = "/inject/**"
+inject = {{ header = "Authorization", value = "Bearer {{secret:k}}" }}
+action = "allow"
+
+[[network.rule]]
+host = "agent.researcher"
+action = "allow"
+"#,
+        key.display()
+    );
+    let env = env_named("keyholder", &policy).await;
+    env.gw.set_agent_dialer(Arc::new(TestDialer));
+    add_profile(&env, "researcher", "[agent]\nserve = [{HTTP}]\n\n[[ingress.allow]]\nfrom = \"keyholder\"\n").await;
+    let host = format!("agent.researcher:{}", env.up_http);
+    let mut t = connect_tls(&env, &host, "agent.researcher").await.unwrap();
+    let r = send(&mut t, "GET", "/inject/x", &host, "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["reason"].as_str().unwrap().contains("never goes to another agent"), "{}", r.body);
+    let profile = gvm_policy::parse_profile(&env.dir.path().join("keyholder.toml"), &policy).unwrap();
+    let placeholder = env.gw.agent_env(&profile).into_iter().find(|(k, _)| k == "K").unwrap().1;
+    let bearer = format!("Bearer {placeholder}");
+    let r = send_with(&mut t, "GET", "/plain", &host, &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["secret_egress"], "placeholder of secret k", "{}", r.body);
+}
