@@ -98,11 +98,6 @@ pub struct IngressDecision {
 }
 
 impl Ingress {
-    /// True when the profile lets anyone call it at all.
-    pub fn is_empty(&self) -> bool {
-        self.serve.is_empty()
-    }
-
     /// Decides `call` against this profile's ingress (`file` names it in reasons).
     pub fn decide(&self, callee: &str, file: &Path, call: &Call<'_>) -> IngressDecision {
         let name = |r: &IngressRule| format!("{} ({}:{})", r.field(), file.display(), r.line);

@@ -9,8 +9,8 @@ use crate::ingress::{Ingress, IngressAction, IngressRule, ANY_CALLER};
 use super::validate::Validator;
 use gvm_api::ProfileName;
 
-/// Ports the gateway itself holds inside every netns (proxy, transparent, DNS): an
-/// agent cannot serve on them.
+/// Ports the gateway itself holds inside every netns (proxy, transparent, DNS: the
+/// defaults of `gvm_sandbox::GatewayPorts`, which gvmd uses): an agent cannot serve on them.
 const GATEWAY_PORTS: [u16; 3] = [3128, 3129, 53];
 
 #[derive(Deserialize)]
