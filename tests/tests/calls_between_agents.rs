@@ -99,6 +99,7 @@ from = "{c}"
             "curl -sS -X POST -d hello {url}/tasks/1; \
              curl -sS -X POST -d tls https://agent.{b}:{PORT}/tasks/2; \
              curl -sS --noproxy '*' -X POST -d direct {url}/tasks/3; \
+             curl -sS --noproxy '*' -X POST -d tlsdirect https://agent.{b}:{PORT}/tasks/6; \
              curl -sS -w ' status=%{{http_code}}' {url}/tasks/4"
         ),
     );
@@ -107,6 +108,7 @@ from = "{c}"
         format!("B answers POST /tasks/1 {host} body=hello"),
         format!("B answers POST /tasks/2 {host} body=tls"),
         format!("B answers POST /tasks/3 {host} body=direct"),
+        format!("B answers POST /tasks/6 {host} body=tlsdirect"),
     ] {
         assert!(ran.out.contains(&want), "missing {want:?} in {ran:#?}");
     }
@@ -130,7 +132,7 @@ from = "{c}"
     let from = |who: &str, decision: &str| {
         ingress.iter().filter(|e| e["details"]["caller"] == who && e["decision"] == decision).count()
     };
-    assert_eq!(from(&a, "allow"), 3, "{ingress:#?}");
+    assert_eq!(from(&a, "allow"), 4, "{ingress:#?}");
     assert_eq!(from(&a, "deny"), 1, "{ingress:#?}");
     assert_eq!(from(&c, "deny"), 1, "{ingress:#?}");
     assert_eq!(from(&d, "allow") + from(&d, "deny"), 0, "B was asked about D's call: {ingress:#?}");
@@ -139,7 +141,7 @@ from = "{c}"
         events(&dirs, p, "http").into_iter().filter(|e| e["details"]["host"] == format!("agent.{b}")).collect()
     };
     let a_http = http(&a);
-    assert_eq!(a_http.iter().filter(|e| e["decision"] == "allow").count(), 3, "{a_http:#?}");
+    assert_eq!(a_http.iter().filter(|e| e["decision"] == "allow").count(), 4, "{a_http:#?}");
     assert_eq!(a_http.iter().filter(|e| e["decision"] == "deny").count(), 1, "{a_http:#?}");
     assert!(a_http.iter().all(|e| e["details"]["callee"] == b.as_str() && e["details"]["caller"] == a.as_str()));
     let vias: Vec<&str> = a_http.iter().filter_map(|e| e["details"]["via"].as_str()).collect();
