@@ -308,6 +308,10 @@ words! {
         /// A request refused because it carried a secret's placeholder somewhere the
         /// placeholder is not swapped (another host, plain HTTP, a URL or body).
         SecretEgress = "secret_egress",
+        /// Another agent's call of a port this profile serves, decided by its
+        /// `[ingress]`; `details.caller` names the calling profile (whose own `http`
+        /// event names this one as `details.callee`).
+        Ingress = "ingress",
         // gvmd.
         DaemonStart = "daemon_start",
         DaemonStop = "daemon_stop",

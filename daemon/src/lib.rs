@@ -6,6 +6,7 @@
 //! policy engine `gvm-policy`, the egress gateway `gvm-gateway`: separate crates so
 //! each can be tested and benchmarked alone, and so gvmctl can verify a chain offline.
 
+pub mod agent_calls;
 pub mod api;
 pub mod approvals;
 pub mod config;

@@ -123,6 +123,8 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     let notices = crate::approvals::notify::Notices::start(&config.notify, tls).map_err(StartError::Notify)?;
     let approvals = crate::approvals::Approvals::new(store, notices);
     gateway.set_hold_sink(approvals.clone());
+    // `agent.<name>` calls reach the callee through a socket inside its netns.
+    gateway.set_agent_dialer(Arc::new(crate::agent_calls::NetnsDialer { runtime_dir: paths.runtime_dir.clone() }));
     gateway.set_budget_sink(Arc::new(approvals.notices.clone()));
     gateway.set_prices(config.gateway_prices());
     let stale = approvals.store.expire_stale_requests()?;

@@ -23,7 +23,7 @@ pub(crate) struct Described {
     pub url: String,
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<RespBody> {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<RespBody> {
     let mut bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
     bytes.push(b'\n');
     let mut r = Response::new(full(bytes));

@@ -107,6 +107,9 @@ pub(crate) enum Admit {
 
 /// A recorded refusal whose identical repeats are being counted.
 struct Hot {
+    /// The profile the event is about when it is not the one charged: a callee's
+    /// `ingress` event is charged to its caller (agents.rs).
+    about: Option<String>,
     kind: String,
     decision: String,
     rule: Option<String>,
@@ -294,7 +297,16 @@ impl Budgets {
     }
 
     /// After a foldable decision was recorded as `seq`: fold its repeats from now on.
-    pub(crate) fn recorded(&self, profile: &str, key: String, seq: u64, ev: (&str, &str, Option<&str>, &Value)) {
+    /// `about`: the profile the event is about when it is not the one charged (its
+    /// folded repeats are written under it).
+    pub(crate) fn recorded_about(
+        &self,
+        profile: &str,
+        about: Option<&str>,
+        key: String,
+        seq: u64,
+        ev: (&str, &str, Option<&str>, &Value),
+    ) {
         self.with(profile, |b, now| {
             if b.hot.len() >= MAX_HOT && !b.hot.contains_key(&key) {
                 b.hot.retain(|_, h| h.repeats > 0 || now.duration_since(h.seen) <= HOT_TTL);
@@ -306,6 +318,7 @@ impl Budgets {
             b.hot.insert(
                 key,
                 Hot {
+                    about: about.map(str::to_string),
                     kind: kind.to_string(),
                     decision: decision.to_string(),
                     rule: rule.map(str::to_string),
@@ -402,7 +415,7 @@ impl Budgets {
                     m.insert("of_seq".into(), json!(h.of_seq));
                 }
                 out.push(Pending {
-                    profile: profile.clone(),
+                    profile: h.about.clone().unwrap_or_else(|| profile.clone()),
                     kind: h.kind.clone(),
                     decision: h.decision.clone(),
                     rule: h.rule.clone(),
@@ -456,7 +469,7 @@ mod tests {
         b.set_limits("p", limits(100));
         let under = |v: &str| json!({"host": "evil.example", "method": "GET", "policy_version": v});
         let Admit::Record(Some(key)) = b.admit("p", "http", "deny", None, &under("a")) else { panic!("recorded") };
-        b.recorded("p", key, 7, ("http", "deny", None, &under("a")));
+        b.recorded_about("p", None, key, 7, ("http", "deny", None, &under("a")));
         assert!(matches!(b.admit("p", "http", "deny", None, &under("a")), Admit::Folded));
         assert!(
             matches!(b.admit("p", "http", "deny", None, &under("b")), Admit::Record(Some(_))),
@@ -470,7 +483,7 @@ mod tests {
         b.set_limits("p", limits(100));
         let d = json!({"host": "evil.example", "method": "GET"});
         let Admit::Record(Some(key)) = b.admit("p", "http", "deny", None, &d) else { panic!("first is recorded") };
-        b.recorded("p", key, 7, ("http", "deny", None, &d));
+        b.recorded_about("p", None, key, 7, ("http", "deny", None, &d));
         for _ in 0..500 {
             assert!(matches!(b.admit("p", "http", "deny", None, &d), Admit::Folded));
         }

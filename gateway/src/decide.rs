@@ -99,6 +99,10 @@ pub(crate) struct ProfileState {
     pub placeholders: HashMap<String, String>,
     /// Secrets whose placeholder is swapped in request bodies too (`body = true`).
     pub body_secrets: Vec<String>,
+    /// `[agent] serve` and `[ingress]`: who may call this agent (agents.rs).
+    pub ingress: Arc<gvm_policy::Ingress>,
+    /// The profile's file, named in refusals of calls to this agent.
+    pub file: Arc<std::path::Path>,
 }
 
 /// Why a request was refused for what it carries.
@@ -210,9 +214,11 @@ impl ProfileState {
 
     /// True when `secret`'s placeholder may be swapped for its value on this request:
     /// over TLS, to a host of `[secrets.NAME] hosts` or by a rule that injects it.
+    /// Never to another agent (`agent.<name>`): that would hand the secret to it.
     pub(crate) fn placeholder_bound(&self, secret: &str, ruling: &Ruling, tls: bool, host: &Host) -> bool {
-        tls && (ruling.inject_secrets.iter().any(|s| s == secret)
-            || self.bound.get(secret).is_some_and(|hs| hs.iter().any(|h| h.matches(host))))
+        tls && crate::agents::agent_host(host.as_str()).is_none()
+            && (ruling.inject_secrets.iter().any(|s| s == secret)
+                || self.bound.get(secret).is_some_and(|hs| hs.iter().any(|h| h.matches(host))))
     }
 
     /// What a hit in `place` means for this request: `Ok(())` for a placeholder that

@@ -42,6 +42,7 @@
 //! checked, or let an agent reach gvmd's own sockets through it.
 
 mod accept;
+mod agents;
 mod answer;
 mod audit_glue;
 mod body;
@@ -119,6 +120,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
+pub use agents::AgentDialer;
 pub use holds::{HeldInfo, HeldRequest, HoldEnd, HoldError, HoldSink};
 pub use resolve::{is_internal, ResolveError};
 pub use spend::{BudgetNotice, BudgetSink, SpendStore, SpendStoreError, NOTICE_AT};
@@ -518,6 +520,8 @@ impl Gateway {
             bound,
             placeholders,
             body_secrets: profile.secret_use.iter().filter(|(_, u)| u.body).map(|(k, _)| k.clone()).collect(),
+            ingress: Arc::new(profile.ingress.clone()),
+            file: Arc::from(profile.file.as_path()),
         };
         let moves: Vec<(String, String)> = (state.rule_budgets.iter().enumerate())
             .filter(|(_, b)| b.is_some())
@@ -687,6 +691,12 @@ impl Gateway {
         let inner = self.inner.clone();
         inner.start_folder();
         tokio::spawn(dns::serve(inner, udp, tcp, Arc::from(profile.as_str()), answer_addr))
+    }
+
+    /// How calls of `agent.<name>` reach the called agent (gvmd: a socket opened inside
+    /// its netns). Without one, every such call is answered 502.
+    pub fn set_agent_dialer(&self, dialer: std::sync::Arc<dyn AgentDialer>) {
+        self.inner.upstreams.set_dialer(dialer);
     }
 
     /// Requests waiting for a human, oldest first.

@@ -123,6 +123,8 @@ pub(crate) enum Refusal {
     TooManyHeld { value: String },
     /// An MCP body the rule's `mcp` refuses: 403 (or a JSON-RPC error, `mcp.rs`).
     Mcp { rule: Option<String>, details: Value, answer: Response<RespBody> },
+    /// The called agent's `[ingress]` refuses the call (`agents.rs`): 403.
+    Ingress(Box<crate::agents::IngressRefusal>),
 }
 
 impl Refusal {
@@ -208,6 +210,14 @@ impl Inner {
                 let a = answer::denied(profile, rule.as_deref(), what, &reason);
                 (kind, "deny", rule, details, a)
             }
+            Refusal::Ingress(r) => {
+                let a = crate::agents::refused(profile, what, &r);
+                let crate::agents::IngressRefusal { callee, rule, mut details, reason, .. } = *r;
+                details["status"] = json!(403);
+                details["reason"] = json!(reason);
+                let rule = rule.unwrap_or_else(|| format!("ingress of {callee} (default)"));
+                ("http", "deny", Some(rule), details, a)
+            }
             Refusal::Mcp { rule, mut details, answer } => {
                 details["status"] = json!(answer.status().as_u16());
                 ("http", "deny", rule, details, answer)
@@ -288,7 +298,22 @@ impl Inner {
         rule: Option<&str>,
         details: &Value,
     ) -> Result<Option<u64>, NotRecorded> {
-        let key = match self.budgets.admit(profile, kind, decision, rule, details) {
+        self.write_charged(profile, kind, profile, decision, rule, details).await
+    }
+
+    /// [`Inner::write`] of an event about `profile`, counted against `charged`'s
+    /// `[limits] decisions` (a callee's `ingress` event is charged to its caller, so that
+    /// no caller can spend the callee's budget). `None`: folded.
+    pub(crate) async fn write_charged(
+        &self,
+        charged: &str,
+        kind: &str,
+        profile: &str,
+        decision: &str,
+        rule: Option<&str>,
+        details: &Value,
+    ) -> Result<Option<u64>, NotRecorded> {
+        let key = match self.budgets.admit(charged, kind, decision, rule, details) {
             Admit::Record(key) => key,
             Admit::Folded => return Ok(None),
             Admit::OverBudget { limit, value } => return Err(NotRecorded::OverBudget { limit, value }),
@@ -296,7 +321,8 @@ impl Inner {
         let ev = gvm_audit::EventRef { profile: Some(profile), kind, decision: Some(decision), rule, details };
         let seq = crate::audit_glue::append_ref(&self.audit, ev).await.map_err(NotRecorded::Store)?;
         if let Some(key) = key {
-            self.budgets.recorded(profile, key, seq, (kind, decision, rule, details));
+            let about = (charged != profile).then_some(profile);
+            self.budgets.recorded_about(charged, about, key, seq, (kind, decision, rule, details));
         }
         Ok(Some(seq))
     }
@@ -325,6 +351,7 @@ impl Inner {
             "method": method.as_str(), "scheme": target.scheme(), "host": target.host.as_str(),
             "port": target.port, "path": path, "via": via.as_str(),
         });
+        crate::agents::name_parties(&mut details, &profile, &target.host);
         let Some(state) = self.profile(&profile) else {
             return Err(refused(Refusal::denied("http", None, details, "the profile is not loaded")));
         };
@@ -411,7 +438,8 @@ impl Inner {
 
         let key = PoolKey {
             profile: profile.clone(),
-            tls: target.tls,
+            // Another agent is spoken to in plain HTTP inside its own netns (agents.rs).
+            tls: target.tls && crate::agents::agent_host(target.host.as_str()).is_none(),
             host: target.host.as_str().to_string(),
             port: target.port,
             addr,
@@ -596,7 +624,17 @@ impl Inner {
             }
         }
         let port = target.port;
-        match self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await {
+        // `agent.<name>` is never resolved: the callee's [ingress] decides, and the
+        // connection is made inside its netns (agents.rs).
+        let resolved = match crate::agents::agent_host(target.host.as_str()) {
+            Some(callee) => Some(self.ingress(kind, state, ruling, callee, target, details).await?),
+            None => None,
+        };
+        let resolved = match resolved {
+            Some(addr) => Ok(addr),
+            None => self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await,
+        };
+        match resolved {
             Ok(addr) => {
                 details["addr"] = json!(addr.to_string());
                 // Charged last, all budgets or none: a request that gets this far is

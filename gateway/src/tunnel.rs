@@ -114,6 +114,7 @@ impl Inner {
         let mut details = json!({
             "method": "CONNECT", "host": target.host.as_str(), "port": target.port, "via": via.as_str(),
         });
+        crate::agents::name_parties(&mut details, profile, &target.host);
         let Some(state) = self.profile(profile) else {
             return Err(Refusal::denied("connect", None, details, "the profile is not loaded"));
         };
@@ -121,7 +122,12 @@ impl Inner {
             // A tunnel would carry any number of requests past a budget (or a priced
             // host's usage): look inside unless the rule says it cannot be
             // (`intercept = false`, then the tunnel is charged as one request).
-            ConnectRuling::Decided(r) if r.verdict != Verdict::Deny && self.counts_inside(&state, &r, target) => {
+            // A tunnel to another agent is always intercepted: its [ingress] decides each request.
+            ConnectRuling::Decided(r)
+                if r.verdict != Verdict::Deny
+                    && (crate::agents::agent_host(target.host.as_str()).is_some()
+                        || self.counts_inside(&state, &r, target)) =>
+            {
                 ConnectRuling::Intercept
             }
             other => other,

@@ -38,6 +38,8 @@ pub(crate) struct PoolKey {
 pub(crate) struct Upstreams {
     tls: tokio_rustls::TlsConnector,
     idle: Mutex<HashMap<PoolKey, Vec<Sender>>>,
+    /// How `agent.<name>` is reached (gvmd's sockets inside the callee's netns).
+    dialer: std::sync::RwLock<Option<Arc<dyn crate::AgentDialer>>>,
 }
 
 pub(crate) fn client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::ClientConfig, GatewayError> {
@@ -74,7 +76,29 @@ pub(crate) fn client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::
 
 impl Upstreams {
     pub(crate) fn new(cfg: rustls::ClientConfig) -> Self {
-        Self { tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)), idle: Mutex::new(HashMap::new()) }
+        Self {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            idle: Mutex::new(HashMap::new()),
+            dialer: std::sync::RwLock::new(None),
+        }
+    }
+
+    pub(crate) fn set_dialer(&self, dialer: Arc<dyn crate::AgentDialer>) {
+        *self.dialer.write().unwrap_or_else(|e| e.into_inner()) = Some(dialer);
+    }
+
+    /// A connection to `port` inside agent `callee`'s netns (never a real address).
+    async fn dial_agent(&self, callee: &str, port: u16) -> Result<TcpStream, String> {
+        let dialer = self.dialer.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(dialer) = dialer else {
+            return Err(format!("this gateway has no way to reach agent `{callee}` (calls between agents need gvmd)"));
+        };
+        let name = callee.to_string();
+        let std = tokio::task::spawn_blocking(move || dialer.dial(&name, port))
+            .await
+            .map_err(|e| format!("reaching agent `{callee}`: {e}"))??;
+        std.set_nonblocking(true).map_err(|e| e.to_string())?;
+        TcpStream::from_std(std).map_err(|e| e.to_string())
     }
 
     /// A pooled connection ready for a request, if any. Connections still busy with
@@ -108,17 +132,21 @@ impl Upstreams {
 
     /// A new connection to `key.addr`, TLS-verified for `key.host` when `key.tls`.
     pub(crate) async fn connect(&self, key: &PoolKey) -> Result<Sender, String> {
-        let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(key.addr))
-            .await
-            .map_err(|_| format!("connecting to {} timed out", key.addr))?
-            .map_err(|e| format!("connecting to {}: {e}", key.addr))?;
+        let agent = crate::agents::agent_host(&key.host);
+        let tcp = match agent {
+            Some(callee) => self.dial_agent(callee, key.port).await?,
+            None => tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(key.addr))
+                .await
+                .map_err(|_| format!("connecting to {} timed out", key.addr))?
+                .map_err(|e| format!("connecting to {}: {e}", key.addr))?,
+        };
         let _ = tcp.set_nodelay(true);
         let builder = {
             let mut b = http1::Builder::new();
             b.max_buf_size(256 * 1024);
             b
         };
-        if key.tls {
+        if key.tls && agent.is_none() {
             let name = ServerName::try_from(key.host.clone())
                 .map_err(|e| format!("`{}` is not a TLS server name: {e}", key.host))?;
             let tls =

@@ -21,6 +21,7 @@ mod check;
 mod compiled;
 mod diag;
 mod host;
+mod ingress;
 mod mcp;
 mod path;
 mod profile;
@@ -36,6 +37,7 @@ pub use compiled::{
 pub use diag::{line_col, Diagnostic, Warning};
 pub use gvm_api::{ProfileName, ProfileNameError, MAX_PROFILE_NAME};
 pub use host::{CharName, Cidr, CidrError, Host, HostError};
+pub use ingress::{Call, Ingress, IngressAction, IngressDecision, IngressRule, ANY_CALLER};
 pub use mcp::{glob as mcp_glob, McpTools};
 pub use path::{PathError, PathPattern};
 pub use profile::{

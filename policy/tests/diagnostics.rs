@@ -33,7 +33,7 @@ fn unknown_field_lists_the_accepted_fields() {
     );
     assert_eq!(
         says("bogus = 1\n"),
-        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files, limits, budget"
+        "profiles/inv.toml:1:1: `bogus`: unknown field `bogus` — accepted fields: agent, network, secrets, files, limits, budget, ingress"
     );
     assert_eq!(
         says("[secrets]\nx = { file = \"/a\", foo = 1 }\n"),

@@ -56,6 +56,7 @@ impl GatewayPorts {
             .replace("{proxy}", &self.proxy.to_string())
             .replace("{transparent}", &self.transparent.to_string())
             .replace("{dns}", &self.dns.to_string())
+            .replace("{mark}", &format!("{:#x}", rules::DIAL_MARK))
     }
 }
 
@@ -170,6 +171,22 @@ impl Netns {
     pub fn udp(&self, addr: SocketAddr) -> Result<UdpSocket> {
         self.run_in(move || UdpSocket::bind(addr))?
             .map_err(io("binding a UDP socket in the netns at", addr.to_string()))
+    }
+
+    /// A TCP connection to `127.0.0.1:port` made from inside the namespace, marked
+    /// [`rules::DIAL_MARK`] so that the namespace's nft rules let it reach the port
+    /// instead of redirecting it to the gateway: how gvmd reaches a port an agent serves
+    /// for another agent. The socket stays in this namespace; no route between
+    /// namespaces exists. Loopback answers at once (connected, or refused).
+    pub fn dial(&self, port: u16) -> std::io::Result<std::net::TcpStream> {
+        use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let made = self.run_in(move || -> std::io::Result<std::net::TcpStream> {
+            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            setsockopt(&fd, sockopt::Mark, &rules::DIAL_MARK)?;
+            connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, port))?;
+            Ok(std::net::TcpStream::from(fd))
+        });
+        made.map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
     /// Unmounts and removes the bind. The namespace itself goes when the last process and

@@ -195,6 +195,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/us
 /// The agent's `/etc/resolv.conf`: gvmd's resolver inside the netns (DNS is egress, class 5).
 pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions edns0\n";
 
+/// The mark (`SO_MARK`) of the sockets gvmd opens inside a callee's netns to reach a
+/// port it serves (`Netns::dial`); the ruleset lets exactly these through to loopback.
+pub const DIAL_MARK: u32 = 0x6776_6d61;
+
 /// The nft ruleset loaded inside each profile's network namespace. `{proxy}`,
 /// `{transparent}` and `{dns}` are the gateway's ports. The netns has only `lo`, which
 /// also carries the default route (so that locally generated packets reach the nat/output
@@ -202,6 +206,9 @@ pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions edns0\n";
 pub const NFT_RULESET: &str = r#"table inet gvm {
 	chain nat_output {
 		type nat hook output priority -100; policy accept;
+		# gvmd calling a port this agent serves, for another agent ([agent] serve): only a
+		# socket gvmd marked (SO_MARK needs CAP_NET_ADMIN, which no agent has) is not redirected
+		meta mark {mark} ip daddr 127.0.0.1 meta l4proto tcp accept
 		# DNS to any resolver, hard-coded ones included, goes to gvmd's resolver (class 5)
 		meta nfproto ipv4 udp dport 53 redirect to :{dns}
 		meta nfproto ipv4 tcp dport 53 redirect to :{dns}
@@ -216,6 +223,7 @@ pub const NFT_RULESET: &str = r#"table inet gvm {
 		# (No `oifname "lo"`: the hook's output device is the one routed *before* the
 		# redirect, e.g. a veth, while the packet itself now goes to 127.0.0.1.)
 		ct state established,related accept
+		meta mark {mark} ip daddr 127.0.0.1 meta l4proto tcp accept
 		# after the redirect, only the gateway's listeners on loopback are reachable
 		ip daddr 127.0.0.1 tcp dport { {proxy}, {transparent}, {dns} } accept
 		ip daddr 127.0.0.1 udp dport {dns} accept

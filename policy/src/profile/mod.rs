@@ -21,6 +21,7 @@ use crate::tier::{Tier, TierOverride};
 use crate::units::{Rate, RatePer};
 use gvm_api::ProfileName;
 
+mod ingress;
 mod raw;
 mod spans;
 mod validate;
@@ -72,6 +73,9 @@ pub struct Agent {
     pub tier: Option<Tier>,
     /// What `tier_override` lets the profile go beyond its tier in.
     pub tier_override: Vec<TierOverride>,
+    /// `serve`: ports the agent listens on inside its netns, for other agents to call
+    /// through gvmd as `agent.<name>:<port>` (who may: [`Profile::ingress`]).
+    pub serve: Vec<u16>,
 }
 
 /// `[network]`.
@@ -192,6 +196,8 @@ pub struct Profile {
     /// Where the profile goes beyond its `tier` by `tier_override`, and overrides that
     /// unlock nothing (`gvmctl policy check` lists them; gvmd logs them on load).
     pub tier_warnings: Vec<crate::Warning>,
+    /// `[agent] serve` and `[ingress]`: which profiles may call which served port.
+    pub ingress: crate::ingress::Ingress,
 }
 
 // ---------------------------------------------------------------------------
@@ -218,6 +224,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         Some(t) => t.apply(file, text, &mut agent, &mut network, budget.is_some())?,
         None => Vec::new(),
     };
+    let ingress = v.ingress(raw.ingress, agent.serve.clone())?;
     let compiled = Arc::new(CompiledPolicy::compile(file, agent.mode, &network));
     let version = version_of(text.as_bytes());
     Ok(Profile {
@@ -234,6 +241,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, Diagnostic> {
         version,
         text: Arc::from(text),
         tier_warnings,
+        ingress,
     })
 }
 

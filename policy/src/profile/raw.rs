@@ -22,6 +22,7 @@ pub(super) struct RawProfile {
     pub(super) files: Option<RawFiles>,
     pub(super) limits: Option<RawLimits>,
     pub(super) budget: Option<Spanned<RawBudget>>,
+    pub(super) ingress: Option<Spanned<super::ingress::RawIngress>>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +57,7 @@ pub(super) struct RawAgent {
     pub(super) autostart: Option<bool>,
     pub(super) tier: Option<Spanned<String>>,
     pub(super) tier_override: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) serve: Option<Spanned<Vec<Spanned<i64>>>>,
 }
 
 #[derive(Deserialize)]

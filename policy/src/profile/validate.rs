@@ -69,7 +69,7 @@ pub(super) struct Validator<'a> {
 type V<T> = Result<T, Diagnostic>;
 
 impl Validator<'_> {
-    fn err(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+    pub(super) fn err(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
         Diagnostic::at(self.file, self.text, span, message).field(field)
     }
 
@@ -172,6 +172,7 @@ impl Validator<'_> {
             agent.cpu_quota =
                 Some(parse_cpu_quota(c.get_ref()).map_err(|e| self.err(c.span(), "agent.cpu_quota", e.0))?);
         }
+        agent.serve = self.serve(raw.serve)?;
         Ok(agent)
     }
 
@@ -364,40 +365,11 @@ impl Validator<'_> {
             }
             (None, None) => {}
         }
-        let mut methods = Vec::new();
-        if let Some(ms) = &r.methods {
-            if ms.get_ref().is_empty() {
-                return Err(self
-                    .err(ms.span(), f("methods"), "`methods` is empty")
-                    .fix("list methods, or remove `methods` to match any method"));
-            }
-            for (j, m) in ms.get_ref().iter().enumerate() {
-                let s = m.get_ref();
-                let field = format!("{}[{j}]", f("methods"));
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
-                    let fix = if s.bytes().any(|b| b.is_ascii_lowercase()) && s.bytes().all(|b| b.is_ascii_alphabetic())
-                    {
-                        Some(format!("methods are case-sensitive; write \"{}\"", s.to_ascii_uppercase()))
-                    } else {
-                        None
-                    };
-                    return Err(self
-                        .err(m.span(), field, format!("`{}` is not an HTTP method", s.escape_debug()))
-                        .maybe_fix(fix));
-                }
-                if !methods.contains(s) {
-                    methods.push(s.clone());
-                }
-            }
-        }
-        let path = match &r.path {
-            Some(p) => Some(PathPattern::parse(p.get_ref()).map_err(|e| {
-                self.err(p.span(), f("path"), e.0).fix(
-                    "write an exact path \"/a/b\", a prefix \"/v1/**\" or one-segment wildcards \"/repos/*/issues\"",
-                )
-            })?),
-            None => None,
+        let methods = match &r.methods {
+            Some(ms) => self.methods(ms, &f("methods"))?,
+            None => Vec::new(),
         };
+        let path = self.path(r.path.as_ref(), &f("path"))?;
         let action = *r.action.get_ref();
         let rate = match &r.rate {
             Some(s) => {
@@ -506,6 +478,43 @@ impl Validator<'_> {
         })
     }
 
+    /// `path = "..."`: a rule's path pattern.
+    pub(super) fn path(&self, p: Option<&Spanned<String>>, field: &str) -> V<Option<PathPattern>> {
+        let Some(p) = p else { return Ok(None) };
+        PathPattern::parse(p.get_ref()).map(Some).map_err(|e| {
+            self.err(p.span(), field, e.0)
+                .fix("write an exact path \"/a/b\", a prefix \"/v1/**\" or one-segment wildcards \"/repos/*/issues\"")
+        })
+    }
+
+    /// `methods = [...]`: upper-case HTTP methods, not empty, duplicates dropped.
+    pub(super) fn methods(&self, ms: &Spanned<Vec<Spanned<String>>>, field: &str) -> V<Vec<String>> {
+        let mut methods = Vec::new();
+        if ms.get_ref().is_empty() {
+            return Err(self
+                .err(ms.span(), field.to_string(), "`methods` is empty")
+                .fix("list methods, or remove `methods` to match any method"));
+        }
+        for (j, m) in ms.get_ref().iter().enumerate() {
+            let s = m.get_ref();
+            let field = format!("{field}[{j}]");
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+                let fix = if s.bytes().any(|b| b.is_ascii_lowercase()) && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    Some(format!("methods are case-sensitive; write \"{}\"", s.to_ascii_uppercase()))
+                } else {
+                    None
+                };
+                return Err(self
+                    .err(m.span(), field, format!("`{}` is not an HTTP method", s.escape_debug()))
+                    .maybe_fix(fix));
+            }
+            if !methods.contains(s) {
+                methods.push(s.clone());
+            }
+        }
+        Ok(methods)
+    }
+
     fn mcp(&self, m: Spanned<RawMcp>, field: &str) -> V<McpTools> {
         let span = m.span();
         let m = m.into_inner();
@@ -531,7 +540,7 @@ impl Validator<'_> {
         Ok(McpTools { tools, deny_tools, filter_list: m.filter_list.unwrap_or(false) })
     }
 
-    fn port(&self, p: &Spanned<i64>, field: String) -> V<u16> {
+    pub(super) fn port(&self, p: &Spanned<i64>, field: String) -> V<u16> {
         match u16::try_from(*p.get_ref()) {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(self.err(p.span(), field, "a port must be between 1 and 65535")),
