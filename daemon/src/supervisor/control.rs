@@ -62,7 +62,7 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: AgentVerb) -> Resu
                 }
                 let (d, name) = (daemon.clone(), profile.to_string());
                 children.start(profile, cmd, instance, async move {
-                    if let Err(e) = super::prepare::teardown(&d, &name).await {
+                    if let Err(e) = super::ephemeral::teardown_unless_shared(&d, &name).await {
                         tracing::warn!(gvm_profile = %name, "teardown after the agent stopped failed: {e}");
                     }
                     crate::review::auto_apply(&d, &name).await;

@@ -13,6 +13,7 @@
 
 pub mod children;
 pub mod control;
+pub mod ephemeral;
 pub mod plan_to_spec;
 pub mod prepare;
 pub mod run_session;
