@@ -163,6 +163,13 @@ fn parallel_ephemeral_runs_keep_separate_changes() {
     assert_eq!(listed.len(), n, "{listed:#?}");
     assert!(listed.iter().all(|r| r["state"] == "kept" && r["exit_code"] == 0 && r["changes"] == 2), "{listed:#?}");
     assert!(!sb.ws.join("out.txt").exists());
+    let table = ctl_ok(&sb, &["runs"]);
+    for id in &ids {
+        let row = table.lines().find(|l| l.starts_with(id.as_str())).unwrap_or_else(|| panic!("{id} not in {table}"));
+        assert!(row.contains("kept (exit 0)") && row.contains(&sb.profile), "{row}");
+    }
+    let text = ctl_ok(&sb, &["changes", "--run", &ids[0]]);
+    assert!(text.contains("out.txt") && text.contains(&format!("gvmctl discard --run {}", ids[0])), "{text}");
     for (i, id) in ids.iter().enumerate() {
         let changes = ctl_json(&sb, &["changes", "--run", id, "--json"]);
         let paths: Vec<&str> = changes.as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
