@@ -391,3 +391,45 @@ fn the_runs_api_and_its_python_example() {
     let listed = ctl_json(&sb, &["runs", "--json"]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "only the first example's run is kept: {listed:#?}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_run_interrupted_by_a_killed_gvmd_dies_and_stays_reviewable() {
+    assert_root();
+    let mut sb = Sandboxed::new("ei");
+    sb.start("", &profile_toml(&sb), &[]);
+    let runner = {
+        let mut c = Command::new(bin("gvmctl"));
+        c.args(["run", "--profile", &sb.profile, "--ephemeral", "--", "sh", "-c", "echo half > half.txt; sleep 1000"])
+            .env("GVM_SOCKET", sb.dirs.socket());
+        std::thread::spawn(move || output_within(c, Duration::from_secs(60)))
+    };
+    let runs_dir = sb.dirs.state.join("runs");
+    wait_for("the run's file", Duration::from_secs(20), || {
+        std::fs::read_dir(&runs_dir).into_iter().flatten().flatten().any(|r| {
+            std::fs::read_dir(r.path().join("overlay"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|w| w.path().join("upper/half.txt").exists())
+        })
+    });
+    sb.gvmd.take().unwrap().kill();
+    let ran = runner.join().unwrap();
+    assert_ne!(ran.code, Some(0), "{ran:#?}");
+    // The sandbox died with gvmd.
+    wait_for("the run's processes to die with gvmd", Duration::from_secs(10), || processes_of(&sb.profile).is_empty());
+    assert!(cgroups_of(&sb.profile).iter().all(|c| !c.join("cgroup.procs").exists()
+        || std::fs::read_to_string(c.join("cgroup.procs")).unwrap().trim().is_empty()));
+
+    sb.gvmd = Some(Gvmd::start(&sb.dirs));
+    let listed = ctl_json(&sb, &["runs", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["state"], "interrupted");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    assert!(!runs_dir.join(&id).join("home").exists(), "the interrupted run's home is removed at start");
+    let changes = ctl_json(&sb, &["changes", "--run", &id, "--json"]);
+    assert_eq!(changes[0]["path"], "half.txt");
+    ctl_ok(&sb, &["discard", "--run", &id]);
+    assert!(!runs_dir.join(&id).exists());
+}

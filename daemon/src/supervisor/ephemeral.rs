@@ -442,6 +442,27 @@ pub fn read_record(state_dir: &Path, id: &str) -> Option<RunRecord> {
     Some(r)
 }
 
+/// At start: the runs a previous gvmd left running died with it (their sandboxes die
+/// with whoever launched them). Their homes go; their records say `interrupted`, and
+/// their upper dirs stay for review (`gvmctl runs`, `gvmctl discard --run ID`).
+pub fn recover(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(runs_dir(state_dir)) else { return };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let Some(mut r) = read_record(state_dir, &id) else { continue };
+        if r.state != RunState::Interrupted || r.ended_at.is_some() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(e.path().join("home"));
+        r.ended_at = Some(now());
+        if let Err(err) = write_record(&e.path(), &r) {
+            tracing::warn!(run_id = %id, "cannot mark run {id} interrupted: {err}");
+        } else {
+            tracing::info!(gvm_profile = %r.profile, run_id = %id, "run {id} was interrupted by gvmd's stop; its changes stay for review");
+        }
+    }
+}
+
 /// Every run: those going on, then the kept ones; newest first.
 pub fn list(d: &Daemon) -> Vec<RunRecord> {
     let mut runs = d.runs.active();
