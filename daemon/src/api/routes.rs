@@ -271,7 +271,7 @@ async fn prepare(
             Some("use `gvmctl run` or `gvmctl start`, which ask gvmd to launch for you"),
         ));
     }
-    crate::supervisor::prepare::prepare(&d, &profile).await.map(Json).map_err(|e| match e {
+    crate::supervisor::ephemeral::prepare_shared(&d, &profile).await.map(Json).map_err(|e| match e {
         crate::supervisor::prepare::PrepareError::NoProfile(_) => {
             ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None)
         }

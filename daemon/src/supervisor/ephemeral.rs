@@ -547,6 +547,15 @@ async fn release(d: &Daemon, profile: &str) {
     }
 }
 
+/// [`super::prepare::prepare`] under P's lifecycle lock, for the agent's starts (a
+/// launcher's `/prepare`, a `gvmctl run`): a run ending at that moment cannot remove the
+/// netns the agent is about to join.
+pub async fn prepare_shared(d: &Daemon, profile: &str) -> Result<gvm_api::LaunchPlan, super::prepare::PrepareError> {
+    let lifecycle = d.runs.lifecycle(profile);
+    let _one = lifecycle.lock().await;
+    super::prepare::prepare(d, profile).await
+}
+
 /// [`super::prepare::teardown`], unless ephemeral runs of P still go (the last of them
 /// removes P's netns). For the ends of P's agent: a unit's `ExecStopPost`, a foreground
 /// agent stopping, a `gvmctl run`.

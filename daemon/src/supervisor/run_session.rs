@@ -123,7 +123,8 @@ async fn run(
             Some(format!("stop it first (`gvmctl stop {}`) or use another profile", req.profile)),
         ));
     };
-    let plan = crate::supervisor::prepare::prepare(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
+    let plan =
+        crate::supervisor::ephemeral::prepare_shared(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
     let ran = run_prepared(daemon, peer, req, &profile, &plan, [stdin, stdout, stderr], reader, writer).await;
     // Nothing of the instance stays but the agent's state: no netns, no nft table —
     // also when the sandbox failed to start.
