@@ -433,3 +433,37 @@ fn a_run_interrupted_by_a_killed_gvmd_dies_and_stays_reviewable() {
     ctl_ok(&sb, &["discard", "--run", &id]);
     assert!(!runs_dir.join(&id).exists());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn runs_go_on_beside_the_agent_and_keep_the_netns_it_leaves() {
+    assert_root();
+    let mut sb = Sandboxed::new("eg");
+    let toml = format!("[agent]\ncommand = [\"sleep\", \"1000\"]\n{}", &profile_toml(&sb)["[agent]\n".len()..]);
+    sb.start("", &toml, &[]);
+    let netns = sb.dirs.runtime.join("netns").join(&sb.profile);
+    ctl_ok(&sb, &["start", &sb.profile]);
+    wait_for("the agent", Duration::from_secs(20), || !processes_of(&sb.profile).is_empty());
+    // The gateway answers inside the shared netns (default deny: 403, nothing leaves).
+    let probe = "curl -s -o /dev/null -w '%{http_code}' http://denied.test.example/";
+    let ran = ephemeral(&sb, &[], &["sh", "-c", probe]);
+    assert_eq!((ran.code, ran.out.as_str()), (Some(0), "403"), "{ran:#?}");
+    assert!(netns.exists(), "a run ending must not remove the netns the agent runs in");
+    let agent = Command::new("pgrep").args(["-u", &format!("gvm-{}", sb.profile), "-x", "sleep"]).output().unwrap();
+    assert!(agent.status.success(), "the agent still runs");
+
+    // The agent stops while a run goes on: the run keeps the netns and the gateway.
+    let runner = {
+        let mut c = Command::new(bin("gvmctl"));
+        c.args(["run", "--profile", &sb.profile, "--ephemeral", "--", "sh", "-c", &format!("sleep 3; {probe}")])
+            .env("GVM_SOCKET", sb.dirs.socket());
+        std::thread::spawn(move || output_within(c, Duration::from_secs(60)))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    ctl_ok(&sb, &["stop", &sb.profile]);
+    assert!(netns.exists(), "the agent's stop left the netns to the run");
+    let ran = runner.join().unwrap();
+    assert_eq!((ran.code, ran.out.as_str()), (Some(0), "403"), "{ran:#?}");
+    wait_for("the last user to remove the netns", Duration::from_secs(10), || !netns.exists());
+    assert!(processes_of(&sb.profile).is_empty());
+}
