@@ -333,7 +333,16 @@ async fn run_leased(
     super::run_session::count_requests(d, start_seq, &mut summary).await;
 
     let mut changes = Vec::new();
-    if record.workspaces.iter().any(|w| w.mode == WorkspaceMode::Overlay) {
+    // Empty upper dirs: nothing to review, no review store to make (the common case of
+    // a tool call that only reads).
+    let uppers: Vec<PathBuf> = record
+        .workspaces
+        .iter()
+        .filter(|w| w.mode == WorkspaceMode::Overlay)
+        .map(|w| run_dir.join("overlay").join(&w.id).join("upper"))
+        .collect();
+    let wrote = uppers.iter().any(|u| std::fs::read_dir(u).map(|mut e| e.next().is_some()).unwrap_or(true));
+    if wrote {
         let files = profile.files.clone();
         let reviewed = crate::review::with_run_review(d, &record, files, |r| {
             let before = r.changes()?.len();
