@@ -200,10 +200,9 @@ fn print_report(profile: &Target, r: &ApplyReport, (infinitive, verb): (&str, &s
     }
     match (&r.id, r.applied.len()) {
         (_, 0) if r.refused.is_empty() => println!("{profile}: nothing to {infinitive}."),
-        (Some(id), n) if matches!(profile, Target::Profile(_)) => {
+        (Some(id), n) => {
             println!("{profile}: {n} {} {verb} (apply {id}; undo: gvmctl rollback {profile} --applied {id})", files(n))
         }
-        (Some(id), n) => println!("{profile}: {n} {} {verb} (apply {id})", files(n)),
         (None, n) => println!("{profile}: {n} {} {would}.", files(n)),
     }
 }
@@ -218,14 +217,14 @@ fn files(n: usize) -> &'static str {
 
 pub fn rollback(
     client: &Client,
-    profile: &str,
+    profile: &Target,
     applied: Option<String>,
     to: Option<String>,
     force: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let req = RollbackRequest { applied: applied.clone(), to: to.clone(), force };
-    let r: RollbackReport = client.post(&format!("{}/rollback", base(profile)), Some(&serde_json::to_value(&req)?))?;
+    let r: RollbackReport = client.post(&format!("{}/rollback", profile.base()), Some(&serde_json::to_value(&req)?))?;
     if json {
         output::json(&r)?;
         return Ok(if r.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
@@ -298,8 +297,8 @@ pub fn checkpoints(client: &Client, profile: &str, json: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn applied(client: &Client, profile: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let list: Vec<AppliedRecord> = client.get(&format!("{}/applied", base(profile)))?;
+pub fn applied(client: &Client, profile: &Target, json: bool) -> anyhow::Result<ExitCode> {
+    let list: Vec<AppliedRecord> = client.get(&format!("{}/applied", profile.base()))?;
     if json {
         output::json(&list)?;
         return Ok(ExitCode::SUCCESS);

@@ -225,7 +225,11 @@ enum Command {
         after_help = "Examples:\n  gvmctl applied invoices                      # find the apply's ID\n  gvmctl rollback invoices --applied a-20261207T083000Z-1f2e\n  gvmctl rollback invoices --to before-import\n  gvmctl rollback invoices                     # discard every unapplied change"
     )]
     Rollback {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// An ephemeral run's apply (with --applied; `gvmctl applied --run ID`).
+        #[arg(long, value_name = "RUN", conflicts_with = "profile", requires = "applied")]
+        run: Option<String>,
         /// Restore the real files an apply changed, byte for byte.
         #[arg(long, value_name = "ID")]
         applied: Option<String>,
@@ -254,7 +258,11 @@ enum Command {
     },
     /// List a profile's applies, newest first (IDs for `rollback --applied`).
     Applied {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// What was applied from an ephemeral run.
+        #[arg(long, value_name = "ID", conflicts_with = "profile")]
+        run: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -454,12 +462,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (target, paths) = changes::Target::with_paths(profile, run, paths);
             changes::discard(&client, &target, paths, json)
         }
-        Command::Rollback { profile, applied, to, force, json } => {
-            changes::rollback(&client, &profile, applied, to, force, json)
+        Command::Rollback { profile, run, applied, to, force, json } => {
+            changes::rollback(&client, &changes::Target::of(profile, run), applied, to, force, json)
         }
         Command::Checkpoint { profile, name, json } => changes::checkpoint(&client, &profile, name, json),
         Command::Checkpoints { profile, json } => changes::checkpoints(&client, &profile, json),
-        Command::Applied { profile, json } => changes::applied(&client, &profile, json),
+        Command::Applied { profile, run, json } => changes::applied(&client, &changes::Target::of(profile, run), json),
         Command::Audit(AuditCommand::Log { explain: Some(seq), json, .. }) => {
             versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
         }

@@ -200,6 +200,14 @@ fn parallel_ephemeral_runs_keep_separate_changes() {
     let applied = ctl_ok(&sb, &["apply", "--run", &ids[2], "out.txt"]);
     assert!(applied.contains("1 change applied"), "{applied}");
     assert_eq!(std::fs::read_to_string(sb.ws.join("out.txt")).unwrap(), "task2\n");
+    // Undone like a profile's apply, from the run's own review store.
+    let undo = format!("gvmctl rollback --run {} --applied ", ids[2]);
+    let apply_id =
+        applied.split(&undo).nth(1).and_then(|r| r.strip_suffix(")\n")).unwrap_or_else(|| panic!("{applied}"));
+    let records = ctl_json(&sb, &["applied", "--run", &ids[2], "--json"]);
+    assert_eq!(records[0]["id"], apply_id, "{records:#}");
+    ctl_ok(&sb, &["rollback", "--run", &ids[2], "--applied", apply_id]);
+    assert!(!sb.ws.join("out.txt").exists(), "the apply was rolled back");
     for id in ids.iter().filter(|id| **id != ids[2]) {
         let out = ctl_ok(&sb, &["discard", "--run", id]);
         assert!(out.contains("discarded with its 2 unapplied changes"), "{out}");

@@ -49,6 +49,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/runs/{id}/diff", get(super::runs::diff))
         .route("/v1/runs/{id}/apply", post(super::runs::apply))
         .route("/v1/runs/{id}/discard", post(super::runs::discard))
+        .route("/v1/runs/{id}/applied", get(super::runs::applied))
+        .route("/v1/runs/{id}/rollback", post(super::runs::rollback))
         .fallback(not_found)
         .with_state(daemon)
 }

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use gvm_api::review::{ApplyReport, ApplyRequest, ChangesResponse, DiffQuery, DiffResponse};
+use gvm_api::review::{
+    AppliedRecord, ApplyReport, ApplyRequest, ChangesResponse, DiffQuery, DiffResponse, RollbackReport, RollbackRequest,
+};
 use gvm_api::runs::{CreateRun, RunRecord, RunResult, RunsResponse, DEFAULT_API_TIMEOUT_SECS, MAX_OUTPUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ApiFailure;
-use crate::review::{record_apply, with_run_review};
+use crate::review::{record_apply, record_rollback, with_run_review};
 use crate::state::Daemon;
 use crate::supervisor::ephemeral;
 use crate::sys::creds::{user_name, Peer};
@@ -227,5 +229,39 @@ pub async fn discard(
     let discarded = with_run_review(&d, &run, files_of(&d, &run)?, move |r| r.discard(&paths)).await?;
     let report = ApplyReport { id: None, dry_run: false, applied: discarded, refused: Vec::new() };
     record_apply(&d, &run.profile, gvm_api::EventKind::FileDiscard, &format!("{by} (run {id})"), &report).await;
+    Ok(Json(report))
+}
+
+/// `GET /v1/runs/{id}/applied`: what was applied from the run, newest first.
+pub async fn applied(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AppliedRecord>>, ApiFailure> {
+    let run = record(&d, &id)?;
+    with_run_review(&d, &run, files_of(&d, &run)?, |r| r.applied()).await.map(Json)
+}
+
+/// `POST /v1/runs/{id}/rollback` with `applied`: the real files an apply from the run
+/// changed, restored byte for byte (checkpoints belong to a profile's agent).
+pub async fn rollback(
+    State(d): State<Arc<Daemon>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path(id): Path<String>,
+    Json(req): Json<RollbackRequest>,
+) -> Result<Json<RollbackReport>, ApiFailure> {
+    let (Some(apply_id), None) = (req.applied.clone(), req.to.as_ref()) else {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "a run's rollback undoes one of its applies: give --applied ID",
+            Some(&format!(
+                "`gvmctl applied --run {id}` lists them; `gvmctl discard --run {id}` drops what was not applied"
+            )),
+        ));
+    };
+    let run = record(&d, &id)?;
+    let force = req.force;
+    let report = with_run_review(&d, &run, files_of(&d, &run)?, move |r| r.rollback_applied(&apply_id, force)).await?;
+    let what = serde_json::json!({ "applied": req.applied, "run_id": id });
+    record_rollback(&d, &run.profile, &user_name(peer.uid), what, &report).await;
     Ok(Json(report))
 }

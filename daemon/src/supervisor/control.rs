@@ -103,7 +103,7 @@ pub async fn reconcile_leftovers(daemon: &Arc<Daemon>) {
             Backend::Gvmd(_) => false,
         };
         if running {
-            match super::prepare::prepare(daemon, name).await {
+            match super::ephemeral::prepare_shared(daemon, name).await {
                 Ok(_) => tracing::info!(gvm_profile = %name, "gateway re-opened for the running agent {name}"),
                 Err(e) => tracing::error!(gvm_profile = %name, "cannot re-open the gateway of {name}: {e}"),
             }

@@ -33,7 +33,6 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
 use super::run_session::Failure;
-use super::Backend;
 use crate::state::Daemon;
 
 /// The runs going on, and one lock per profile that orders preparing and tearing down
@@ -47,6 +46,11 @@ pub struct Runs {
     /// netns, gateway and state exist while a run holds them), which took ~20 ms each
     /// and, serialised, most of the start time of 20 concurrent runs.
     plans: Mutex<HashMap<String, (String, gvm_api::LaunchPlan)>>,
+    /// Profiles whose agent (a unit, a foreground agent, a `gvmctl run`) holds the netns:
+    /// from its prepare ([`prepare_shared`]) to its teardown ([`teardown_unless_shared`]).
+    /// Kept under the lifecycle lock with the runs' count, so exactly one of the last
+    /// two users removes the netns whichever ends first.
+    agent_holds: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runs {
@@ -527,19 +531,6 @@ pub fn not_found(id: &str) -> crate::api::ApiFailure {
     )
 }
 
-/// Whether P's agent (a unit, a foreground agent or a `gvmctl run`) holds P's netns.
-async fn agent_uses(d: &Daemon, profile: &str) -> bool {
-    if d.agents.is_active(profile) {
-        return true;
-    }
-    match &d.supervisor {
-        Backend::Systemd(sd) => {
-            sd.state(profile).await.map(|u| !matches!(u.active_state.as_str(), "inactive" | "failed")).unwrap_or(true)
-        }
-        Backend::Gvmd(_) => false,
-    }
-}
-
 /// After a run: the last user of P's shared parts removes them.
 async fn release(d: &Daemon, profile: &str) {
     let lifecycle = d.runs.lifecycle(profile);
@@ -548,7 +539,7 @@ async fn release(d: &Daemon, profile: &str) {
         return;
     }
     d.runs.plans.lock().unwrap_or_else(|e| e.into_inner()).remove(profile);
-    if agent_uses(d, profile).await {
+    if d.runs.agent_holds.lock().unwrap_or_else(|e| e.into_inner()).contains(profile) {
         return;
     }
     if let Err(e) = super::prepare::teardown(d, profile).await {
@@ -562,7 +553,9 @@ async fn release(d: &Daemon, profile: &str) {
 pub async fn prepare_shared(d: &Daemon, profile: &str) -> Result<gvm_api::LaunchPlan, super::prepare::PrepareError> {
     let lifecycle = d.runs.lifecycle(profile);
     let _one = lifecycle.lock().await;
-    super::prepare::prepare(d, profile).await
+    let plan = super::prepare::prepare(d, profile).await?;
+    d.runs.agent_holds.lock().unwrap_or_else(|e| e.into_inner()).insert(profile.to_string());
+    Ok(plan)
 }
 
 /// [`super::prepare::teardown`], unless ephemeral runs of P still go (the last of them
@@ -571,6 +564,7 @@ pub async fn prepare_shared(d: &Daemon, profile: &str) -> Result<gvm_api::Launch
 pub async fn teardown_unless_shared(d: &Daemon, profile: &str) -> Result<(), super::prepare::PrepareError> {
     let lifecycle = d.runs.lifecycle(profile);
     let _one = lifecycle.lock().await;
+    d.runs.agent_holds.lock().unwrap_or_else(|e| e.into_inner()).remove(profile);
     let n = d.runs.count(profile);
     if n > 0 {
         tracing::info!(gvm_profile = profile, "{profile}'s network namespace stays: {n} ephemeral runs use it");
