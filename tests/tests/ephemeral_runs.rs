@@ -373,6 +373,10 @@ fn the_runs_api_and_its_python_example() {
         &serde_json::json!({"profile": sb.profile, "argv": ["true"], "timeout_secs": 0}),
     );
     assert_eq!(status, 400, "{e:#}");
+    let bad_env = serde_json::json!({"profile": sb.profile, "argv": ["true"], "env": [["A=B", "x"]]});
+    let (status, e) = api(&sb.dirs, "POST", "/v1/runs", &bad_env);
+    assert_eq!(status, 400, "{e:#}");
+    assert!(e["error"].as_str().unwrap().contains("\"A=B\""), "{e:#}");
 
     // The example, as a user runs it.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ephemeral_run.py");

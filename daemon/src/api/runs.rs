@@ -40,6 +40,13 @@ pub async fn create(
     if req.timeout_secs == Some(0) {
         return Err(ApiFailure::new(StatusCode::BAD_REQUEST, "timeout_secs must be at least 1", None));
     }
+    if let Some((name, _)) = req.env.iter().find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0')) {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!("env: {name:?} is not a variable name (or its value holds a NUL byte)"),
+            Some(r#"give pairs like ["LANG", "C.UTF-8"]"#),
+        ));
+    }
     let io = |what: &str, e: std::io::Error| ApiFailure::internal(format!("cannot make the run's {what}: {e}"));
     let (out_r, out_w) = pipe().map_err(|e| io("stdout pipe", e))?;
     let (err_r, err_w) = pipe().map_err(|e| io("stderr pipe", e))?;
