@@ -435,7 +435,9 @@ fn a_run_interrupted_by_a_killed_gvmd_dies_and_stays_reviewable() {
         || std::fs::read_to_string(c.join("cgroup.procs")).unwrap().trim().is_empty()));
 
     sb.gvmd = Some(Gvmd::start(&sb.dirs));
+    // (gvmd answers once its start-up clean-up is done.)
     let listed = ctl_json(&sb, &["runs", "--json"]);
+    assert!(cgroups_of(&sb.profile).is_empty(), "the new gvmd removes the empty leaves: {:?}", cgroups_of(&sb.profile));
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["state"], "interrupted");
     let id = listed[0]["id"].as_str().unwrap().to_string();

@@ -455,10 +455,15 @@ pub fn read_record(state_dir: &Path, id: &str) -> Option<RunRecord> {
     Some(r)
 }
 
-/// At start: the runs a previous gvmd left running died with it (their sandboxes die
-/// with whoever launched them). Their homes go; their records say `interrupted`, and
+/// At start: the empty cgroup leaves of sandboxes a killed gvmd launched go. The runs a
+/// previous gvmd left running died with it (their sandboxes die with whoever launched
+/// them). Their homes go; their records say `interrupted`, and
 /// their upper dirs stay for review (`gvmctl runs`, `gvmctl discard --run ID`).
 pub fn recover(state_dir: &Path) {
+    let stale = gvm_sandbox::remove_stale_cgroups();
+    if stale > 0 {
+        tracing::info!("removed {stale} empty cgroups left by a gvmd that stopped without cleaning up");
+    }
     let Ok(entries) = std::fs::read_dir(runs_dir(state_dir)) else { return };
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
