@@ -12,6 +12,7 @@ pub mod approvals;
 pub mod client;
 pub use approvals::*;
 pub mod review;
+pub mod runs;
 pub mod suggest;
 pub mod versions;
 pub mod vocab;
@@ -444,6 +445,16 @@ pub struct RunRequest {
     /// Allow every request, record what enforce mode would have done.
     #[serde(default)]
     pub watch: bool,
+    /// A fresh instance of its own (`--ephemeral`): throwaway home and overlay upper
+    /// dirs under the run's id; several may run at once, beside the profile's agent.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Ephemeral runs: killed, the whole instance, after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Ephemeral runs: extra workspaces (`--workspace DIR:overlay|ro`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<runs::RunWorkspace>,
 }
 
 /// A signal the client forwards to the sandboxed command (SIGINT, SIGTERM, SIGHUP...).
@@ -486,6 +497,12 @@ pub struct RunSummary {
     /// Changes that wait for a human (`gvmctl changes P`), this run's and earlier ones.
     #[serde(default)]
     pub files_to_review: u64,
+    /// An ephemeral run's id (`gvmctl changes --run ID`); None for a profile's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// An ephemeral run killed by its `--timeout`.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// One workspace of a [`LaunchPlan`].

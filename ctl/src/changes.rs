@@ -19,8 +19,56 @@ fn base(profile: &str) -> String {
     format!("/v1/agents/{}", percent_encode(profile))
 }
 
-pub fn changes(client: &Client, profile: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let r: ChangesResponse = client.get(&format!("{}/changes", base(profile)))?;
+/// Whose changes: a profile's agent, or an ephemeral run (`--run ID`). Displayed as the
+/// words that name it on gvmctl's command line (`invoices`, `--run 3fa9c2d17b40`), so
+/// every hint below reads right for both.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Profile(String),
+    Run(String),
+}
+
+impl Target {
+    /// From the command line; clap makes sure one of the two is there.
+    pub fn of(profile: Option<String>, run: Option<String>) -> Target {
+        match run {
+            Some(id) => Target::Run(id),
+            None => Target::Profile(profile.unwrap_or_default()),
+        }
+    }
+
+    /// With `--run`, the first positional word clap took for PROFILE is a PATH.
+    pub fn with_paths(profile: Option<String>, run: Option<String>, mut paths: Vec<String>) -> (Target, Vec<String>) {
+        match run {
+            Some(id) => {
+                if let Some(p) = profile {
+                    paths.insert(0, p);
+                }
+                (Target::Run(id), paths)
+            }
+            None => (Target::Profile(profile.unwrap_or_default()), paths),
+        }
+    }
+
+    fn base(&self) -> String {
+        match self {
+            Target::Profile(p) => base(p),
+            Target::Run(id) => format!("/v1/runs/{}", percent_encode(id)),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Profile(p) => f.write_str(p),
+            Target::Run(id) => write!(f, "--run {id}"),
+        }
+    }
+}
+
+pub fn changes(client: &Client, profile: &Target, json: bool) -> anyhow::Result<ExitCode> {
+    let r: ChangesResponse = client.get(&format!("{}/changes", profile.base()))?;
     if json {
         output::json(&r.changes)?;
         return Ok(ExitCode::SUCCESS);
@@ -55,12 +103,15 @@ pub fn changes(client: &Client, profile: &str, json: bool) -> anyhow::Result<Exi
     if count(FileClass::Refused) > 0 {
         println!("Refused entries are never applied (links, devices, setuid...): gvmctl discard {profile} PATH");
     }
-    println!("Drop all unapplied changes:              gvmctl rollback {profile}");
+    match profile {
+        Target::Profile(_) => println!("Drop all unapplied changes:              gvmctl rollback {profile}"),
+        Target::Run(_) => println!("Drop the run and all its changes:        gvmctl discard {profile}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn diff(client: &Client, profile: &str, path: Option<&str>) -> anyhow::Result<ExitCode> {
-    let mut target = format!("{}/diff", base(profile));
+pub fn diff(client: &Client, profile: &Target, path: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut target = format!("{}/diff", profile.base());
     if let Some(p) = path {
         target.push_str(&format!("?path={}", percent_encode(p)));
     }
@@ -91,7 +142,7 @@ fn page(text: &str) -> anyhow::Result<()> {
 }
 
 pub struct ApplyArgs<'a> {
-    pub profile: &'a str,
+    pub target: &'a Target,
     pub paths: Vec<String>,
     pub all: bool,
     pub dry_run: bool,
@@ -105,31 +156,39 @@ pub fn apply(client: &Client, a: ApplyArgs) -> anyhow::Result<ExitCode> {
         all: a.all,
         dry_run: a.dry_run,
     };
-    let r: ApplyReport = client.post(&format!("{}/apply", base(a.profile)), Some(&serde_json::to_value(&req)?))?;
+    let r: ApplyReport = client.post(&format!("{}/apply", a.target.base()), Some(&serde_json::to_value(&req)?))?;
     if a.json {
         output::json(&r)?;
     } else {
-        print_report(a.profile, &r, ("apply", "applied"));
+        print_report(a.target, &r, ("apply", "applied"));
     }
     Ok(if explicit && !r.refused.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-pub fn discard(client: &Client, profile: &str, paths: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
+pub fn discard(client: &Client, profile: &Target, paths: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let whole = paths.is_empty();
     let req = ApplyRequest {
         paths: paths.into_iter().map(|path| PathRequest { path, hash: None }).collect(),
         all: false,
         dry_run: false,
     };
-    let r: ApplyReport = client.post(&format!("{}/discard", base(profile)), Some(&serde_json::to_value(&req)?))?;
+    let r: ApplyReport = client.post(&format!("{}/discard", profile.base()), Some(&serde_json::to_value(&req)?))?;
     if json {
         output::json(&r)?;
+    } else if whole {
+        println!(
+            "run {}: discarded with its {} unapplied {}.",
+            profile.to_string().trim_start_matches("--run "),
+            r.applied.len(),
+            files(r.applied.len())
+        );
     } else {
         print_report(profile, &r, ("discard", "discarded"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(profile: &str, r: &ApplyReport, (infinitive, verb): (&str, &str)) {
+fn print_report(profile: &Target, r: &ApplyReport, (infinitive, verb): (&str, &str)) {
     let would = if r.dry_run { format!("would be {verb}") } else { verb.to_string() };
     for c in &r.applied {
         let path = format!("{}/{}", c.workspace.trim_end_matches('/'), c.path);
@@ -158,14 +217,14 @@ fn files(n: usize) -> &'static str {
 
 pub fn rollback(
     client: &Client,
-    profile: &str,
+    profile: &Target,
     applied: Option<String>,
     to: Option<String>,
     force: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let req = RollbackRequest { applied: applied.clone(), to: to.clone(), force };
-    let r: RollbackReport = client.post(&format!("{}/rollback", base(profile)), Some(&serde_json::to_value(&req)?))?;
+    let r: RollbackReport = client.post(&format!("{}/rollback", profile.base()), Some(&serde_json::to_value(&req)?))?;
     if json {
         output::json(&r)?;
         return Ok(if r.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
@@ -238,8 +297,8 @@ pub fn checkpoints(client: &Client, profile: &str, json: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn applied(client: &Client, profile: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let list: Vec<AppliedRecord> = client.get(&format!("{}/applied", base(profile)))?;
+pub fn applied(client: &Client, profile: &Target, json: bool) -> anyhow::Result<ExitCode> {
+    let list: Vec<AppliedRecord> = client.get(&format!("{}/applied", profile.base()))?;
     if json {
         output::json(&list)?;
         return Ok(ExitCode::SUCCESS);

@@ -87,18 +87,36 @@ enum Command {
     /// Run a one-off command in a fresh instance of a profile's sandbox, with this
     /// terminal attached; exits with the command's status and prints a summary.
     #[command(
-        after_help = "Example:\n  gvmctl run --profile invoices -- curl -s https://api.example.com/v1/status\n\nThe command's network traffic is decided and audited as the profile's; its writes to\noverlay workspaces are kept for review. Only one instance of a profile runs at a time."
+        after_help = "Examples:\n  gvmctl run --profile invoices -- curl -s https://api.example.com/v1/status\n  gvmctl run --profile invoices --ephemeral --timeout 5m --workspace /srv/in:ro -- ./convert.sh\n\nThe command's network traffic is decided and audited as the profile's; its writes to\noverlay workspaces are kept for review (`gvmctl changes invoices`). Without --ephemeral,\none instance of a profile runs at a time and shares the agent's home and overlays.\n\n--ephemeral: a fresh instance of its own, several at once and beside the profile's agent.\nSame user, network namespace, gateway, rules and audit log as the profile; its own pid\nnamespace, cgroup, a throwaway home and its own overlay upper dirs (the profile's rw\nworkspaces become overlays too). When it exits or times out, everything of it is killed\nand removed; if it changed files, the run is kept for review under its id:\n  gvmctl runs                          # runs going on and kept\n  gvmctl changes --run ID              # what it changed;  gvmctl diff --run ID [PATH]\n  gvmctl apply --run ID PATH... | --all   (undo: gvmctl rollback --run ID --applied A)\n  gvmctl discard --run ID              # drop the run and every change it kept\nA run that changed nothing leaves nothing behind."
     )]
     Run {
         /// The profile whose sandbox and rules apply.
         #[arg(long, short)]
         profile: String,
         /// Allow every request and record what enforce mode would have done.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ephemeral")]
         watch: bool,
+        /// A fresh, throwaway instance of its own (see below).
+        #[arg(long)]
+        ephemeral: bool,
+        /// With --ephemeral: kill the whole instance after this long (`90s`, `5m`, `1h`).
+        #[arg(long, value_name = "DURATION", requires = "ephemeral")]
+        timeout: Option<String>,
+        /// With --ephemeral: one more workspace, `DIR:overlay` (writes kept for review) or
+        /// `DIR:ro`; repeat for several. Also changes the mode of a profile workspace.
+        #[arg(long, value_name = "DIR:MODE", requires = "ephemeral")]
+        workspace: Vec<String>,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
+    },
+    /// List the ephemeral runs going on and those kept for review (they changed files).
+    #[command(
+        after_help = "Each kept run holds its own overlay changes until discarded:\n  gvmctl changes --run ID    gvmctl apply --run ID PATH...    gvmctl discard --run ID"
+    )]
+    Runs {
+        #[arg(long)]
+        json: bool,
     },
     /// List what waits for a human: held requests and pending file changes.
     ///
@@ -152,14 +170,23 @@ enum Command {
         after_help = "Classes: auto_apply (new files matching [files] auto_apply: `gvmctl apply P` takes them),\nreview (needs `gvmctl apply P PATH` or `gvmctl approve ID`), discard (never applied),\nrefused (symlinks, hard links, devices, FIFOs, setuid files: never applied).\n\nExample:\n  gvmctl changes invoices && gvmctl diff invoices reports/q3.csv"
     )]
     Changes {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// An ephemeral run's changes instead of a profile's (`gvmctl runs` lists them).
+        #[arg(long, value_name = "ID", conflicts_with = "profile")]
+        run: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Unified diff of the agent's changes against the real workspace (sizes and hashes
     /// for binary files), paged like git when stdout is a terminal.
     Diff {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// An ephemeral run's changes instead of a profile's (then the positional
+        /// argument is the PATH).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
         /// One path, relative to its workspace or absolute; default: every change.
         path: Option<String>,
     },
@@ -169,7 +196,12 @@ enum Command {
         after_help = "Without PATH or --all, applies the new files matching [files] auto_apply.\nModifying or deleting an existing file needs its PATH (or `gvmctl approve ID`).\nSymlinks, hard links, devices, FIFOs, sockets and setuid files are never applied.\n\nExamples:\n  gvmctl apply invoices --dry-run --all\n  gvmctl apply invoices reports/q3.csv ledger.csv"
     )]
     Apply {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// Apply from an ephemeral run instead of a profile's agent (then every
+        /// positional argument is a PATH).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
         /// Paths to apply, relative to their workspace or absolute.
         paths: Vec<String>,
         /// Every change marked review or auto_apply (not discard or refused).
@@ -181,10 +213,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drop some of the agent's unapplied changes from its overlay (the real files stay).
+    /// Drop some of the agent's unapplied changes from its overlay (the real files stay);
+    /// `--run ID` without paths drops a kept ephemeral run whole.
     Discard {
-        profile: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// An ephemeral run: without PATH, the run and every change it kept are removed
+        /// (then every positional argument is a PATH).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+        #[arg(required_unless_present = "run")]
         paths: Vec<String>,
         #[arg(long)]
         json: bool,
@@ -195,7 +233,11 @@ enum Command {
         after_help = "Examples:\n  gvmctl applied invoices                      # find the apply's ID\n  gvmctl rollback invoices --applied a-20261207T083000Z-1f2e\n  gvmctl rollback invoices --to before-import\n  gvmctl rollback invoices                     # discard every unapplied change"
     )]
     Rollback {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// An ephemeral run's apply (with --applied; `gvmctl applied --run ID`).
+        #[arg(long, value_name = "RUN", conflicts_with = "profile", requires = "applied")]
+        run: Option<String>,
         /// Restore the real files an apply changed, byte for byte.
         #[arg(long, value_name = "ID")]
         applied: Option<String>,
@@ -224,7 +266,11 @@ enum Command {
     },
     /// List a profile's applies, newest first (IDs for `rollback --applied`).
     Applied {
-        profile: String,
+        #[arg(required_unless_present = "run")]
+        profile: Option<String>,
+        /// What was applied from an ephemeral run.
+        #[arg(long, value_name = "ID", conflicts_with = "profile")]
+        run: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -398,7 +444,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restart { profile, json } => {
             agents::act(&client, &profile, gvm_api::AgentVerb::Restart, json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Run { profile, watch, argv } => run::run(&client, profile, watch, argv),
+        Command::Run { profile, watch, ephemeral, timeout, workspace, argv } => {
+            run::run(&client, run::Args { profile, watch, ephemeral, timeout, workspaces: workspace, argv })
+        }
+        Command::Runs { json } => run::list(&client, json),
         Command::Approvals { json, follow: false } => approvals::list(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Approvals { json, follow: true } => approvals::follow(&client, json).map(|()| ExitCode::SUCCESS),
         Command::Approve { id, always, json } => {
@@ -410,18 +459,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch { profile, state, duration, json } => {
             watch::run(&client, &profile, state == "on", duration.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Changes { profile, json } => changes::changes(&client, &profile, json),
-        Command::Diff { profile, path } => changes::diff(&client, &profile, path.as_deref()),
-        Command::Apply { profile, paths, all, dry_run, json } => {
-            changes::apply(&client, changes::ApplyArgs { profile: &profile, paths, all, dry_run, json })
+        Command::Changes { profile, run, json } => changes::changes(&client, &changes::Target::of(profile, run), json),
+        Command::Diff { profile, run, path } => {
+            let (target, mut paths) = changes::Target::with_paths(profile, run, path.into_iter().collect());
+            changes::diff(&client, &target, paths.pop().as_deref())
         }
-        Command::Discard { profile, paths, json } => changes::discard(&client, &profile, paths, json),
-        Command::Rollback { profile, applied, to, force, json } => {
-            changes::rollback(&client, &profile, applied, to, force, json)
+        Command::Apply { profile, run, paths, all, dry_run, json } => {
+            let (target, paths) = changes::Target::with_paths(profile, run, paths);
+            changes::apply(&client, changes::ApplyArgs { target: &target, paths, all, dry_run, json })
+        }
+        Command::Discard { profile, run, paths, json } => {
+            let (target, paths) = changes::Target::with_paths(profile, run, paths);
+            changes::discard(&client, &target, paths, json)
+        }
+        Command::Rollback { profile, run, applied, to, force, json } => {
+            changes::rollback(&client, &changes::Target::of(profile, run), applied, to, force, json)
         }
         Command::Checkpoint { profile, name, json } => changes::checkpoint(&client, &profile, name, json),
         Command::Checkpoints { profile, json } => changes::checkpoints(&client, &profile, json),
-        Command::Applied { profile, json } => changes::applied(&client, &profile, json),
+        Command::Applied { profile, run, json } => changes::applied(&client, &changes::Target::of(profile, run), json),
         Command::Audit(AuditCommand::Log { explain: Some(seq), json, .. }) => {
             versions::explain_event(&client, seq, json).map(|()| ExitCode::SUCCESS)
         }

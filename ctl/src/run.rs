@@ -6,6 +6,10 @@
 //! and waits for the exit status. The command runs in a new session without this
 //! terminal as its controlling tty, so it cannot push keystrokes into the shell
 //! (TIOCSTI) after it exits.
+//!
+//! `--ephemeral` asks for a fresh instance of its own (throwaway home and overlay upper
+//! dirs, own pid namespace and cgroup, `--timeout`, `--workspace DIR:overlay|ro`);
+//! `gvmctl runs` lists the ephemeral runs going on and those kept for review.
 
 use std::io::{BufRead, BufReader, IoSlice, Write};
 use std::os::fd::AsRawFd;
@@ -19,10 +23,35 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
 
-pub fn run(client: &Client, profile: String, watch: bool, argv: Vec<String>) -> anyhow::Result<ExitCode> {
-    if argv.is_empty() {
+/// `gvmctl run`'s options.
+pub struct Args {
+    pub profile: String,
+    pub watch: bool,
+    pub ephemeral: bool,
+    pub timeout: Option<String>,
+    pub workspaces: Vec<String>,
+    pub argv: Vec<String>,
+}
+
+pub fn run(client: &Client, a: Args) -> anyhow::Result<ExitCode> {
+    if a.argv.is_empty() {
         anyhow::bail!("no command given — usage: gvmctl run --profile P -- CMD ARGS...");
     }
+    let timeout_secs = a
+        .timeout
+        .as_deref()
+        .map(|t| match gvm_policy::parse_duration(t) {
+            Ok(d) if d.as_secs() > 0 => Ok(d.as_secs()),
+            Ok(_) => Err(anyhow::anyhow!("--timeout {t}: give at least 1s")),
+            Err(e) => Err(anyhow::anyhow!("--timeout {t}: {e} (e.g. 90s, 5m, 1h)")),
+        })
+        .transpose()?;
+    let workspaces = a
+        .workspaces
+        .iter()
+        .map(|w| gvm_api::runs::RunWorkspace::parse(w).map_err(|e| anyhow::anyhow!("--workspace: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let Args { profile, watch, ephemeral, argv, .. } = a;
     // Block the signals we forward before any thread exists, so every thread inherits
     // the mask and only the relay thread receives them (sigwait).
     let mut forwarded = SigSet::empty();
@@ -37,7 +66,7 @@ pub fn run(client: &Client, profile: String, watch: bool, argv: Vec<String>) -> 
         std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.clone()),
         _ => ClientError::Io { path: socket.clone(), source: e },
     })?;
-    let request = RunRequest { profile, argv, watch };
+    let request = RunRequest { profile, argv, watch, ephemeral, timeout_secs, workspaces };
     let line = format!("{}{}\n", gvm_api::RUN_MAGIC, serde_json::to_string(&request)?);
     let fds = [std::io::stdin().as_raw_fd(), std::io::stdout().as_raw_fd(), std::io::stderr().as_raw_fd()];
     sendmsg::<()>(
@@ -80,8 +109,10 @@ pub fn run(client: &Client, profile: String, watch: bool, argv: Vec<String>) -> 
 /// invoices), 1 to review (gvmctl changes invoices)`,
 /// with `; N DNS names answered, M refused` before the files when the run asked any.
 pub fn summary_line(s: &RunSummary, code: i32) -> String {
+    let run = s.run_id.as_deref().map(|id| format!(" run {id}")).unwrap_or_default();
+    let how = if s.timed_out { "timed out, killed".to_string() } else { format!("exit {code}") };
     let mut line = format!(
-        "gvm: {}: exit {code} in {:.1} s; {} requests allowed, {} denied",
+        "gvm: {}{run}: {how} in {:.1} s; {} requests allowed, {} denied",
         s.profile,
         s.duration_ms as f64 / 1000.0,
         s.allowed,
@@ -97,10 +128,49 @@ pub fn summary_line(s: &RunSummary, code: i32) -> String {
     if s.files_applied > 0 {
         line.push_str(&format!(", {} new applied (gvmctl applied {})", s.files_applied, s.profile));
     }
-    if s.files_to_review > 0 {
-        line.push_str(&format!(", {} to review (gvmctl changes {})", s.files_to_review, s.profile));
+    match (&s.run_id, s.files_to_review) {
+        (_, 0) => {}
+        (Some(id), n) => line.push_str(&format!(", {n} to review (gvmctl changes --run {id})")),
+        (None, n) => line.push_str(&format!(", {n} to review (gvmctl changes {})", s.profile)),
     }
     line
+}
+
+/// `gvmctl runs`: the ephemeral runs going on, and those kept for review.
+pub fn list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let r: gvm_api::runs::RunsResponse = client.get(gvm_api::runs::paths::RUNS)?;
+    if json {
+        crate::output::json(&r.runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if r.runs.is_empty() {
+        println!("No ephemeral runs going on or kept (a run that changed nothing leaves nothing).");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = r
+        .runs
+        .iter()
+        .map(|run| {
+            let state = match (run.state, run.timed_out, run.exit_code) {
+                (gvm_api::runs::RunState::Running, ..) => "running".to_string(),
+                (gvm_api::runs::RunState::Interrupted, ..) => "interrupted".to_string(),
+                (_, true, _) => "kept (timed out)".to_string(),
+                (_, false, Some(c)) => format!("kept (exit {c})"),
+                (_, false, None) => "kept".to_string(),
+            };
+            vec![
+                run.id.clone(),
+                crate::output::safe(&run.profile),
+                state,
+                crate::output::short_time(&run.started_at),
+                run.changes.to_string(),
+                crate::output::safe(&run.argv.join(" ")),
+            ]
+        })
+        .collect();
+    crate::output::table(&["RUN", "PROFILE", "STATE", "STARTED", "CHANGES", "COMMAND"], &rows);
+    println!("\nReview: gvmctl changes --run ID; apply: gvmctl apply --run ID PATH...; drop: gvmctl discard --run ID");
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -200,6 +200,7 @@ pub async fn run(paths: Paths, stored_fds: HashMap<String, Vec<OwnedFd>>) -> Res
     }
     daemon.reload_as(gvm_api::versions::Origin::Start, None).await;
     crate::supervisor::control::reconcile_leftovers(&daemon).await;
+    crate::supervisor::ephemeral::recover(&daemon.paths.state_dir);
 
     let api = tokio::spawn(crate::api::serve(listener, daemon.clone()));
     for (profile, listener) in host_listeners {

@@ -114,6 +114,40 @@ pub async fn with_review<T: Send + 'static>(
     .map_err(ApiFailure::internal)?
 }
 
+/// Runs `f` on an ephemeral run's review store (`<state>/runs/<id>/review`) over the
+/// run's upper dirs, under the run's lock, with the profile's `[files]` classes. No
+/// freeze: the callers refuse to change a run's files while it runs, and its overlays
+/// are mounted only in its own mount namespace, gone when it ended.
+pub async fn with_run_review<T: Send + 'static>(
+    d: &Daemon,
+    run: &gvm_api::runs::RunRecord,
+    files: gvm_policy::Files,
+    f: impl FnOnce(&Review) -> Result<T, gvm_review::Error> + Send + 'static,
+) -> Result<T, ApiFailure> {
+    let dir = crate::supervisor::ephemeral::runs_dir(&d.paths.state_dir).join(&run.id);
+    let ws: Vec<Workspace> = run
+        .workspaces
+        .iter()
+        .filter(|w| w.mode == gvm_api::WorkspaceMode::Overlay)
+        .map(|w| Workspace {
+            id: w.id.clone(),
+            real: PathBuf::from(&w.path),
+            upper: dir.join("overlay").join(&w.id).join("upper"),
+        })
+        .collect();
+    let lock = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(dir.clone()).or_default().clone();
+    let live = d.runs.is_active(&run.id);
+    let name = format!("--run {}", run.id);
+    tokio::task::spawn_blocking(move || {
+        let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut review = Review::open(&dir.join("review"), ws, &files).map_err(|e| failure(e, &name))?;
+        review.set_overlays_mounted(live);
+        f(&review).map_err(|e| failure(e, &name))
+    })
+    .await
+    .map_err(ApiFailure::internal)?
+}
+
 fn agent_uid(profile: &str) -> Option<u32> {
     nix::unistd::User::from_name(&format!("gvm-{profile}")).ok().flatten().map(|u| u.uid.as_raw())
 }

@@ -23,6 +23,8 @@ pub struct Daemon {
     /// Everything waiting for a human (held requests, file changes).
     pub approvals: Arc<crate::approvals::Approvals>,
     pub agents: crate::supervisor::Agents,
+    /// Ephemeral runs going on (`gvmctl run --ephemeral`, `POST /v1/runs`).
+    pub runs: crate::supervisor::ephemeral::Runs,
     pub supervisor: crate::supervisor::Backend,
     /// systemd's notification socket (READY, STATUS, WATCHDOG, the fd store).
     pub notifier: crate::sys::notify::Notifier,
@@ -65,6 +67,7 @@ impl Daemon {
             gateway: p.gateway,
             approvals: p.approvals,
             agents: crate::supervisor::Agents::default(),
+            runs: crate::supervisor::ephemeral::Runs::default(),
             supervisor: p.supervisor,
             notifier: p.notifier,
             stored_fds: std::sync::Mutex::new(p.stored_fds),

@@ -151,6 +151,28 @@ impl Drop for Cgroup {
     }
 }
 
+/// Removes the empty cgroup leaves that launchers of a gvmd which died left behind
+/// (`gvm/<profile>-<pid>-<n>` on every hierarchy, `<pid>` the launching gvmd's, no longer
+/// running): a SIGKILLed gvmd never ran [`Cgroup::destroy`]. Only empty leaves can be
+/// removed, so a leaf still in use is never touched. Returns how many went.
+pub fn remove_stale_cgroups() -> usize {
+    let mut parents = vec![Path::new(ROOT).join("gvm")];
+    if let Ok(hierarchies) = std::fs::read_dir(ROOT) {
+        parents.extend(hierarchies.flatten().map(|h| h.path().join("gvm")));
+    }
+    let mut removed = 0;
+    for leaf in parents.iter().flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten()) {
+        let name = leaf.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(n), Some(pid), Some(_profile)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let ours = n.parse::<u64>().is_ok() && pid.parse::<u32>().is_ok();
+        if ours && !Path::new("/proc").join(pid).exists() && std::fs::remove_dir(leaf.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(io("writing cgroup limit", path))
 }

@@ -24,7 +24,7 @@ pub(crate) mod sys;
 pub mod user;
 
 pub use build::{launch, Exit, LaunchSpec, Sandbox, Stdio, Workspace, WorkspaceMode};
-pub use cgroup::Limits;
+pub use cgroup::{remove_stale_cgroups, Limits};
 pub use error::{Error, Result};
 pub use netns::{GatewayPorts, Netns};
 pub use state::AgentPaths;

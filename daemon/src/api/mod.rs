@@ -9,6 +9,7 @@
 pub(crate) mod explain;
 mod review;
 mod routes;
+mod runs;
 mod suggest;
 mod versions;
 

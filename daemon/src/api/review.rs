@@ -153,11 +153,11 @@ pub async fn applied(
     with_review(&d, &profile, Touch::Reads, |r| r.applied()).await.map(Json)
 }
 
-fn path_sels(req: &ApplyRequest) -> Vec<PathSel> {
+pub(super) fn path_sels(req: &ApplyRequest) -> Vec<PathSel> {
     req.paths.iter().map(|p| PathSel { path: p.path.clone(), expected_hash: p.hash.clone() }).collect()
 }
 
-fn selection(req: &ApplyRequest) -> Result<Selection, ApiFailure> {
+pub(super) fn selection(req: &ApplyRequest) -> Result<Selection, ApiFailure> {
     match (req.all, req.paths.is_empty()) {
         (true, false) => Err(ApiFailure::new(
             StatusCode::BAD_REQUEST,

@@ -43,6 +43,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/agents/{profile}/suggest", get(super::suggest::dry_run).post(super::suggest::apply))
         .route("/v1/agents/{profile}/{action}", post(agent_action))
         .route("/v1/approvals/{id}/{answer}", post(answer))
+        .route(gvm_api::runs::paths::RUNS, get(super::runs::list).post(super::runs::create))
+        .route("/v1/runs/{id}", get(super::runs::get_one))
+        .route("/v1/runs/{id}/changes", get(super::runs::changes))
+        .route("/v1/runs/{id}/diff", get(super::runs::diff))
+        .route("/v1/runs/{id}/apply", post(super::runs::apply))
+        .route("/v1/runs/{id}/discard", post(super::runs::discard))
+        .route("/v1/runs/{id}/applied", get(super::runs::applied))
+        .route("/v1/runs/{id}/rollback", post(super::runs::rollback))
         .fallback(not_found)
         .with_state(daemon)
 }
@@ -265,7 +273,7 @@ async fn prepare(
             Some("use `gvmctl run` or `gvmctl start`, which ask gvmd to launch for you"),
         ));
     }
-    crate::supervisor::prepare::prepare(&d, &profile).await.map(Json).map_err(|e| match e {
+    crate::supervisor::ephemeral::prepare_shared(&d, &profile).await.map(Json).map_err(|e| match e {
         crate::supervisor::prepare::PrepareError::NoProfile(_) => {
             ApiFailure::new(StatusCode::NOT_FOUND, e.to_string(), None)
         }
@@ -295,7 +303,7 @@ async fn teardown(
             Some(&format!("gvmctl stop {profile}")),
         ));
     }
-    crate::supervisor::prepare::teardown(&d, &profile).await.map_err(ApiFailure::internal)?;
+    crate::supervisor::ephemeral::teardown_unless_shared(&d, &profile).await.map_err(ApiFailure::internal)?;
     // The agent is gone (its unit stopped): its new files matching auto_apply go in now.
     crate::review::auto_apply(&d, &profile).await;
     Ok(Json(serde_json::json!({ "profile": profile, "torn_down": true })))

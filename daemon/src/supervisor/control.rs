@@ -62,7 +62,7 @@ pub async fn act(daemon: &Arc<Daemon>, profile: &str, action: AgentVerb) -> Resu
                 }
                 let (d, name) = (daemon.clone(), profile.to_string());
                 children.start(profile, cmd, instance, async move {
-                    if let Err(e) = super::prepare::teardown(&d, &name).await {
+                    if let Err(e) = super::ephemeral::teardown_unless_shared(&d, &name).await {
                         tracing::warn!(gvm_profile = %name, "teardown after the agent stopped failed: {e}");
                     }
                     crate::review::auto_apply(&d, &name).await;
@@ -103,7 +103,7 @@ pub async fn reconcile_leftovers(daemon: &Arc<Daemon>) {
             Backend::Gvmd(_) => false,
         };
         if running {
-            match super::prepare::prepare(daemon, name).await {
+            match super::ephemeral::prepare_shared(daemon, name).await {
                 Ok(_) => tracing::info!(gvm_profile = %name, "gateway re-opened for the running agent {name}"),
                 Err(e) => tracing::error!(gvm_profile = %name, "cannot re-open the gateway of {name}: {e}"),
             }

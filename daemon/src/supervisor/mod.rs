@@ -17,6 +17,7 @@
 
 pub mod children;
 pub mod control;
+pub mod ephemeral;
 pub mod locks;
 pub mod plan_to_spec;
 pub mod prepare;

@@ -79,7 +79,19 @@ pub async fn session(mut stream: UnixStream, daemon: Arc<Daemon>, peer: Peer) {
     }
 }
 
-type Failure = (String, Option<String>);
+pub(crate) type Failure = (String, Option<String>);
+
+/// The profile `name` as in force, or why a run of it cannot start.
+pub(crate) fn in_force(daemon: &Daemon, name: &str) -> Result<Arc<gvm_policy::Profile>, Failure> {
+    daemon.profiles().profiles.get(name).map(|p| p.profile.clone()).ok_or_else(|| {
+        (
+            format!("no profile {name:?} is in force"),
+            Some(format!(
+                "add /etc/gvm/profiles/{name}.toml and run `gvmctl reload`; `gvmctl status` lists refused files"
+            )),
+        )
+    })
+}
 
 async fn run(
     daemon: &Arc<Daemon>,
@@ -95,27 +107,28 @@ async fn run(
     if req.argv.is_empty() {
         return Err(("no command given".into(), Some("gvmctl run --profile P -- CMD ARGS...".into())));
     }
-    let profiles = daemon.profiles();
-    let Some(loaded) = profiles.profiles.get(&req.profile) else {
+    if req.ephemeral {
+        return ephemeral(daemon, peer, req, [stdin, stdout, stderr], reader, writer).await;
+    }
+    if req.timeout_secs.is_some() || !req.workspaces.is_empty() {
         return Err((
-            format!("no profile {:?} is in force", req.profile),
-            Some(format!(
-                "add /etc/gvm/profiles/{}.toml and run `gvmctl reload`; `gvmctl status` lists refused files",
-                req.profile
-            )),
+            "--timeout and --workspace go with --ephemeral".into(),
+            Some("gvmctl run --profile P --ephemeral --timeout 5m --workspace DIR:overlay -- CMD".into()),
         ));
-    };
+    }
+    let profile = in_force(daemon, &req.profile)?;
     let Some(_instance) = daemon.agents.claim(&req.profile) else {
         return Err((
             format!("profile {} is already running (its agent or another `gvmctl run`)", req.profile),
             Some(format!("stop it first (`gvmctl stop {}`) or use another profile", req.profile)),
         ));
     };
-    let plan = crate::supervisor::prepare::prepare(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
-    let ran = run_prepared(daemon, peer, req, &loaded.profile, &plan, [stdin, stdout, stderr], reader, writer).await;
+    let plan =
+        crate::supervisor::ephemeral::prepare_shared(daemon, &req.profile).await.map_err(|e| (e.to_string(), None))?;
+    let ran = run_prepared(daemon, peer, req, &profile, &plan, [stdin, stdout, stderr], reader, writer).await;
     // Nothing of the instance stays but the agent's state: no netns, no nft table —
     // also when the sandbox failed to start.
-    if let Err(e) = crate::supervisor::prepare::teardown(daemon, &req.profile).await {
+    if let Err(e) = crate::supervisor::ephemeral::teardown_unless_shared(daemon, &req.profile).await {
         tracing::warn!(gvm_profile = %req.profile, "teardown after the run failed: {e}");
     }
     let (code, start_seq, started_at, clock) = ran?;
@@ -140,6 +153,61 @@ async fn run(
         })
         .await;
     send(writer, &RunMessage::Exited { code, summary }).await;
+    Ok(())
+}
+
+/// `gvmctl run --ephemeral`: a fresh instance of its own, the client's signals relayed.
+async fn ephemeral(
+    daemon: &Arc<Daemon>,
+    peer: Peer,
+    req: &RunRequest,
+    stdio: [OwnedFd; 3],
+    reader: tokio::net::unix::ReadHalf<'_>,
+    writer: &mut tokio::net::unix::WriteHalf<'_>,
+) -> Result<(), Failure> {
+    if req.watch {
+        return Err((
+            "--watch cannot go with --ephemeral: watch mode changes how the gateway decides for every instance of the profile".into(),
+            Some("gvmctl watch P on --for 10m, then the ephemeral runs".into()),
+        ));
+    }
+    let request = super::ephemeral::Request {
+        profile: req.profile.clone(),
+        argv: req.argv.clone(),
+        timeout: req.timeout_secs.map(std::time::Duration::from_secs),
+        workspaces: req.workspaces.clone(),
+        env: Vec::new(),
+        by_uid: peer.uid,
+    };
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (started_tx, mut started_rx) = tokio::sync::oneshot::channel();
+    let run = super::ephemeral::run(daemon, request, stdio, Some(started_tx), control_rx);
+    tokio::pin!(run);
+    let mut lines = BufReader::new(reader).lines();
+    let (mut client_gone, mut started) = (false, false);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome?,
+            pid = &mut started_rx, if !started => {
+                started = true;
+                if let Ok(pid) = pid {
+                    send(writer, &RunMessage::Started { pid }).await;
+                }
+            }
+            line = lines.next_line(), if !client_gone => match line {
+                Ok(Some(line)) => {
+                    if let Some(sig) = serde_json::from_str::<RunSignal>(&line).ok().and_then(|s| Signal::try_from(s.signal).ok()) {
+                        let _ = control_tx.send(sig);
+                    }
+                }
+                _ => {
+                    client_gone = true;
+                    let _ = control_tx.send(Signal::SIGKILL);
+                }
+            },
+        }
+    };
+    send(writer, &RunMessage::Exited { code: outcome.code, summary: outcome.summary }).await;
     Ok(())
 }
 
@@ -183,29 +251,7 @@ async fn run_prepared(
         .await
         .ok_or(("the audit store cannot record the run; nothing was started".to_string(), None))?;
 
-    // One thread launches and waits: the sandbox's parent-death signal is tied to the
-    // thread that forked it, so a gvmd that dies (even SIGKILLed) takes the sandbox with
-    // it, and no tokio thread exiting while the run goes on can kill it by mistake.
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("gvm-run-{}", req.profile))
-        .spawn(move || match gvm_sandbox::launch(spec) {
-            Err(e) => {
-                let _ = started_tx.send(Err(e));
-            }
-            Ok(mut sandbox) => {
-                let _ = started_tx.send(Ok(sandbox.pid()));
-                let exit = sandbox.wait();
-                drop(sandbox);
-                let _ = done_tx.send(exit);
-            }
-        })
-        .map_err(|e| (format!("cannot start the run's thread: {e}"), None))?;
-    let pid = started_rx
-        .await
-        .map_err(|_| ("the launcher thread ended before the sandbox started".to_string(), None))?
-        .map_err(|e| (format!("the sandbox of {} could not start: {e}", req.profile), None))?;
+    let (pid, mut done_rx) = spawn_sandbox(spec, format!("gvm-run-{}", req.profile)).await?;
     send(writer, &RunMessage::Started { pid: pid.as_raw() as u32 }).await;
 
     let mut lines = BufReader::new(reader).lines();
@@ -239,6 +285,41 @@ async fn run_prepared(
     Ok((code, start_seq, started_at, clock))
 }
 
+/// Launches the sandbox on a thread of its own that then waits for it; answers the
+/// launcher's pid and where its exit will come.
+///
+/// One thread launches and waits: the sandbox's parent-death signal is tied to the
+/// thread that forked it, so a gvmd that dies (even SIGKILLed) takes the sandbox with
+/// it, and no tokio thread exiting while the run goes on can kill it by mistake. The
+/// sandbox's cgroup is killed and removed before the exit is sent.
+pub(crate) async fn spawn_sandbox(
+    spec: gvm_sandbox::LaunchSpec,
+    thread: String,
+) -> Result<(nix::unistd::Pid, tokio::sync::oneshot::Receiver<gvm_sandbox::Result<gvm_sandbox::Exit>>), Failure> {
+    let profile = spec.profile.to_string();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(thread)
+        .spawn(move || match gvm_sandbox::launch(spec) {
+            Err(e) => {
+                let _ = started_tx.send(Err(e));
+            }
+            Ok(mut sandbox) => {
+                let _ = started_tx.send(Ok(sandbox.pid()));
+                let exit = sandbox.wait();
+                drop(sandbox);
+                let _ = done_tx.send(exit);
+            }
+        })
+        .map_err(|e| (format!("cannot start the run's thread: {e}"), None))?;
+    let pid = started_rx
+        .await
+        .map_err(|_| ("the launcher thread ended before the sandbox started".to_string(), None))?
+        .map_err(|e| (format!("the sandbox of {profile} could not start: {e}"), None))?;
+    Ok((pid, done_rx))
+}
+
 /// Counts the run's requests (from the audit log) and changed files (in the overlays).
 async fn summarize(
     daemon: &Daemon,
@@ -249,11 +330,7 @@ async fn summarize(
     plan: &gvm_api::LaunchPlan,
 ) -> RunSummary {
     let mut s = RunSummary { profile: profile.to_string(), duration_ms, ..RunSummary::default() };
-    let q =
-        gvm_api::EventsQuery { profile: Some(profile.to_string()), after_seq: Some(start_seq), ..Default::default() };
-    let t = crate::supervisor::control::tally(daemon, q, false).await;
-    (s.allowed, s.denied, s.held) = (t.allowed, t.denied, t.held);
-    (s.dns_answered, s.dns_refused) = (t.dns_answered, t.dns_refused);
+    count_requests(daemon, start_seq, &mut s).await;
     let overlay = Path::new(&plan.state_dir).join("agents").join(profile).join("overlay");
     let uppers: Vec<_> = plan
         .workspaces
@@ -265,6 +342,14 @@ async fn summarize(
         .await
         .unwrap_or(0);
     s
+}
+
+/// The summary's request and DNS counts: the profile's decisions since `start_seq`.
+pub(crate) async fn count_requests(daemon: &Daemon, start_seq: u64, s: &mut RunSummary) {
+    let q = gvm_api::EventsQuery { profile: Some(s.profile.clone()), after_seq: Some(start_seq), ..Default::default() };
+    let t = crate::supervisor::control::tally(daemon, q, false).await;
+    (s.allowed, s.denied, s.held) = (t.allowed, t.denied, t.held);
+    (s.dns_answered, s.dns_refused) = (t.dns_answered, t.dns_refused);
 }
 
 /// Entries (files, links, whiteouts) under `dir` changed at or after `since`.
