@@ -80,7 +80,9 @@ impl Tier {
             Tier::L4 => (Named, Any, Hold, Overlay, Rw, true),
             Tier::L5 => (NamedOrAnyRead, Any, Hold, Overlay, Rw, true),
         };
-        Preset { allow, hold, network_default, workspace_default, workspace_max, budget_required }
+        // Serving other agents is network too: an L0 agent has none, either way.
+        let serve = !matches!(self, Tier::L0);
+        Preset { allow, hold, network_default, workspace_default, workspace_max, budget_required, serve }
     }
 }
 
@@ -106,6 +108,8 @@ pub struct Preset {
     pub workspace_max: WorkspaceMode,
     /// The profile must have a `[budget]`.
     pub budget_required: bool,
+    /// The agent may serve ports to other agents (`[agent] serve`).
+    pub serve: bool,
 }
 
 /// How far the allow (or hold) rules of a tier may reach.
@@ -260,6 +264,7 @@ struct View {
 #[derive(Deserialize)]
 struct AgentView {
     mode: Option<Spanned<Mode>>,
+    serve: Option<Spanned<toml::Value>>,
     workspaces: Option<Vec<Spanned<WorkspaceView>>>,
 }
 
@@ -335,6 +340,17 @@ impl Chosen {
             found.push((
                 TierOverride::Network,
                 at(span, "agent.mode".into(), format!("watch mode lets every request through, beyond tier {tier}")),
+            ));
+        }
+        if !preset.serve && !agent.serve.is_empty() {
+            let span = agent_view.as_ref().and_then(|a| a.serve.as_ref()).map_or(self.tier_span.clone(), Spanned::span);
+            found.push((
+                TierOverride::Network,
+                at(
+                    span,
+                    "agent.serve".into(),
+                    format!("serving ports to other agents is network, beyond tier {tier} (no network)"),
+                ),
             ));
         }
         for (i, ws) in agent.workspaces.iter().enumerate() {

@@ -231,4 +231,21 @@ fn the_documented_table_matches_the_presets() {
     assert_eq!(row("workspace `mode` at most"), cells(&|t| t.preset().workspace_max.to_string()));
     let budget = |t: Tier| if t.preset().budget_required { "required" } else { "—" }.to_string();
     assert_eq!(row("`[budget]`"), cells(&budget));
+    let serve = |t: Tier| if t.preset().serve { "yes" } else { "refused" }.to_string();
+    assert_eq!(row("`[agent] serve` (other agents may call it)"), cells(&serve));
+}
+
+/// Serving other agents is network: refused at L0 unless `tier_override` says
+/// "network" (then a warning at the line of `serve`); any other tier may serve.
+#[test]
+fn l0_serves_no_port_without_the_network_override() {
+    let d = refused("[agent]\ntier = \"L0\"\nserve = [8080]\n");
+    assert_eq!(d.field.as_deref(), Some("agent.serve"), "{d}");
+    assert_eq!(d.line, Some(3), "{d}");
+    assert!(d.to_string().contains("beyond tier L0"), "{d}");
+    assert!(d.to_string().contains("tier_override"), "{d}");
+    let p = ok("[agent]\ntier = \"L0\"\ntier_override = [\"network\"]\nserve = [8080]\n");
+    assert_eq!(p.agent.serve, vec![8080]);
+    assert!(p.tier_warnings.iter().any(|w| w.to_string().contains("agent.serve")), "{:?}", p.tier_warnings);
+    assert_eq!(ok("[agent]\ntier = \"L1\"\nserve = [8080]\n").agent.serve, vec![8080]);
 }
