@@ -134,6 +134,10 @@ pub struct RunRecord {
     /// Changes waiting (counted when the run ended).
     #[serde(default)]
     pub changes: u64,
+    /// Workspace id → the uid that must own its directory when changes are applied:
+    /// the run's own overlay workspaces named by a caller other than root.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub owned_by: std::collections::BTreeMap<String, u32>,
 }
 
 /// `GET /v1/runs`: newest first.

@@ -41,7 +41,7 @@ pub fn workspaces(state_dir: &Path, profile: &gvm_policy::Profile) -> Vec<Worksp
         .map(|w| {
             let id = crate::supervisor::prepare::workspace_id(&w.path);
             let upper = state_dir.join("agents").join(profile.name.as_str()).join("overlay").join(&id).join("upper");
-            Workspace { id, real: w.path.clone(), upper }
+            Workspace { id, real: w.path.clone(), upper, owner: None }
         })
         .collect()
 }
@@ -133,6 +133,7 @@ pub async fn with_run_review<T: Send + 'static>(
             id: w.id.clone(),
             real: PathBuf::from(&w.path),
             upper: dir.join("overlay").join(&w.id).join("upper"),
+            owner: run.owned_by.get(&w.id).copied(),
         })
         .collect();
     let lock = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(dir.clone()).or_default().clone();

@@ -27,7 +27,7 @@ fn build(root: &Path) -> Workspace {
         let body = format!("file {i}\n").repeat(1 + i % 50);
         std::fs::write(upper.join(format!("d{}/f{i}.txt", i % DIRS)), body).unwrap();
     }
-    Workspace { id: "bench".into(), real, upper }
+    Workspace { id: "bench".into(), real, upper, owner: None }
 }
 
 fn bare(dir: &Path, n: &mut usize) {

@@ -197,7 +197,7 @@ fn plan<'a>(review: &Review, take: Vec<&'a Found>) -> Result<Plan<'a>, Error> {
         let ws = &review.workspaces[f.ws];
         let wsr = ws.real.to_string_lossy().into_owned();
         if let std::collections::btree_map::Entry::Vacant(slot) = roots.entry(f.ws) {
-            let real = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
+            let real = open_real(ws).ctx("open the workspace", &ws.real)?;
             let upper = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
             slot.insert((real, upper));
         }
@@ -592,10 +592,36 @@ impl From<Errno> for StepError {
     }
 }
 
+/// The workspace's real directory, opened to be read (scan, diff) or written (apply,
+/// rollback); with an `owner`, the opened directory itself (not a symlink at its path)
+/// must belong to that uid — neither a write nor a diff reaches elsewhere.
+pub(crate) fn open_real(ws: &Workspace) -> io::Result<OwnedFd> {
+    let Some(owner) = ws.owner else { return fsx::open_root(&ws.real) };
+    let fd = rustix::fs::open(
+        &ws.real,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let uid = rustix::fs::fstat(&fd)?.st_uid;
+    if uid != owner {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {uid}, not to uid {owner} who chose it for the run: gvmd reads and writes the run's changes only where that caller could (start the run as root to use this directory)",
+                ws.real.display()
+            ),
+        ));
+    }
+    Ok(fd)
+}
+
 fn roots(review: &Review, real: &str) -> io::Result<(OwnedFd, OwnedFd)> {
     let ws = ws_by_real(review, real)
         .ok_or_else(|| io::Error::other(format!("workspace {real} is no longer configured")))?;
-    Ok((fsx::open_root(&ws.real)?, fsx::open_root(&ws.upper)?))
+    Ok((open_real(ws)?, fsx::open_root(&ws.upper)?))
 }
 
 fn perform(review: &Review, step: &Step) -> Result<(), StepError> {
@@ -983,7 +1009,7 @@ pub(crate) fn discard(review: &Review, paths: &[PathSel]) -> Result<Vec<Change>,
         let ws = &review.workspaces[f.ws];
         let wsr = ws.real.to_string_lossy().into_owned();
         let upper = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
-        let real = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
+        let real = open_real(ws).ctx("open the workspace", &ws.real)?;
         // (path, copy the workspace's entry back into upper): under an opaque directory
         // the upper dir alone is what the agent sees, so undoing a change there means
         // putting the workspace's version back, not removing the upper entry.
@@ -1030,7 +1056,7 @@ pub(crate) mod tests {
     }
 
     fn setup(dir: &Path) -> Workspace {
-        let ws = Workspace { id: "w".into(), real: dir.join("real"), upper: dir.join("upper") };
+        let ws = Workspace { id: "w".into(), real: dir.join("real"), upper: dir.join("upper"), owner: None };
         for i in 0..5 {
             std::fs::create_dir_all(ws.real.join("d")).unwrap();
             std::fs::create_dir_all(ws.upper.join("d")).unwrap();
@@ -1058,6 +1084,40 @@ pub(crate) mod tests {
             }
         }
         n
+    }
+
+    /// A workspace with an `owner` (a directory a caller other than root chose) is read
+    /// and written only while the directory at its path still belongs to that uid and
+    /// is not a symlink: swapping it after the run started redirects no diff or apply.
+    #[test]
+    fn an_owned_workspace_is_written_only_while_its_owner_holds_it() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ws = setup(tmp.path());
+        let me = std::fs::metadata(&ws.real).unwrap().uid();
+        let files = gvm_policy::Files::default();
+
+        ws.owner = Some(me.wrapping_add(1));
+        let review = Review::open(&tmp.path().join("s1"), vec![ws.clone()], &files).unwrap();
+        let err = review.changes().unwrap_err();
+        let err = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+        assert!(err.contains(&format!("not to uid {}", me.wrapping_add(1))), "{err}");
+        assert_eq!(std::fs::read_to_string(ws.real.join("d/m0")).unwrap(), "old 0", "nothing written");
+
+        // The path swapped for a symlink to a directory the owner does own: refused too.
+        let moved = tmp.path().join("moved");
+        std::fs::rename(&ws.real, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &ws.real).unwrap();
+        ws.owner = Some(me);
+        let review = Review::open(&tmp.path().join("s2"), vec![ws.clone()], &files).unwrap();
+        assert!(review.changes().is_err(), "a symlink at the workspace's path: not even read");
+        assert_eq!(std::fs::read_to_string(moved.join("d/m0")).unwrap(), "old 0");
+
+        std::fs::remove_file(&ws.real).unwrap();
+        std::fs::rename(&moved, &ws.real).unwrap();
+        let review = Review::open(&tmp.path().join("s3"), vec![ws.clone()], &files).unwrap();
+        review.apply(&all(&review), false).unwrap();
+        assert_eq!(std::fs::read_to_string(ws.real.join("d/m0")).unwrap(), "new 0", "its owner's: applied");
     }
 
     #[test]

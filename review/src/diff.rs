@@ -37,8 +37,8 @@ pub(crate) fn shown(p: &str) -> String {
     }
 }
 
-fn read(root: &std::path::Path, rel: &str) -> Result<Option<Vec<u8>>, std::io::Error> {
-    let fd = fsx::open_root(root)?;
+fn read(fd: std::io::Result<std::os::fd::OwnedFd>, rel: &str) -> Result<Option<Vec<u8>>, std::io::Error> {
+    let fd = fd?;
     let (parent, name) = fsx::split(rel)?;
     let dir = fsx::open_dir(fd.as_fd(), parent)?;
     let (f, st) = fsx::open_file(dir.as_fd(), OsStr::new(name))?;
@@ -76,12 +76,14 @@ fn one(review: &Review, f: &Found, out: &mut String) -> Result<(), Error> {
     }
     let (old_path, old) = match &c.kind {
         ChangeKind::Added => (None, Some(Vec::new())),
-        ChangeKind::Modified | ChangeKind::Deleted => (Some(c.path.as_str()), read(&ws.real, &c.path).map_err(io)?),
-        ChangeKind::Renamed { from } => (Some(from.as_str()), read(&ws.real, from).map_err(io)?),
+        ChangeKind::Modified | ChangeKind::Deleted => {
+            (Some(c.path.as_str()), read(crate::apply::open_real(ws), &c.path).map_err(io)?)
+        }
+        ChangeKind::Renamed { from } => (Some(from.as_str()), read(crate::apply::open_real(ws), from).map_err(io)?),
     };
     let new = match &c.kind {
         ChangeKind::Deleted => Some(Vec::new()),
-        _ => read(&ws.upper, &c.path).map_err(io)?,
+        _ => read(fsx::open_root(&ws.upper), &c.path).map_err(io)?,
     };
     let a = old_path.map_or("/dev/null".to_string(), |o| format!("a/{}", shown(o)));
     let b = if c.kind == ChangeKind::Deleted { "/dev/null".to_string() } else { format!("b/{p}") };

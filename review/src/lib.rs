@@ -42,6 +42,12 @@ pub struct Workspace {
     pub real: PathBuf,
     /// The overlay's upper dir.
     pub upper: PathBuf,
+    /// The uid that must own `real` when gvmd writes into it: set for a directory a
+    /// caller other than root chose (an ephemeral run's `--workspace`), so that applying
+    /// as root never writes where that caller could not. Checked on the opened
+    /// directory (no symlink as its last component), so swapping the path after the run
+    /// started does not redirect the apply.
+    pub owner: Option<u32>,
 }
 
 /// What to apply.

@@ -94,7 +94,7 @@ pub(crate) fn prune(workspaces: &[Workspace]) -> Result<u64, Error> {
 /// Walks one workspace; with `pruned`, removes the unchanged upper entries as it goes.
 fn walk_workspace(ws: &Workspace, action: &'static str, pruned: Option<&mut u64>) -> Result<Vec<Raw>, Error> {
     let up = fsx::open_root(&ws.upper).ctx("open the upper dir", &ws.upper)?;
-    let low = fsx::open_root(&ws.real).ctx("open the workspace", &ws.real)?;
+    let low = crate::apply::open_real(ws).ctx("open the workspace", &ws.real)?;
     let mut raws = Vec::new();
     walk(&mut raws, up.as_fd(), Some(low), "", None, false, pruned).map_err(|(path, source)| Error::Io {
         action,
@@ -513,7 +513,8 @@ mod tests {
     #[test]
     fn prune_removes_only_what_the_scan_does_not_list() {
         let tmp = tempfile::tempdir().unwrap();
-        let ws = Workspace { id: "w".into(), real: tmp.path().join("real"), upper: tmp.path().join("upper") };
+        let ws =
+            Workspace { id: "w".into(), real: tmp.path().join("real"), upper: tmp.path().join("upper"), owner: None };
         for (rel, real, upper, mode_real, mode_upper) in [
             ("same.txt", "s", "s", 0o644, 0o644),
             ("mode.txt", "m", "m", 0o644, 0o600),

@@ -27,7 +27,7 @@ fn content(i: usize, new: bool) -> Vec<u8> {
 fn child(spec: &str) {
     let mut parts = spec.split('|');
     let (real, upper, state) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-    let ws = Workspace { id: "ws".into(), real: PathBuf::from(real), upper: PathBuf::from(upper) };
+    let ws = Workspace { id: "ws".into(), real: PathBuf::from(real), upper: PathBuf::from(upper), owner: None };
     let review = Review::open(std::path::Path::new(state), vec![ws], &files(&[], &[], &[])).unwrap();
     let paths: Vec<PathSel> = review.changes().unwrap().into_iter().map(|c| PathSel::new(c.path)).collect();
     let report = review.apply(&Selection::Paths(paths), false).unwrap();

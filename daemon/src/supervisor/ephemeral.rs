@@ -166,6 +166,7 @@ pub async fn run(
         workspaces: Vec::new(),
         state: RunState::Running,
         changes: 0,
+        owned_by: Default::default(),
     };
     d.runs.active.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), record.clone());
     let lease = Lease { runs: &d.runs, id: id.clone() };
@@ -178,6 +179,35 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(run_dir)).await;
     }
     result
+}
+
+/// A run's own workspace as gvmd will mount it and later write into it. A profile's
+/// workspace (root chose it) or a read-only one is taken as it is. Another overlay
+/// workspace named by a caller other than root must belong to that caller: gvmd applies
+/// a run's changes as root, and a member of gvm-admin must not get a file written into
+/// `/etc` that way. Returns the path to use and the uid that must still own it when
+/// changes are applied (checked again then, on the opened directory).
+fn callers_dir(
+    path: &str,
+    mode: WorkspaceMode,
+    by_uid: u32,
+    profile_workspaces: &[PlannedWorkspace],
+) -> Result<(String, Option<u32>), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    if by_uid == 0 || mode == WorkspaceMode::Ro || profile_workspaces.iter().any(|p| p.path == path) {
+        return Ok((path.to_string(), None));
+    }
+    let canon = std::fs::canonicalize(path).map_err(|e| (format!("workspace {path}: {e}"), None))?;
+    let owner = std::fs::metadata(&canon).map_err(|e| (format!("workspace {path}: {e}"), None))?.uid();
+    if owner != by_uid {
+        return Err((
+            format!(
+                "workspace {path} belongs to uid {owner}, not to you (uid {by_uid}): gvmd applies a run's changes as root, so a run's own overlay workspace must be yours"
+            ),
+            Some(format!("use a directory you own, --workspace {path}:ro, or start the run as root")),
+        ));
+    }
+    Ok((canon.to_string_lossy().into_owned(), Some(by_uid)))
 }
 
 /// The run, once counted among P's users (so no teardown removes P's netns meanwhile).
@@ -219,9 +249,13 @@ async fn run_leased(
         })
         .collect();
     for w in &req.workspaces {
-        workspaces.retain(|p| p.path != w.path);
-        let wid = super::prepare::workspace_id(Path::new(&w.path));
-        workspaces.push(PlannedWorkspace { path: w.path.clone(), mode: w.mode, id: wid });
+        let (path, owner) = callers_dir(&w.path, w.mode, req.by_uid, &plan.workspaces)?;
+        workspaces.retain(|p| p.path != path);
+        let wid = super::prepare::workspace_id(Path::new(&path));
+        if let Some(uid) = owner {
+            record.owned_by.insert(wid.clone(), uid);
+        }
+        workspaces.push(PlannedWorkspace { path, mode: w.mode, id: wid });
     }
     record.workspaces = workspaces.clone();
     let plan = gvm_api::LaunchPlan { workspaces, ..plan };
@@ -569,4 +603,35 @@ pub async fn teardown_unless_shared(d: &Daemon, profile: &str) -> Result<(), sup
         return Ok(());
     }
     super::prepare::teardown(d, profile).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller other than root names only overlay workspaces of its own; read-only ones,
+    /// the profile's own and root's choices are taken as they are.
+    #[test]
+    fn a_callers_overlay_workspace_must_be_its_own() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("w");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.to_str().unwrap();
+        let me = std::fs::metadata(&dir).unwrap().uid();
+        let other = me.wrapping_add(1).max(1);
+        let overlay = WorkspaceMode::Overlay;
+
+        let (msg, fix) = callers_dir(path, overlay, other, &[]).unwrap_err();
+        assert!(msg.contains(&format!("belongs to uid {me}, not to you (uid {other})")), "{msg}");
+        assert!(fix.unwrap().contains(":ro"));
+        let canon = std::fs::canonicalize(&dir).unwrap();
+        if other != me && me != 0 {
+            assert_eq!(callers_dir(path, overlay, me, &[]).unwrap(), (canon.to_str().unwrap().to_string(), Some(me)));
+        }
+        assert_eq!(callers_dir(path, WorkspaceMode::Ro, other, &[]).unwrap(), (path.to_string(), None));
+        assert_eq!(callers_dir(path, overlay, 0, &[]).unwrap(), (path.to_string(), None));
+        let profiles = [PlannedWorkspace { path: path.to_string(), mode: overlay, id: "w".into() }];
+        assert_eq!(callers_dir(path, overlay, other, &profiles).unwrap(), (path.to_string(), None));
+    }
 }

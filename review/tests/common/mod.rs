@@ -91,7 +91,7 @@ impl Overlay {
     }
 
     pub fn workspace(&self) -> Workspace {
-        Workspace { id: "ws".into(), real: self.real.clone(), upper: self.upper.clone() }
+        Workspace { id: "ws".into(), real: self.real.clone(), upper: self.upper.clone(), owner: None }
     }
 
     pub fn review(&self, files: &gvm_policy::Files) -> Review {
