@@ -597,14 +597,20 @@ impl From<Errno> for StepError {
 /// must belong to that uid — neither a write nor a diff reaches elsewhere.
 pub(crate) fn open_real(ws: &Workspace) -> io::Result<OwnedFd> {
     let Some(owner) = ws.owner else { return fsx::open_root(&ws.real) };
-    let fd = rustix::fs::open(
-        &ws.real,
-        rustix::fs::OFlags::RDONLY
-            | rustix::fs::OFlags::DIRECTORY
-            | rustix::fs::OFlags::NOFOLLOW
-            | rustix::fs::OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let flags = rustix::fs::OFlags::RDONLY
+        | rustix::fs::OFlags::DIRECTORY
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::CLOEXEC;
+    let fd = rustix::fs::open(&ws.real, flags, Mode::empty()).map_err(|e| match e {
+        Errno::NOTDIR | Errno::LOOP => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is no longer a directory (a symlink?): gvmd follows no link at the path of a workspace uid {owner} chose for the run",
+                ws.real.display()
+            ),
+        ),
+        e => e.into(),
+    })?;
     let uid = rustix::fs::fstat(&fd)?.st_uid;
     if uid != owner {
         return Err(io::Error::new(

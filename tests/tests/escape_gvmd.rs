@@ -1006,6 +1006,76 @@ fn admin_group_members_may_run_and_others_are_refused() {
     assert_eq!(sb.events("run_started").len(), 1, "the outsider's run never started");
 }
 
+/// gvm-admin is not root: a member's ephemeral run may add an overlay workspace only of
+/// its own, and gvmd diffs and applies it only while the directory at that path is still
+/// the member's — swapped for a link to root's directory after the run, nothing of
+/// root's is shown or written.
+#[test]
+#[ignore = "needs root"]
+fn an_admin_members_ephemeral_workspace_must_be_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    assert_root();
+    let mut sb = Sandboxed::new("own");
+    let pid = std::process::id();
+    let (group, member) = (format!("gvmo-{pid}"), format!("gvmo-{pid}-m"));
+    sb.leftovers.users.push(member.clone());
+    sb.leftovers.groups.push(group.clone());
+    let o = Command::new("groupadd").arg(&group).output().unwrap();
+    assert!(o.status.success(), "groupadd: {}", String::from_utf8_lossy(&o.stderr));
+    useradd(&["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", "-G", &group, &member]);
+    let up = Upstream::start(None);
+    let profile = profile_toml(&sb, up.port(), None, "");
+    sb.start(&format!("[control]\nadmin_group = \"{group}\"\n\n{}", gvmd_toml(None)), &profile, &[]);
+    let user = nix::unistd::User::from_name(&member).unwrap().unwrap();
+
+    let (roots, mine) = (sb.dirs.root.path().join("roots"), sb.dirs.root.path().join("mine"));
+    for d in [&roots, &mine] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(d.join("f"), format!("{} before\n", d.display())).unwrap();
+        std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    nix::unistd::chown(&mine, Some(user.uid), Some(user.gid)).unwrap();
+    let (roots_s, mine_s) = (roots.display().to_string(), mine.display().to_string());
+    // An ephemeral run of the member's, with DIR as an overlay workspace it writes f in.
+    let run_on = |dir: &str| {
+        let (ws, script) = (format!("{dir}:overlay"), format!("echo written > {dir}/f"));
+        let args = ["run", "--profile", &sb.profile, "--ephemeral", "--workspace", &ws, "--", "sh", "-c", &script];
+        run_as(&member, &sb.dirs, &args)
+    };
+
+    let ran = run_on(&roots_s);
+    assert_ne!(ran.code, Some(0), "{ran:#?}");
+    assert!(ran.err.contains(&format!("belongs to uid 0, not to you (uid {})", user.uid)), "{ran:#?}");
+    assert!(ran.err.contains(":ro"), "the fix is named: {ran:#?}");
+
+    let ran = run_on(&mine_s);
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let summary = ran.summary().to_string();
+    let id = summary.split(" run ").nth(1).and_then(|r| r.split(':').next()).unwrap_or_else(|| panic!("{ran:#?}"));
+    assert_eq!(std::fs::read_to_string(mine.join("f")).unwrap(), format!("{mine_s} before\n"), "kept for review");
+
+    // The member swaps its directory for a link to root's: no diff, no apply reaches it.
+    let f = format!("{mine_s}/f");
+    let moved = sb.dirs.root.path().join("mine.moved");
+    std::fs::rename(&mine, &moved).unwrap();
+    std::os::unix::fs::symlink(&roots, &mine).unwrap();
+    for verb in [&["diff", "--run", id][..], &["apply", "--run", id, &f][..]] {
+        let ran = run_as(&member, &sb.dirs, verb);
+        assert_ne!(ran.code, Some(0), "{verb:?}: {ran:#?}");
+        assert!(ran.err.contains(&format!("a workspace uid {} chose", user.uid)), "{verb:?}: {ran:#?}");
+        assert!(!ran.out.contains("before"), "{verb:?} showed root's file: {ran:#?}");
+    }
+    assert_eq!(std::fs::read_to_string(roots.join("f")).unwrap(), format!("{roots_s} before\n"));
+    assert_eq!(std::fs::metadata(&roots).unwrap().uid(), 0);
+
+    std::fs::remove_file(&mine).unwrap();
+    std::fs::rename(&moved, &mine).unwrap();
+    let ran = run_as(&member, &sb.dirs, &["apply", "--run", id, &f]);
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    assert_eq!(std::fs::read_to_string(mine.join("f")).unwrap(), "written\n", "its own directory: applied");
+}
+
 // ---------------------------------------------------------------------------------------
 // Availability: stalled handshakes on the gateway's listeners (docs/attacks.md class 17).
 // ---------------------------------------------------------------------------------------
