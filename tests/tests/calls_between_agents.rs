@@ -48,7 +48,6 @@ fn a_calls_b_b_refuses_c_and_d_has_no_rule_both_sides_audited() {
     let dirs = Dirs::new();
     let (a, b, c, d) = (unique_profile("ca"), unique_profile("cb"), unique_profile("cc"), unique_profile("cd"));
     let mut left = Leftovers::default();
-    left.runtime = Some(dirs.runtime.clone());
     left.users = [&a, &b, &c, &d].iter().map(|p| format!("gvm-{p}")).collect();
     let caller = format!("[[network.rule]]\nhost = \"agent.{b}\"\nport = {PORT}\naction = \"allow\"\n");
     dirs.write_profile(&a, &caller);

@@ -8,7 +8,7 @@
 //! hosts in network namespaces the test creates (10.203.N.2, fd00:203:N::2, wired into
 //! the run's fresh netns while the agent waits on its stdin); everything created is
 //! removed on drop, also when a test fails (gvmd leaves the `gvm-<profile>` user, and a
-//! netns bind if a run dies half-way; `Leftovers` removes them).
+//! netns bind if a run dies half-way: `Leftovers` and the test's `Dirs` remove them).
 //!
 //! `GVMT_VERBOSE=1 cargo test -p gvm-tests --test escape_gvmd -- --nocapture` prints what
 //! every probe saw.

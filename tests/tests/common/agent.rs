@@ -45,12 +45,11 @@ fn group_exists(name: &str) -> bool {
     nix::unistd::Group::from_name(name).ok().flatten().is_some()
 }
 
-/// What a test leaves on the host, removed in `Drop` (also when the test fails): the
-/// netns binds under `<runtime>/netns/`, users (after killing their processes one pid
-/// at a time), groups, and stray paths. Drop it after gvmd.
+/// What a test leaves on the host, removed in `Drop` (also when the test fails): users
+/// (after killing their processes one pid at a time), groups, and stray paths. Drop it
+/// after gvmd (the netns binds go with the test's `Dirs`).
 #[derive(Default)]
 pub struct Leftovers {
-    pub runtime: Option<PathBuf>,
     pub users: Vec<String>,
     pub groups: Vec<String>,
     pub paths: Vec<PathBuf>,
@@ -65,14 +64,6 @@ impl Drop for Leftovers {
             if let Ok(o) = Command::new("pgrep").args(["-u", user]).output() {
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                     let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
-                }
-            }
-        }
-        if let Some(runtime) = &self.runtime {
-            if let Ok(entries) = std::fs::read_dir(runtime.join("netns")) {
-                for e in entries.flatten() {
-                    let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
-                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
@@ -164,7 +155,6 @@ impl Sandboxed {
         std::fs::create_dir_all(&ws).unwrap();
         std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut leftovers = Leftovers::default();
-        leftovers.runtime = Some(dirs.runtime.clone());
         leftovers.users.push(format!("gvm-{profile}"));
         Sandboxed { gvmd: None, leftovers, profile, ws, dirs }
     }

@@ -202,9 +202,6 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         drop(self.gvmd.take());
         for name in &self.names[..RUNNING] {
-            let ns = self.dirs.runtime.join("netns").join(name);
-            let _ = std::process::Command::new("umount").arg("-l").arg(&ns).output();
-            let _ = std::fs::remove_file(&ns);
             let _ = std::process::Command::new("userdel").arg(format!("gvm-{name}")).output();
         }
     }

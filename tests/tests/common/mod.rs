@@ -63,6 +63,20 @@ pub struct Dirs {
     pub runtime: PathBuf,
 }
 
+/// Whatever ended the test, gvmd's netns binds under `<runtime>/netns/` go with the
+/// directories (gvmd keeps a prepared profile's netns across its own stop, by design:
+/// a test that fails between prepare and teardown would leave them mounted).
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.runtime.join("netns")) {
+            for e in entries.flatten() {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 impl Dirs {
     pub fn new() -> Dirs {
         Self::new_in(&std::env::temp_dir())
