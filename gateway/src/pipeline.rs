@@ -627,11 +627,7 @@ impl Inner {
         // `agent.<name>` is never resolved: the callee's [ingress] decides, and the
         // connection is made inside its netns (agents.rs).
         let resolved = match crate::agents::agent_host(target.host.as_str()) {
-            Some(callee) => Some(self.ingress(kind, state, ruling, callee, target, details).await?),
-            None => None,
-        };
-        let resolved = match resolved {
-            Some(addr) => Ok(addr),
+            Some(callee) => Ok(self.ingress(kind, state, ruling, callee, target, details).await?),
             None => self.resolver.resolve(target.host.as_str(), port, &|ip| state.names_ip(ip, port)).await,
         };
         match resolved {

@@ -133,6 +133,23 @@ fn fill_workspace(ws: &Path) {
 }
 
 /// The command of one headless OpenClaw task.
+/// What an `agent exec` test writes before gvmd starts: the workspace, the key as a
+/// secret file, the test CA for the fake model and OpenClaw's config. Returns the
+/// secrets dir, the task's argv and gvmd.toml's `[gateway]` table trusting the CA.
+fn stage(sb: &Sandboxed, install: &Path, ca_pem: &str, llm_port: u16) -> (PathBuf, Vec<String>, String) {
+    let root = sb.dirs.root.path();
+    fill_workspace(&sb.ws);
+    let secrets = root.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("openai"), KEY).unwrap();
+    std::fs::write(root.join("llm-ca.pem"), ca_pem).unwrap();
+    let config = root.join("openclaw.json");
+    std::fs::write(&config, openclaw_config(llm_port)).unwrap();
+    let task = openclaw_task(install, &config, &sb.ws);
+    let gateway = format!("[gateway]\nextra_roots = [\"{}\"]\n\n", root.join("llm-ca.pem").display());
+    (secrets, task, gateway)
+}
+
 fn openclaw_task(install: &Path, config: &Path, ws: &Path) -> Vec<String> {
     let bin = install.join("node_modules/.bin");
     [
@@ -225,18 +242,9 @@ fn openclaw_runs_its_task_under_gvmctl_run() {
     let llm = FakeLlm::start(script(api.port(), tls_api.port(), &node), Some(ca.server.clone()));
     // Outside /tmp: the agent gets a private /tmp, and reads its config from here.
     let mut sb = Sandboxed::outside_tmp("oc");
-    let root = sb.dirs.root.path().to_path_buf();
-    fill_workspace(&sb.ws);
-    let secrets = root.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(secrets.join("openai"), KEY).unwrap();
-    std::fs::write(root.join("llm-ca.pem"), &ca.ca_pem).unwrap();
-    let config = root.join("openclaw.json");
-    std::fs::write(&config, openclaw_config(llm.port())).unwrap();
-    let task = openclaw_task(&install, &config, &sb.ws);
+    let (secrets, task, gateway) = stage(&sb, &install, &ca.ca_pem, llm.port());
     let gvmd_toml = format!(
-        "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n",
-        root.join("llm-ca.pem").display()
+        "{gateway}[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n\"api.test.example\" = [\"127.0.0.1\"]\n"
     );
     let text = profile(&install, &sb.ws, &secrets, &task, llm.port());
     sb.start(&gvmd_toml, &text, &[]);
@@ -275,19 +283,8 @@ fn openclaw_names_a_model_provider_missing_from_the_profile() {
     let ca = TestCa::new(&["llm.test.example"]);
     let llm = FakeLlm::start(vec![Turn::Text("never asked".into())], Some(ca.server.clone()));
     let mut sb = Sandboxed::outside_tmp("om");
-    let root = sb.dirs.root.path().to_path_buf();
-    fill_workspace(&sb.ws);
-    let secrets = root.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(secrets.join("openai"), KEY).unwrap();
-    std::fs::write(root.join("llm-ca.pem"), &ca.ca_pem).unwrap();
-    let config = root.join("openclaw.json");
-    std::fs::write(&config, openclaw_config(llm.port())).unwrap();
-    let task = openclaw_task(&install, &config, &sb.ws);
-    let gvmd_toml = format!(
-        "[gateway]\nextra_roots = [\"{}\"]\n\n[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n",
-        root.join("llm-ca.pem").display()
-    );
+    let (secrets, task, gateway) = stage(&sb, &install, &ca.ca_pem, llm.port());
+    let gvmd_toml = format!("{gateway}[gateway.hosts]\n\"llm.test.example\" = [\"127.0.0.1\"]\n");
     // The shipped profile with the test's rules, less the one for the model.
     let full = profile(&install, &sb.ws, &secrets, &task, llm.port());
     let model_rule = format!(

@@ -286,19 +286,11 @@ async fn run_leased(
         .map_err(|e| (format!("cannot make the run's directories under {}: {e}", run_dir.display()), None))?;
 
     let made = clock.elapsed();
-    let start_seq = d
-        .record(NewEvent {
-            profile: Some(req.profile.clone()),
-            kind: gvm_api::EventKind::RunStarted.into(),
-            decision: None,
-            rule: None,
-            details: serde_json::json!({
-                "run_id": id, "ephemeral": true, "argv": req.argv, "timeout_secs": req.timeout.map(|t| t.as_secs()),
-                "workspaces": record.workspaces, "by_uid": req.by_uid, "by_user": crate::sys::creds::user_name(req.by_uid),
-            }),
-        })
-        .await
-        .ok_or(("the audit store cannot record the run; nothing was started".to_string(), None))?;
+    let details = serde_json::json!({
+        "run_id": id, "ephemeral": true, "argv": req.argv, "timeout_secs": req.timeout.map(|t| t.as_secs()),
+        "workspaces": record.workspaces, "by_uid": req.by_uid, "by_user": crate::sys::creds::user_name(req.by_uid),
+    });
+    let start_seq = super::run_session::record_run_started(d, &req.profile, details).await?;
 
     let launched_at = clock.elapsed();
     let (pid, mut done_rx) = super::run_session::spawn_sandbox(spec, format!("gvm-run-{id}")).await?;

@@ -238,18 +238,10 @@ async fn run_prepared(
 
     let started_at = SystemTime::now();
     let clock = Instant::now();
-    let start_seq = daemon
-        .record(NewEvent {
-            profile: Some(req.profile.clone()),
-            kind: gvm_api::EventKind::RunStarted.into(),
-            decision: None,
-            rule: None,
-            details: serde_json::json!({
-                "argv": req.argv, "watch": req.watch, "by_uid": peer.uid, "by_user": user_name(peer.uid),
-            }),
-        })
-        .await
-        .ok_or(("the audit store cannot record the run; nothing was started".to_string(), None))?;
+    let details = serde_json::json!({
+        "argv": req.argv, "watch": req.watch, "by_uid": peer.uid, "by_user": user_name(peer.uid),
+    });
+    let start_seq = record_run_started(daemon, &req.profile, details).await?;
 
     let (pid, mut done_rx) = spawn_sandbox(spec, format!("gvm-run-{}", req.profile)).await?;
     send(writer, &RunMessage::Started { pid: pid.as_raw() as u32 }).await;
@@ -321,6 +313,19 @@ pub(crate) async fn spawn_sandbox(
 }
 
 /// Counts the run's requests (from the audit log) and changed files (in the overlays).
+/// The `run_started` event of a run of `profile`: a run the audit store cannot record
+/// does not start.
+pub(super) async fn record_run_started(d: &Daemon, profile: &str, details: serde_json::Value) -> Result<u64, Failure> {
+    let event = NewEvent {
+        profile: Some(profile.to_string()),
+        kind: gvm_api::EventKind::RunStarted.into(),
+        decision: None,
+        rule: None,
+        details,
+    };
+    d.record(event).await.ok_or(("the audit store cannot record the run; nothing was started".to_string(), None))
+}
+
 async fn summarize(
     daemon: &Daemon,
     profile: &str,
